@@ -1,0 +1,44 @@
+# turbda_kit — two commands do all set-up: `make quickstart` and `make test`.
+# The CPU install path pins torch==2.13.0 (constraints-cpu.txt); GPU users install their
+# own CUDA/ROCm torch first and then `pip install -e .` (see README).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.turbda-installed
+PYTEST_ARGS ?=
+QUICKSTART_ARGS ?=
+
+.PHONY: install quickstart test lint clean-runs help
+
+help:
+	@echo "make quickstart   install (if needed) and run the quickstart pipeline"
+	@echo "make test         install (if needed), ruff check, and the test suite"
+	@echo "make install      only create $(VENV) and install the kit"
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "[install] torch (CPU build, pinned) ..."
+	@$(PIP) install -q torch==2.13.0 2>&1 | grep -v "is ignored: it is neither" || true
+	@$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	@echo "[install] turbda_kit and its stack ..."
+	@$(PIP) install -q -c constraints-cpu.txt -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+	@$(PY) -c "import turbda_kit, deepspeed, mpi4py, papermill, holoviews, xarray" 2>/dev/null
+	@$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
+	@touch $(STAMP)
+	@echo "[install] done: $(VENV)"
+
+install: $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install
+	$(VENV)/bin/ruff check .
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
+
+quickstart: install
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/turbda pipeline quickstart $(QUICKSTART_ARGS)
+
+clean-runs:
+	rm -rf runs
