@@ -1,0 +1,53 @@
+"""Shared test configuration: markers, device parametrisation, subprocess helpers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA/ROCm GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+def available_devices() -> list[str]:
+    """'cpu', plus 'cuda' when a GPU is visible (use with pytest.mark.parametrize)."""
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=available_devices())
+def device(request) -> torch.device:
+    """Each available device in turn."""
+    return torch.device(request.param)
+
+
+def mpiexec_path() -> str:
+    """The mpiexec next to this Python (the mpich wheel's), else the one on PATH."""
+    local = Path(sys.executable).parent / "mpiexec"
+    found = str(local) if local.exists() else shutil.which("mpiexec")
+    if not found:
+        pytest.skip("mpiexec not found (install the mpich wheel)")
+    return found
+
+
+def run_mpi(n: int, args: list[str], timeout: float = 300, env: dict | None = None,
+            cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``mpiexec -n n python ARGS`` and return the completed process (text output)."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env["PATH"] = f"{Path(sys.executable).parent}:{full_env.get('PATH', '')}"
+    return subprocess.run([mpiexec_path(), "-n", str(n), sys.executable, *args],
+                          capture_output=True, text=True, timeout=timeout, env=full_env,
+                          cwd=cwd)

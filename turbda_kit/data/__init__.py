@@ -1,0 +1,1 @@
+"""Nature runs, preprocessing into training shards, datasets (xarray in, xarray out)."""

@@ -1,0 +1,1 @@
+"""Thin drivers: cycling DA experiments, coupled ViT+EnSF runs, scaling studies."""

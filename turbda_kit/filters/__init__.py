@@ -1,0 +1,1 @@
+"""Data-assimilation filters (EnSF, LETKF): pure analysis functions + config dataclasses."""

@@ -1,0 +1,1 @@
+"""Forecast models: step functions over ensemble-batched tensors (SQG, Lorenz-96)."""

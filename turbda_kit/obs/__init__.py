@@ -1,0 +1,1 @@
+"""Observation operators, observation networks and noise processes."""

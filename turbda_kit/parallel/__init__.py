@@ -1,0 +1,1 @@
+"""Parallel helpers: MPI (mpi4py), torch.distributed, DeepSpeed/FSDP wrapping, ipyparallel."""

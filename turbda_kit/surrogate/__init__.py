@@ -1,0 +1,1 @@
+"""The ViT surrogate of SQG turbulence and its distributed trainer."""

@@ -1,0 +1,1 @@
+"""Holoviews plot builders: xarray in, a plot out."""
