@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -195,6 +196,35 @@ def default_run_dir(notebook: str | os.PathLike, root: str | os.PathLike = "runs
     return Path(root) / f"{tag}-{stem}"
 
 
+MPI_GUARD_TAG = "turbda-mpi-guard"
+_MPI_GUARD_SOURCE = '''\
+# Inserted by `turbda run` under a parallel launch: if a cell raises on this rank after MPI
+# was initialised, abort the whole MPI job instead of leaving the other ranks waiting forever
+# in a collective.
+def _turbda_abort_on_error(shell, etype, evalue, tb, tb_offset=None):
+    import sys
+    shell.showtraceback((etype, evalue, tb), tb_offset=tb_offset)
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        mpi.COMM_WORLD.Abort(1)
+
+
+get_ipython().set_custom_exc((Exception,), _turbda_abort_on_error)'''
+
+
+def _with_mpi_guard(nb_path: Path):
+    """The notebook with a first cell that turns any cell error into ``MPI_Abort``."""
+    import nbformat
+
+    nb = nbformat.read(nb_path, as_version=4)
+    cell = nbformat.v4.new_code_cell(_MPI_GUARD_SOURCE)
+    cell.metadata["tags"] = [MPI_GUARD_TAG]
+    nb.cells.insert(0, cell)
+    return nb
+
+
 @contextlib.contextmanager
 def _kernel_inherits_pmi_fd():
     """Let the papermill kernel inherit MPICH/Hydra's PMI socket.
@@ -216,6 +246,14 @@ def _kernel_inherits_pmi_fd():
         yield
     finally:
         launcher.Popen = original
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived (Slurm cancel, or the MPI launcher killing the job)."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
 
 
 def run_notebook(notebook: str | os.PathLike, parameters: dict[str, Any] | None = None,
@@ -295,13 +333,15 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict[str, Any] | None 
     start = time.monotonic()
     status, error = "ok", None
     handler = None
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     if log_file is not None:
         handler = logging.FileHandler(log_file)
         logging.getLogger("papermill").addHandler(handler)
     try:
+        source = _with_mpi_guard(nb_path) if provenance.process_world_size() > 1 else str(nb_path)
         with _kernel_inherits_pmi_fd():
             papermill.execute_notebook(
-                str(nb_path), str(executed), parameters=params, log_output=log_output,
+                source, str(executed), parameters=params, log_output=log_output,
                 progress_bar=False, kernel_name=kernel_name, cwd=str(run_dir))
     except papermill.PapermillExecutionError as err:
         status = "failed"
@@ -309,7 +349,11 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict[str, Any] | None 
     except Exception as err:  # kernel died, timeout, ...: still leave an honest record
         status = "failed"
         error = f"{type(err).__name__}: {err}"
+    except _Terminated:
+        status = "failed"
+        error = "terminated by SIGTERM (job cancelled, or another MPI rank failed)"
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         if handler is not None:
             logging.getLogger("papermill").removeHandler(handler)
             handler.close()
