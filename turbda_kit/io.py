@@ -82,7 +82,7 @@ def write_dataset(ds, path: str | os.PathLike) -> Path:
     final = Path(path)
     if final.suffix == ".zarr":
         with atomic_path(final, is_dir=True) as tmp:
-            ds.to_zarr(tmp, mode="w")
+            ds.to_zarr(tmp, mode="w", consolidated=False)
     elif final.suffix in (".nc", ".nc4", ".netcdf"):
         with atomic_path(final) as tmp:
             ds.to_netcdf(tmp)
@@ -103,5 +103,6 @@ def open_dataset(path: str | os.PathLike, **kwargs):
 
         raise InputError(f"no data set at {p}: check the path (a run directory's output?)")
     if p.suffix == ".zarr" or p.is_dir():
+        kwargs.setdefault("consolidated", False)
         return xr.open_zarr(p, **kwargs)
     return xr.open_dataset(p, **kwargs)

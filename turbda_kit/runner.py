@@ -213,15 +213,26 @@ def _turbda_abort_on_error(shell, etype, evalue, tb, tb_offset=None):
 
 get_ipython().set_custom_exc((Exception,), _turbda_abort_on_error)'''
 
+_MPI_FINAL_BARRIER_SOURCE = '''\
+# Inserted by `turbda run` under a parallel launch: ranks leave together, so that no
+# kernel is shut down while waiting in MPI_Finalize for a slower rank.
+import sys as _sys
+_mpi = _sys.modules.get("mpi4py.MPI")
+if _mpi is not None and _mpi.Is_initialized() and not _mpi.Is_finalized():
+    _mpi.COMM_WORLD.Barrier()'''
+
 
 def _with_mpi_guard(nb_path: Path):
-    """The notebook with a first cell that turns any cell error into ``MPI_Abort``."""
+    """The notebook between two guard cells: errors become ``MPI_Abort``; ranks end together."""
     import nbformat
 
     nb = nbformat.read(nb_path, as_version=4)
     cell = nbformat.v4.new_code_cell(_MPI_GUARD_SOURCE)
     cell.metadata["tags"] = [MPI_GUARD_TAG]
     nb.cells.insert(0, cell)
+    final = nbformat.v4.new_code_cell(_MPI_FINAL_BARRIER_SOURCE)
+    final.metadata["tags"] = [MPI_GUARD_TAG]
+    nb.cells.append(final)
     return nb
 
 

@@ -147,8 +147,8 @@ def abort_on_exception(comm: Any | None = None, errorcode: int = 1) -> Iterator[
     comm = get_comm(comm)
     try:
         yield comm
-    except BaseException as err:
-        if comm.Get_size() <= 1 or isinstance(err, (GeneratorExit,)):
+    except Exception as err:
+        if comm.Get_size() <= 1:
             raise
         rank = comm.Get_rank()
         text = "".join(traceback.format_exception(type(err), err, err.__traceback__))

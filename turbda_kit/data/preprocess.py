@@ -1,0 +1,1027 @@
+"""Nature run → per-file chunks → training shards with statistics, serial or MPI-parallel.
+
+Two stages, as in the paper's pair of MPI scripts, run by :func:`preprocess`:
+
+1. **Split** the nature run (netCDF or zarr, ``theta (time, z, y, x)`` in K) into chunks of
+   ``steps_per_file`` consecutive output times, ``{root}/chunks/chunk_NNNNN.nc``; each rank
+   writes a contiguous range of chunks.
+2. **Shard** whole days into the ClimaX ``nc2np`` layout::
+
+       {root}/manifest.json               settings; re-runs with other settings are refused
+       {root}/normalize_mean.npz          {var: (1,)} float64, training days only
+       {root}/normalize_std.npz           {var: (1,)} float64 (population std)
+       {root}/y.npy, {root}/x.npy         grid coordinates (m)
+       {root}/{split}/{day}_{shard}.npz   {var: (steps, 1, ny, nx)} for split in train/val/test
+       {root}/{split}/climatology.npz     {var: (1, ny, nx)} time mean over the split
+
+   with variables ``{name}_{level}`` (``sqg_0`` at the surface, ``sqg_10000`` at the lid),
+   or, with ``fmt="zarr"``, one chunked store ``{root}/data.zarr`` (one group per split,
+   one zarr chunk per shard, statistics in the root attributes).
+
+Every file is written atomically (:mod:`turbda_kit.io`) and verified before it is
+skipped, so a killed run is resumed by running it again. Statistics are reduced over a
+fixed tree of days (:func:`turbda_kit.parallel.mpi.tree_reduce`), so serial and parallel
+runs give bit-identical shards *and* statistics.
+
+A "day" is ``floor(time / 86400 s)`` with ``time`` in seconds since the start of output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import InputError
+from ..io import atomic_path, open_dataset, write_dataset, write_json
+from ..parallel.mpi import Moments, abort_on_exception, block_range, get_comm, tree_reduce
+from ..progress import progress_bar
+
+SPLITS = ("train", "val", "test")
+SECONDS_PER_DAY = 86400.0
+LAYOUT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+CHUNK_DIR = "chunks"
+ZARR_STORE = "data.zarr"
+FORMATS = ("npz", "zarr")
+
+Hook = Callable[[str, int], None]
+
+
+# --------------------------------------------------------------------------- days and splits
+
+
+@dataclass(frozen=True)
+class SplitDays:
+    """Day boundaries of the train/val/test splits (ClimaX's ``start_*_year`` for days).
+
+    ``train = [start_train_day, start_val_day)``, ``val = [start_val_day, start_test_day)``,
+    ``test = [start_test_day, end_day)``; ``end_day`` is exclusive. Every split must hold
+    at least one day.
+    """
+
+    start_train_day: int
+    start_val_day: int
+    start_test_day: int
+    end_day: int
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise InputError(f"{name}={value!r} must be an integer day number")
+            if value < 0:
+                raise InputError(f"{name}={value} must be >= 0 (days count from the start "
+                                 "of the nature run's output)")
+        if not (self.start_train_day < self.start_val_day < self.start_test_day
+                < self.end_day):
+            raise InputError(
+                "split days must be strictly increasing, start_train_day < start_val_day < "
+                f"start_test_day < end_day (each split at least one day); got "
+                f"{self.start_train_day}, {self.start_val_day}, {self.start_test_day}, "
+                f"{self.end_day}")
+
+    def days(self, split: str) -> range:
+        """Days of ``split`` (``"train"``, ``"val"`` or ``"test"``)."""
+        bounds = {"train": (self.start_train_day, self.start_val_day),
+                  "val": (self.start_val_day, self.start_test_day),
+                  "test": (self.start_test_day, self.end_day)}
+        if split not in bounds:
+            raise InputError(f"split={split!r} must be one of {', '.join(SPLITS)}")
+        return range(*bounds[split])
+
+    @property
+    def all_days(self) -> range:
+        """``range(start_train_day, end_day)``."""
+        return range(self.start_train_day, self.end_day)
+
+    def split_of(self, day: int) -> str:
+        """The split holding ``day``."""
+        for split in SPLITS:
+            if day in self.days(split):
+                return split
+        raise InputError(f"day={day} is outside [{self.start_train_day}, {self.end_day})")
+
+
+def variable_names(name: str, levels: Sequence[float]) -> list[str]:
+    """ClimaX-style names ``{name}_{level}`` with the level in whole metres (``sqg_0``)."""
+    return [f"{name}_{int(round(float(level)))}" for level in levels]
+
+
+def time_in_seconds(values: np.ndarray) -> np.ndarray:
+    """A time coordinate as float64 seconds (numbers, timedelta64, or datetime64 from the first)."""
+    values = np.asarray(values)
+    if np.issubdtype(values.dtype, np.timedelta64):
+        return values / np.timedelta64(1, "s")
+    if np.issubdtype(values.dtype, np.datetime64):
+        return (values - values[0]) / np.timedelta64(1, "s")
+    return values.astype(np.float64)
+
+
+# --------------------------------------------------------------------------- the source
+
+
+@dataclass(frozen=True)
+class NatureRunInfo:
+    """What :func:`inspect_nature_run` learnt about a nature run (no field data loaded).
+
+    Attributes
+    ----------
+    path : str
+        Resolved path of the netCDF file or zarr store.
+    variable : str
+        Source variable (``theta``).
+    time_seconds : tuple of float
+        Output times (s since start of output).
+    dt_seconds : float
+        Output interval (s); divides a day.
+    steps_per_day : int
+        ``86400 / dt_seconds``.
+    levels : tuple of float
+        Selected ``z`` levels (m).
+    level_index : tuple of int
+        Their positions along ``z``.
+    n_levels_source : int
+        Length of ``z`` in the source.
+    y, x : tuple of float
+        Grid coordinates (m).
+    dtype : str
+        Data type of the variable.
+    fingerprint : str
+        SHA-256 of the time axis, shape, dtype and first and last fields: identifies the data
+        set independently of where the file lies.
+    """
+
+    path: str
+    variable: str
+    time_seconds: tuple[float, ...]
+    dt_seconds: float
+    steps_per_day: int
+    levels: tuple[float, ...]
+    level_index: tuple[int, ...]
+    n_levels_source: int
+    y: tuple[float, ...]
+    x: tuple[float, ...]
+    dtype: str
+    fingerprint: str
+
+    @property
+    def n_times(self) -> int:
+        """Number of output times."""
+        return len(self.time_seconds)
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """``(ny, nx)``."""
+        return len(self.y), len(self.x)
+
+    def day_start_index(self, day: int) -> int:
+        """Index of the first output time of ``day``, which must be complete."""
+        days = np.floor(np.asarray(self.time_seconds) / SECONDS_PER_DAY).astype(np.int64)
+        first = int(np.searchsorted(days, day, side="left"))
+        last = int(np.searchsorted(days, day, side="right"))
+        if last - first != self.steps_per_day:
+            t_end = self.time_seconds[-1] / SECONDS_PER_DAY
+            raise InputError(
+                f"day {day} holds {last - first} of {self.steps_per_day} output times: the "
+                f"nature run covers days {int(days[0])} to {int(days[-1])} (last time "
+                f"{t_end:.3f} days); choose split days with complete days only")
+        return first
+
+
+def _open_source(path: str | os.PathLike):
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"nature_path={str(p)!r} does not exist: give a nature run written "
+                         "by turbda_kit.io.write_dataset (.nc file or .zarr store)")
+    try:
+        return open_dataset(p)
+    except InputError:
+        raise
+    except Exception as err:  # netCDF4/zarr raise many unrelated types
+        raise InputError(f"nature_path={str(p)!r} is not a readable netCDF file or zarr "
+                         f"store: {type(err).__name__}: {err}") from err
+
+
+def inspect_nature_run(nature_path: str | os.PathLike, variable: str = "theta",
+                       levels: Sequence[float] | None = None) -> NatureRunInfo:
+    """Check a nature run's layout and describe it.
+
+    Parameters
+    ----------
+    nature_path : path-like
+        netCDF file or zarr store with ``variable`` of dims ``(time, z, y, x)``.
+    variable : str
+        Variable to preprocess (K).
+    levels : sequence of float or None
+        ``z`` levels (m) to keep; all when None.
+
+    Returns
+    -------
+    NatureRunInfo
+
+    Raises
+    ------
+    InputError
+        Missing variable, dims or levels; fewer than two times; a non-uniform output
+        interval or one that does not divide a day.
+    """
+    ds = _open_source(nature_path)
+    try:
+        if variable not in ds.data_vars:
+            raise InputError(f"variable={variable!r} is not in {nature_path}; it holds "
+                             f"{', '.join(map(str, ds.data_vars)) or 'no variables'}")
+        da = ds[variable]
+        required = ("time", "z", "y", "x")
+        if set(da.dims) != set(required):
+            raise InputError(f"{variable} has dims {da.dims} in {nature_path}; expected "
+                             f"{required}")
+        da = da.transpose(*required)
+        seconds = time_in_seconds(da["time"].values)
+        if seconds.size < 2:
+            raise InputError(f"{nature_path} holds {seconds.size} output time(s): need >= 2")
+        steps = np.diff(seconds)
+        dt = float(steps[0])
+        if dt <= 0 or not np.allclose(steps, dt, rtol=1e-9, atol=1e-6):
+            raise InputError(f"output times in {nature_path} are not uniformly spaced and "
+                             f"increasing (intervals {np.unique(steps)[:5]} s)")
+        per_day = SECONDS_PER_DAY / dt
+        if abs(per_day - round(per_day)) > 1e-6:
+            raise InputError(f"output interval {dt} s does not divide a day (86400 s): "
+                             "preprocessing splits by whole days")
+        z_values = np.asarray(da["z"].values, dtype=np.float64)
+        if levels is None:
+            index = list(range(z_values.size))
+        else:
+            index = []
+            for level in levels:
+                hits = np.flatnonzero(np.isclose(z_values, float(level), rtol=0, atol=1e-3))
+                if hits.size == 0:
+                    raise InputError(f"level {level} m is not in {nature_path}; available z "
+                                     f"levels (m): {z_values.tolist()}")
+                index.append(int(hits[0]))
+        if not index:
+            raise InputError("levels=[] selects nothing: give at least one z level (m)")
+        first = np.ascontiguousarray(da.isel(time=0).values)
+        last = np.ascontiguousarray(da.isel(time=-1).values)
+        digest = hashlib.sha256()
+        digest.update(seconds.tobytes())
+        digest.update(repr((tuple(da.shape), str(da.dtype))).encode())
+        digest.update(first.tobytes())
+        digest.update(last.tobytes())
+        return NatureRunInfo(
+            path=str(Path(nature_path).resolve()), variable=variable,
+            time_seconds=tuple(float(t) for t in seconds), dt_seconds=dt,
+            steps_per_day=int(round(per_day)),
+            levels=tuple(float(z_values[i]) for i in index), level_index=tuple(index),
+            n_levels_source=int(z_values.size),
+            y=tuple(float(v) for v in da["y"].values), x=tuple(float(v) for v in da["x"].values),
+            dtype=str(da.dtype), fingerprint=digest.hexdigest())
+    finally:
+        ds.close()
+
+
+# --------------------------------------------------------------------------- stage 1: split
+
+
+def chunk_path(root: str | os.PathLike, index: int) -> Path:
+    """Path of chunk ``index`` under ``root``."""
+    return Path(root) / CHUNK_DIR / f"chunk_{index:05d}.nc"
+
+
+def chunk_bounds(index: int, steps_per_file: int, n_times: int) -> tuple[int, int]:
+    """Source time indices ``[start, stop)`` of chunk ``index``."""
+    start = index * steps_per_file
+    return start, min(start + steps_per_file, n_times)
+
+
+def chunk_is_valid(path: str | os.PathLike, info: NatureRunInfo, index: int,
+                   steps_per_file: int) -> bool:
+    """Whether a chunk file exists and holds exactly the expected times of this nature run."""
+    p = Path(path)
+    if not p.is_file():
+        return False
+    import xarray as xr
+
+    start, stop = chunk_bounds(index, steps_per_file, info.n_times)
+    try:
+        with xr.open_dataset(p) as ds:
+            if ds.attrs.get("turbda_source_fingerprint") != info.fingerprint:
+                return False
+            if int(ds.attrs.get("turbda_chunk_index", -1)) != index:
+                return False
+            da = ds[info.variable].transpose("time", "z", "y", "x")
+            if da.shape != (stop - start, info.n_levels_source, *info.grid_shape):
+                return False
+            expected = np.asarray(info.time_seconds[start:stop])
+            return bool(np.array_equal(time_in_seconds(da["time"].values), expected))
+    except Exception:  # unreadable or foreign file: rewrite it
+        return False
+
+
+def split_nature_run(nature_path: str | os.PathLike, root: str | os.PathLike,
+                     steps_per_file: int, chunks: Sequence[int] | None = None,
+                     comm: Any | None = None, info: NatureRunInfo | None = None,
+                     hook: Hook | None = None) -> dict[str, int]:
+    """Stage 1: write chunks of ``steps_per_file`` times, a contiguous range per rank.
+
+    Parameters
+    ----------
+    nature_path : path-like
+        The nature run.
+    root : path-like
+        Output root; chunks go to ``{root}/chunks/chunk_NNNNN.nc``.
+    steps_per_file : int
+        Output times per chunk (>= 1); the last chunk may be shorter.
+    chunks : sequence of int or None
+        Chunk indices to produce (default: all).
+    comm : communicator or None
+        See :func:`turbda_kit.parallel.mpi.get_comm`.
+    info : NatureRunInfo or None
+        From :func:`inspect_nature_run` (computed when None).
+    hook : callable or None
+        ``hook("chunk", index)`` after each chunk written (progress, fault injection).
+
+    Returns
+    -------
+    dict
+        ``{"written": n, "skipped": n}`` summed over ranks. Chunks already present and
+        valid (:func:`chunk_is_valid`) are skipped.
+    """
+    comm = get_comm(comm)
+    rank, size = comm.Get_rank(), comm.Get_size()
+    _check_positive_int("steps_per_file", steps_per_file)
+    if info is None:
+        info = inspect_nature_run(nature_path)
+    n_chunks = -(-info.n_times // steps_per_file)
+    wanted = list(range(n_chunks)) if chunks is None else [int(c) for c in chunks]
+    mine = [wanted[i] for i in block_range(len(wanted), rank, size)]
+    written = skipped = 0
+    ds = _open_source(nature_path)
+    bar = progress_bar(len(mine), desc=f"split (rank 0 of {size})", enabled=rank == 0)
+    try:
+        for index in mine:
+            path = chunk_path(root, index)
+            if chunk_is_valid(path, info, index, steps_per_file):
+                skipped += 1
+            else:
+                start, stop = chunk_bounds(index, steps_per_file, info.n_times)
+                piece = ds[[info.variable]].isel(time=slice(start, stop)).load()
+                for var in piece.variables.values():
+                    var.encoding = {}  # source chunking/compression may not fit a chunk
+                piece.attrs.update(turbda_source_fingerprint=info.fingerprint,
+                                   turbda_chunk_index=index,
+                                   turbda_source_path=info.path)
+                write_dataset(piece, path)
+                written += 1
+                if hook is not None:
+                    hook("chunk", index)
+            bar.update(1)
+    finally:
+        bar.close()
+        ds.close()
+    return {"written": int(comm.allreduce(written)), "skipped": int(comm.allreduce(skipped))}
+
+
+class _ChunkReader:
+    """Reads source time ranges from chunk files, keeping the last chunk in memory."""
+
+    def __init__(self, root: Path, info: NatureRunInfo, steps_per_file: int):
+        self.root, self.info, self.steps_per_file = root, info, steps_per_file
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def _chunk(self, index: int) -> np.ndarray:
+        if self._cached is not None and self._cached[0] == index:
+            return self._cached[1]
+        import xarray as xr
+
+        with xr.open_dataset(chunk_path(self.root, index)) as ds:
+            data = np.asarray(ds[self.info.variable].transpose("time", "z", "y", "x").values)
+        if list(self.info.level_index) != list(range(data.shape[1])):
+            data = data[:, list(self.info.level_index)]  # numpy, not netCDF fancy indexing
+        self._cached = (index, data)
+        return data
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Times ``[start, stop)`` at the selected levels: ``(time, level, ny, nx)``."""
+        parts = []
+        index = start // self.steps_per_file
+        while start < stop:
+            c_start, c_stop = chunk_bounds(index, self.steps_per_file, self.info.n_times)
+            take = min(stop, c_stop)
+            parts.append(self._chunk(index)[start - c_start:take - c_start])
+            start, index = take, index + 1
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class DayStatistics:
+    """Partial statistics of some days: per-variable scalar moments and time-mean fields.
+
+    ``scalar.mean`` has shape ``(vars,)`` (moments over time, y, x); ``field.mean`` has
+    shape ``(vars, ny, nx)`` (moments over time: the climatology).
+    """
+
+    scalar: Moments
+    field: Moments
+
+    @classmethod
+    def of(cls, data: np.ndarray) -> DayStatistics:
+        """Statistics of ``data (time, vars, ny, nx)``, in float64."""
+        n_time = data.shape[0]
+        field_mean = data.mean(axis=0, dtype=np.float64)
+        deviation = data - field_mean  # float64
+        field_m2 = np.einsum("tvyx,tvyx->vyx", deviation, deviation)
+        # The scalar moments follow from the per-point ones (law of total variance), which
+        # saves a second pass over the day's data.
+        n_points = field_mean.shape[1] * field_mean.shape[2]
+        scalar_mean = field_mean.mean(axis=(1, 2))
+        spread = field_mean - scalar_mean[:, None, None]
+        scalar_m2 = field_m2.sum(axis=(1, 2)) + n_time * np.einsum("vyx,vyx->v", spread, spread)
+        return cls(Moments(n_time * n_points, scalar_mean, scalar_m2),
+                   Moments(n_time, field_mean, field_m2))
+
+    def combine(self, other: DayStatistics) -> DayStatistics:
+        """Statistics of the union of both sets of days."""
+        return DayStatistics(self.scalar.combine(other.scalar), self.field.combine(other.field))
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name}={value!r} must be an integer >= 1")
+
+
+def shard_path(root: str | os.PathLike, split: str, day: int, shard: int) -> Path:
+    """``{root}/{split}/{day}_{shard}.npz``."""
+    return Path(root) / split / f"{day}_{shard}.npz"
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
+
+
+def _sha256(data: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+
+
+@dataclass
+class _Plan:
+    """Everything the output writers need to know (identical on every rank)."""
+
+    root: Path
+    info: NatureRunInfo
+    split_days: SplitDays
+    steps_per_file: int
+    num_shards: int
+    names: list[str]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps_per_shard(self) -> int:
+        return self.info.steps_per_day // self.num_shards
+
+
+class _NpzOutput:
+    """ClimaX ``nc2np`` layout: one ``.npz`` per (day, shard)."""
+
+    def __init__(self, plan: _Plan):
+        self.plan = plan
+
+    def prepare(self) -> None:
+        """Nothing to create ahead of time (directories appear with their files)."""
+
+    def _shape(self) -> tuple[int, ...]:
+        return (self.plan.steps_per_shard, 1, *self.plan.info.grid_shape)
+
+    def read_verified(self, split: str, day: int) -> np.ndarray | None:
+        """The day's data from its shards when all exist and look right, else None."""
+        parts = []
+        for shard in range(self.plan.num_shards):
+            path = shard_path(self.plan.root, split, day, shard)
+            if not path.is_file():
+                return None
+            try:
+                with np.load(path) as npz:
+                    if sorted(npz.files) != sorted(self.plan.names):
+                        return None
+                    arrays = [npz[name] for name in self.plan.names]
+            except Exception:  # truncated or foreign file: rewrite it
+                return None
+            if any(a.shape != self._shape() or str(a.dtype) != self.plan.info.dtype
+                   for a in arrays):
+                return None
+            parts.append(np.concatenate(arrays, axis=1))
+        return np.concatenate(parts, axis=0)
+
+    def write(self, split: str, day: int, data: np.ndarray) -> None:
+        """Write the day's shards (``data (steps_per_day, vars, ny, nx)``)."""
+        sps = self.plan.steps_per_shard
+        for shard in range(self.plan.num_shards):
+            piece = data[shard * sps:(shard + 1) * sps]
+            _save_npz(shard_path(self.plan.root, split, day, shard),
+                      {name: np.ascontiguousarray(piece[:, j:j + 1])
+                       for j, name in enumerate(self.plan.names)})
+
+    def finalize(self, stats: dict[str, DayStatistics]) -> None:
+        """Rank 0: statistics, climatologies and coordinates."""
+        root, names = self.plan.root, self.plan.names
+        train = stats["train"].scalar
+        std = train.std()
+        _save_npz(root / "normalize_mean.npz",
+                  {n: train.mean[j:j + 1].copy() for j, n in enumerate(names)})
+        _save_npz(root / "normalize_std.npz", {n: std[j:j + 1].copy() for j, n in enumerate(names)})
+        for split in SPLITS:
+            clim = stats[split].field.mean.astype(self.plan.info.dtype)
+            _save_npz(root / split / "climatology.npz",
+                      {n: clim[j:j + 1].copy() for j, n in enumerate(names)})
+        _save_npy(root / "y.npy", np.asarray(self.plan.info.y))
+        _save_npy(root / "x.npy", np.asarray(self.plan.info.x))
+
+    def expected_files(self) -> list[Path]:
+        """Files a complete output holds (checked before declaring a re-run a no-op)."""
+        root = self.plan.root
+        files = [root / "normalize_mean.npz", root / "normalize_std.npz", root / "y.npy",
+                 root / "x.npy"]
+        for split in SPLITS:
+            files.append(root / split / "climatology.npz")
+            files += [shard_path(root, split, d, s) for d in self.plan.split_days.days(split)
+                      for s in range(self.plan.num_shards)]
+        return files
+
+
+class _ZarrOutput:
+    """One zarr store: a group per split, one chunk per shard, statistics in attrs.
+
+    The store is built under a hidden temporary name and moved into place by rank 0 when
+    complete; per-day marker files (with a checksum) make an interrupted build resumable.
+    """
+
+    def __init__(self, plan: _Plan):
+        self.plan = plan
+        self.final = plan.root / ZARR_STORE
+        self.partial = plan.root / f".{ZARR_STORE}.partial"
+        self.markers = plan.root / f".{ZARR_STORE}.done"
+
+    def _marker(self, split: str, day: int) -> Path:
+        return self.markers / split / f"{day}.json"
+
+    def _template(self, split: str):
+        import dask.array as da
+        import xarray as xr
+
+        plan = self.plan
+        days = plan.split_days.days(split)
+        n_time = len(days) * plan.info.steps_per_day
+        ny, nx = plan.info.grid_shape
+        chunks = (plan.steps_per_shard, ny, nx)
+        first = plan.info.day_start_index(days.start)
+        seconds = np.asarray(plan.info.time_seconds[first:first + n_time])
+        data_vars = {name: (("time", "y", "x"),
+                            da.zeros((n_time, ny, nx), dtype=plan.info.dtype, chunks=chunks),
+                            {"units": "K", "level_m": level})
+                     for name, level in zip(plan.names, plan.info.levels)}
+        coords = {"time": ("time", seconds, {"units": "s", "long_name": "time since start of output"}),
+                  "day": ("time", np.floor(seconds / SECONDS_PER_DAY).astype(np.int64)),
+                  "y": ("y", np.asarray(plan.info.y), {"units": "m"}),
+                  "x": ("x", np.asarray(plan.info.x), {"units": "m"})}
+        attrs = {"split": split, "first_day": days.start, "n_days": len(days),
+                 "steps_per_day": plan.info.steps_per_day, "num_shards": plan.num_shards,
+                 "steps_per_shard": plan.steps_per_shard}
+        encoding = {name: {"chunks": chunks} for name in plan.names}
+        return xr.Dataset(data_vars, coords, attrs), encoding
+
+    def _template_ok(self) -> bool:
+        import zarr
+
+        try:
+            group = zarr.open_group(str(self.partial), mode="r")
+            for split in SPLITS:
+                n_time = len(self.plan.split_days.days(split)) * self.plan.info.steps_per_day
+                for name in self.plan.names:
+                    if group[split][name].shape != (n_time, *self.plan.info.grid_shape):
+                        return False
+            return group.attrs.get("turbda_settings") == json.loads(
+                json.dumps(self.plan.settings))
+        except Exception:
+            return False
+
+    def prepare(self) -> None:
+        """Rank 0: create (or reuse) the partial store's arrays; other ranks wait after."""
+        import zarr
+
+        if self.partial.exists() and self._template_ok():
+            return
+        shutil.rmtree(self.partial, ignore_errors=True)
+        shutil.rmtree(self.markers, ignore_errors=True)
+        for split in SPLITS:
+            template, encoding = self._template(split)
+            template.to_zarr(str(self.partial), group=split, mode="w", compute=False,
+                             encoding=encoding, consolidated=False)
+        group = zarr.open_group(str(self.partial), mode="a")
+        group.attrs["turbda_settings"] = json.loads(json.dumps(self.plan.settings))
+
+    def _region(self, split: str, day: int) -> slice:
+        offset = (day - self.plan.split_days.days(split).start) * self.plan.info.steps_per_day
+        return slice(offset, offset + self.plan.info.steps_per_day)
+
+    def read_verified(self, split: str, day: int) -> np.ndarray | None:
+        """The day's data when its marker exists and the checksum of the stored data agrees."""
+        marker = self._marker(split, day)
+        if not marker.is_file():
+            return None
+        import zarr
+
+        try:
+            expected = json.loads(marker.read_text())["sha256"]
+            group = zarr.open_group(str(self.partial), mode="r")[split]
+            region = self._region(split, day)
+            data = np.stack([np.asarray(group[name][region]) for name in self.plan.names],
+                            axis=1)
+        except Exception:
+            return None
+        return data if _sha256(data) == expected else None
+
+    def write(self, split: str, day: int, data: np.ndarray) -> None:
+        """Write the day's region (whole zarr chunks), then its marker."""
+        import zarr
+
+        group = zarr.open_group(str(self.partial), mode="r+")[split]
+        region = self._region(split, day)
+        for j, name in enumerate(self.plan.names):
+            group[name][region] = data[:, j]
+        write_json(self._marker(split, day), {"sha256": _sha256(data)})
+
+    def finalize(self, stats: dict[str, DayStatistics]) -> None:
+        """Rank 0: climatologies, statistics in attrs, then move the store into place."""
+        import xarray as xr
+        import zarr
+
+        names = self.plan.names
+        for split in SPLITS:
+            clim = stats[split].field.mean.astype(self.plan.info.dtype)
+            # to_zarr(mode="a") replaces the group's attributes: carry them over.
+            kept = dict(zarr.open_group(str(self.partial), mode="r")[split].attrs)
+            ds = xr.Dataset({f"climatology_{n}": (("y", "x"), clim[j], {"units": "K"})
+                             for j, n in enumerate(names)}, attrs=kept)
+            ds.to_zarr(str(self.partial), group=split, mode="a", consolidated=False)
+        train = stats["train"].scalar
+        std = train.std()
+        group = zarr.open_group(str(self.partial), mode="a")
+        group.attrs.update({
+            "variables": names,
+            "normalize_mean": {n: [float(train.mean[j])] for j, n in enumerate(names)},
+            "normalize_std": {n: [float(std[j])] for j, n in enumerate(names)},
+            "hours_per_step": self.plan.info.dt_seconds / 3600.0,
+        })
+        if self.final.exists():
+            shutil.rmtree(self.final)
+        os.replace(self.partial, self.final)
+        shutil.rmtree(self.markers, ignore_errors=True)
+
+    def expected_files(self) -> list[Path]:
+        """The finished store."""
+        return [self.final]
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _settings(plan_info: NatureRunInfo, split_days: SplitDays, steps_per_file: int,
+              num_shards: int, fmt: str, name: str, names: list[str]) -> dict[str, Any]:
+    settings = {
+        "layout_version": LAYOUT_VERSION,
+        "format": fmt,
+        **{k: int(v) for k, v in asdict(split_days).items()},
+        "steps_per_file": int(steps_per_file),
+        "num_shards": int(num_shards),
+        "steps_per_day": plan_info.steps_per_day,
+        "steps_per_shard": plan_info.steps_per_day // num_shards,
+        "dt_seconds": plan_info.dt_seconds,
+        "hours_per_step": plan_info.dt_seconds / 3600.0,
+        "source_variable": plan_info.variable,
+        "name": name,
+        "variables": names,
+        "levels_m": list(plan_info.levels),
+        "grid": list(plan_info.grid_shape),
+        "dtype": plan_info.dtype,
+        "source_fingerprint": plan_info.fingerprint,
+    }
+    return json.loads(json.dumps(settings))  # the form it takes in manifest.json
+
+
+def read_manifest(root: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``manifest.json`` of a preprocessing root, or None when there is none."""
+    path = Path(root) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{path} is not readable JSON ({err}): remove it or choose another "
+                         "root") from err
+
+
+def _check_root(root: Path, settings: dict[str, Any]) -> tuple[str | None, dict | None]:
+    """(error message, existing manifest) for writing ``settings`` into ``root``."""
+    manifest = read_manifest(root)
+    if manifest is None:
+        if root.exists() and any(root.iterdir()):
+            return (f"root={str(root)!r} already holds files but no {MANIFEST_NAME}: it is not "
+                    "a turbda preprocessing output; choose an empty or new directory"), None
+        return None, None
+    old = manifest.get("settings", {})
+    changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    if changed:
+        detail = "; ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now"
+                           for k in changed[:6])
+        return (f"root={str(root)!r} holds shards made with other settings ({detail}): "
+                "refusing to mix data sets; choose another root or remove it"), manifest
+    return None, manifest
+
+
+# --------------------------------------------------------------------------- the entry point
+
+
+@dataclass(frozen=True)
+class PreprocessSummary:
+    """What :func:`preprocess` did (counts summed over ranks).
+
+    Attributes
+    ----------
+    root : Path
+        Output root.
+    fmt : str
+        ``"npz"`` or ``"zarr"``.
+    variables : list of str
+        Output variable names, in channel order.
+    chunks_written, chunks_skipped : int
+        Stage 1 chunk files written / found complete.
+    days_written, days_skipped : int
+        Stage 2 days whose shards were written / found complete.
+    already_complete : bool
+        The root was complete and nothing was done.
+    wall_seconds : float
+        Wall time on rank 0.
+    """
+
+    root: Path
+    fmt: str
+    variables: list[str]
+    chunks_written: int
+    chunks_skipped: int
+    days_written: int
+    days_skipped: int
+    already_complete: bool
+    wall_seconds: float
+
+
+def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_train_day: int,
+               start_val_day: int, start_test_day: int, end_day: int, steps_per_file: int,
+               num_shards: int, fmt: str = "npz", comm: Any | None = None, *,
+               variable: str = "theta", name: str = "sqg",
+               levels: Sequence[float] | None = None, keep_chunks: bool = False,
+               hook: Hook | None = None) -> PreprocessSummary:
+    """Turn a nature run into training shards with statistics; serial or under MPI.
+
+    Parameters
+    ----------
+    nature_path : path-like
+        Nature run (``.nc`` or ``.zarr``) with ``variable (time, z, y, x)`` in K.
+    root : path-like
+        Output directory (new, empty, or a previous run's with the same settings).
+    start_train_day, start_val_day, start_test_day, end_day : int
+        Split boundaries in days since the start of output; ``end_day`` exclusive. All
+        days used must be complete in the nature run.
+    steps_per_file : int
+        Output times per stage-1 chunk file.
+    num_shards : int
+        Shards per day; must divide the number of output times per day.
+    fmt : {"npz", "zarr"}
+        ClimaX ``.npz`` shards, or one zarr store ``data.zarr``.
+    comm : communicator or None
+        mpi4py communicator; default COMM_WORLD under a parallel launch, else serial.
+    variable : str
+        Source variable.
+    name : str
+        Output variable prefix: arrays are named ``{name}_{level in m}``.
+    levels : sequence of float or None
+        ``z`` levels (m) to keep (default all).
+    keep_chunks : bool
+        Keep ``{root}/chunks`` after success (removed by default).
+    hook : callable or None
+        ``hook(stage, index)`` after each chunk (``"chunk"``) and day (``"day"``) this
+        rank completes; for progress or fault-injection tests.
+
+    Returns
+    -------
+    PreprocessSummary
+
+    Raises
+    ------
+    InputError
+        Bad layout or parameters, days outside the run, a root holding other data.
+
+    Examples
+    --------
+    >>> preprocess("nature_sqg.nc", "shards", 0, 20, 25, 30,  # doctest: +SKIP
+    ...            steps_per_file=24, num_shards=2)
+    """
+    start = time.monotonic()
+    comm = get_comm(comm)
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if fmt not in FORMATS:
+        raise InputError(f"fmt={fmt!r} must be one of {', '.join(FORMATS)}")
+    _check_positive_int("steps_per_file", steps_per_file)
+    _check_positive_int("num_shards", num_shards)
+    if not isinstance(name, str) or not name or "_" in name:
+        raise InputError(f"name={name!r} must be a non-empty string without '_' (arrays are "
+                         "named {name}_{level})")
+    split_days = SplitDays(start_train_day, start_val_day, start_test_day, end_day)
+    info = inspect_nature_run(nature_path, variable, levels)
+    if info.steps_per_day % num_shards:
+        raise InputError(f"num_shards={num_shards} must divide the {info.steps_per_day} output "
+                         f"times per day (dt = {info.dt_seconds} s)")
+    first_indices = {day: info.day_start_index(day) for day in split_days.all_days}
+    names = variable_names(name, info.levels)
+    root = Path(root).resolve()
+    settings = _settings(info, split_days, steps_per_file, num_shards, fmt, name, names)
+    plan = _Plan(root, info, split_days, steps_per_file, num_shards, names, settings)
+    output = _NpzOutput(plan) if fmt == "npz" else _ZarrOutput(plan)
+
+    # Rank 0 decides about the root; everyone raises the same error if it is refused.
+    verdict: tuple[str | None, bool] = (None, False)
+    if rank == 0:
+        error, manifest = _check_root(root, settings)
+        complete = (error is None and manifest is not None
+                    and manifest.get("status") == "complete"
+                    and all(p.exists() for p in output.expected_files()))
+        if error is None and not complete:
+            write_json(root / MANIFEST_NAME, _manifest(settings, info, split_days, "running"))
+        verdict = (error, complete)
+    error, complete = comm.bcast(verdict, root=0)
+    if error is not None:
+        raise InputError(error)
+    if complete:
+        return PreprocessSummary(root, fmt, names, 0, 0, 0, 0, True,
+                                 time.monotonic() - start)
+
+    with abort_on_exception(comm):
+        # Stage 1: only the chunks that hold days we use.
+        t_first = first_indices[split_days.start_train_day]
+        t_stop = first_indices[split_days.end_day - 1] + info.steps_per_day
+        needed = range(t_first // steps_per_file, -(-t_stop // steps_per_file))
+        chunk_counts = split_nature_run(nature_path, root, steps_per_file, list(needed), comm,
+                                        info, hook)
+        if rank == 0:
+            output.prepare()
+        comm.barrier()  # every chunk and the output template exist before stage 2
+
+        # Stage 2: a contiguous block of days per rank; statistics over a fixed tree of days.
+        all_days = list(split_days.all_days)
+        my_days = {all_days[i] for i in block_range(len(all_days), rank, size)}
+        reader = _ChunkReader(root, info, steps_per_file)
+        counts = {"written": 0, "skipped": 0}
+        bar = progress_bar(len(my_days), desc=f"shard (rank 0 of {size})", enabled=rank == 0)
+
+        def leaf_for(split: str) -> Callable[[int], DayStatistics]:
+            days = split_days.days(split)
+
+            def leaf(i: int) -> DayStatistics:
+                day = days[i]
+                data = output.read_verified(split, day)
+                if data is None:
+                    first = first_indices[day]
+                    data = reader.read(first, first + info.steps_per_day)
+                    output.write(split, day, data)
+                    counts["written"] += 1
+                else:
+                    counts["skipped"] += 1
+                if hook is not None:
+                    hook("day", day)
+                bar.update(1)
+                return DayStatistics.of(data)
+
+            return leaf
+
+        stats: dict[str, DayStatistics] = {}
+        try:
+            for split in SPLITS:
+                days = split_days.days(split)
+                owned = [i for i, d in enumerate(days) if d in my_days]
+                mine = range(owned[0], owned[-1] + 1) if owned else range(0)
+                stats[split] = tree_reduce(len(days), leaf_for(split), DayStatistics.combine,
+                                           comm, owned=mine)
+        finally:
+            bar.close()
+        days_written = int(comm.allreduce(counts["written"]))
+        days_skipped = int(comm.allreduce(counts["skipped"]))
+
+        if rank == 0:
+            output.finalize(stats)
+            manifest = _manifest(settings, info, split_days, "complete")
+            manifest["statistics"] = {
+                "normalize_mean": dict(zip(names, stats["train"].scalar.mean.tolist())),
+                "normalize_std": dict(zip(names, stats["train"].scalar.std().tolist())),
+                "train_values_per_variable": stats["train"].scalar.count,
+            }
+            write_json(root / MANIFEST_NAME, manifest)
+            if not keep_chunks:
+                shutil.rmtree(root / CHUNK_DIR, ignore_errors=True)
+        comm.barrier()
+    return PreprocessSummary(root, fmt, names, chunk_counts["written"], chunk_counts["skipped"],
+                             days_written, days_skipped, False, time.monotonic() - start)
+
+
+def _manifest(settings: dict[str, Any], info: NatureRunInfo, split_days: SplitDays,
+              status: str) -> dict[str, Any]:
+    # Light provenance on purpose: provenance.collect() imports torch, seconds per rank.
+    import socket
+
+    from ..provenance import git_revision, utc_now
+
+    git = git_revision()
+    return {
+        "layout": "climax-npz" if settings["format"] == "npz" else "zarr",
+        "status": status,
+        "settings": settings,
+        "source": {"path": info.path, "variable": info.variable, "n_times": info.n_times,
+                   "levels_m": list(info.levels)},
+        "splits": {s: {"first_day": split_days.days(s).start,
+                       "end_day": split_days.days(s).stop,
+                       "n_days": len(split_days.days(s))} for s in SPLITS},
+        "turbda_kit_version": __version__,
+        "git_revision": git["revision"],
+        "git_dirty": git["dirty"],
+        "host": socket.gethostname(),
+        "updated_utc": utc_now(),
+    }
+
+
+# --------------------------------------------------------------------------- synthetic input
+
+
+def synthetic_nature_run(n_days: int = 4, steps_per_day: int = 2, grid: int = 8,
+                         levels_m: Sequence[float] = (0.0, 10000.0), seed: int = 0,
+                         dtype: str = "float32", start_day: int = 0):
+    """A small random nature run with the SQG layout, for tests, demos and benchmarks.
+
+    Parameters
+    ----------
+    n_days, steps_per_day : int
+        Length and output frequency (``86400 / steps_per_day`` s between outputs).
+    grid : int
+        Grid points per side (``ny = nx = grid``), 20 km spacing.
+    levels_m : sequence of float
+        ``z`` levels (m).
+    seed : int
+        Seed of the :class:`numpy.random.Generator`.
+    dtype : str
+        Data type of ``theta``.
+    start_day : int
+        Day of the first output (time starts at ``start_day * 86400`` s).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``theta (time, z, y, x)`` in K: a random walk around 290 K (not a solution of the
+        SQG equations — only the layout is realistic).
+    """
+    import xarray as xr
+
+    for label, value in (("n_days", n_days), ("steps_per_day", steps_per_day), ("grid", grid)):
+        _check_positive_int(label, value)
+    rng = np.random.default_rng(seed)
+    n_time, n_lev = n_days * steps_per_day, len(levels_m)
+    steps = rng.standard_normal((n_time, n_lev, grid, grid), dtype=np.float32)
+    theta = (290.0 + np.cumsum(steps, axis=0, dtype=np.float32) * 0.5).astype(dtype)
+    dt = SECONDS_PER_DAY / steps_per_day
+    spacing = 20000.0
+    return xr.Dataset(
+        {"theta": (("time", "z", "y", "x"), theta,
+                   {"units": "K", "long_name": "potential temperature"})},
+        coords={"time": ("time", start_day * SECONDS_PER_DAY + dt * np.arange(n_time),
+                         {"units": "s", "long_name": "time since start of output"}),
+                "z": ("z", np.asarray(levels_m, dtype=np.float64), {"units": "m"}),
+                "y": ("y", spacing * np.arange(grid), {"units": "m"}),
+                "x": ("x", spacing * np.arange(grid), {"units": "m"})},
+        attrs={"title": "synthetic nature run (random walk; layout only)", "seed": seed})
