@@ -57,6 +57,10 @@ def ensemble_from_climatology(trajectory, n_members: int, generator: torch.Gener
     if n_members > len(available):
         raise InputError(f"cannot draw {n_members} members from {len(available)} times")
     picks = torch.randperm(len(available), generator=generator)[:n_members].tolist()
-    states = [np.asarray(getattr(trajectory[available[p]], "values", trajectory[available[p]]))
-              for p in sorted(picks)]
-    return torch.as_tensor(np.stack(states), dtype=dtype, device=device)
+    states = []
+    for p in sorted(picks):
+        state = trajectory[available[p]]
+        if not isinstance(state, torch.Tensor):
+            state = torch.as_tensor(np.asarray(getattr(state, "values", state)))
+        states.append(state.to(dtype=dtype))
+    return torch.stack(states).to(device)

@@ -27,8 +27,9 @@ from ..errors import InputError
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "vit"
 """Directory of the shipped YAML presets."""
 
-DEFAULT_VARIABLES = ("theta_surface", "theta_lid")
-"""SQG potential temperature at z=0 and z=H, the two channels of every preset."""
+DEFAULT_VARIABLES = ("sqg_0", "sqg_10000")
+"""SQG potential temperature at z=0 and at the lid z=H=10 km, named ``{name}_{level in m}``
+as :mod:`turbda_kit.data.preprocess` names the training shards' variables."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,9 @@ class ViTConfig:
                 f"num_heads={self.num_heads} does not divide embed_dim={self.embed_dim}: "
                 f"use a head count among the divisors of {self.embed_dim} "
                 f"({_divisors(self.embed_dim)})")
+        if self.embed_dim % 4:
+            raise InputError(f"embed_dim={self.embed_dim} must be a multiple of 4 (the 2-D sin-cos "
+                             "positional embedding splits it in four)")
         if not self.variables:
             raise InputError("variables=() is empty: give at least one variable name")
         if len(set(self.variables)) != len(self.variables):

@@ -1,0 +1,220 @@
+"""The ViT surrogate: shapes, parameter counts, FLOPs, validation, determinism, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from turbda_kit.errors import InputError
+from turbda_kit.surrogate.config import ViTConfig, available_vit_configs, load_vit_config
+from turbda_kit.surrogate.flops import (
+    achieved_tflops,
+    count_parameters,
+    forward_flops,
+    parameter_breakdown,
+    training_flops,
+)
+from turbda_kit.surrogate.vit import ViT, patchify, sincos_pos_embed_2d, unpatchify
+
+SMALL_CONFIGS = {
+    "tiny": dict(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=4),
+    "one_var_linear_head": dict(img_size=16, patch_size=2, embed_dim=32, depth=1, num_heads=2,
+                                variables=("theta",), decoder_depth=0),
+    "three_vars_odd_mlp": dict(img_size=24, patch_size=8, embed_dim=48, depth=3, num_heads=3,
+                               variables=("a", "b", "c"), mlp_ratio=3.5, decoder_depth=1),
+    "patch_one": dict(img_size=8, patch_size=1, embed_dim=16, depth=2, num_heads=4),
+}
+
+# Paper sizes the presets reproduce (brief: within 5%).
+PAPER_PARAMETERS = {"sqg_64": 157e6, "sqg_128": 1.2e9, "sqg_256": 2.5e9, "sqg_64_coupled": 100e6}
+
+
+@pytest.fixture(params=sorted(SMALL_CONFIGS))
+def small_config(request) -> ViTConfig:
+    return ViTConfig(name=request.param, **SMALL_CONFIGS[request.param])
+
+
+def _inputs(cfg: ViTConfig, batch: int, device="cpu", seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    fields = torch.randn(batch, cfg.n_vars, cfg.img_size, cfg.img_size, generator=gen)
+    lead = torch.rand(batch, generator=gen) * 24.0
+    return fields.to(device), lead.to(device)
+
+
+def test_output_shape_dtype_and_device(small_config, device):
+    model = ViT(small_config).to(device)
+    fields, lead = _inputs(small_config, 3, device)
+    out = model(fields, lead)
+    assert out.shape == fields.shape
+    assert out.dtype == fields.dtype and out.device == fields.device
+    assert torch.isfinite(out).all()
+    # A scalar lead time is broadcast to the batch.
+    model.eval()
+    torch.testing.assert_close(model(fields, 6.0), model(fields, torch.full((3,), 6.0,
+                                                                           device=device)))
+
+
+def test_analytic_parameter_count_equals_module(small_config):
+    model = ViT(small_config)
+    assert count_parameters(small_config) == sum(p.numel() for p in model.parameters())
+    breakdown = parameter_breakdown(small_config)
+    assert breakdown.blocks == sum(p.numel() for p in model.blocks.parameters())
+    assert breakdown.head == sum(p.numel() for p in model.head.parameters())
+    assert breakdown.var_agg == sum(p.numel() for p in model.var_agg.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_PARAMETERS))
+def test_presets_reproduce_paper_sizes(name):
+    count = count_parameters(load_vit_config(name))
+    assert abs(count / PAPER_PARAMETERS[name] - 1.0) < 0.05, (name, count)
+
+
+def test_sqg_64_on_meta_device_matches_analytic_count():
+    cfg = load_vit_config("sqg_64")
+    with torch.device("meta"):
+        model = ViT(cfg)
+    assert all(p.is_meta for p in model.parameters())
+    assert sum(p.numel() for p in model.parameters()) == count_parameters(cfg)
+
+
+def test_all_presets_load_and_validate():
+    names = available_vit_configs()
+    assert {"tiny", "sqg_64", "sqg_128", "sqg_256", "sqg_64_coupled"} <= set(names)
+    for name in names:
+        cfg = load_vit_config(name)
+        assert cfg.name == name
+        assert ViTConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_forward_flops_equal_torch_flop_counter(small_config):
+    # MATH backend: attention decomposes into bmm, which the counter sees; batch 1 so the
+    # once-per-forward query projection is per sample.
+    model = ViT(small_config)
+    fields, lead = _inputs(small_config, 1)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(fields, lead)
+    assert counter.get_total_flops() == forward_flops(small_config)
+
+
+def test_training_flops_are_three_forwards():
+    cfg = ViTConfig(**SMALL_CONFIGS["tiny"])
+    model = ViT(cfg)
+    fields, lead = _inputs(cfg, 2)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(fields, lead).square().mean().backward()
+    measured_per_sample = counter.get_total_flops() / 2
+    # Not exactly 3: the first convolution needs no input gradient.
+    assert measured_per_sample / forward_flops(cfg) == pytest.approx(3.0, rel=0.02)
+    assert training_flops(cfg) == 3 * forward_flops(cfg)
+
+
+def test_flops_scale_as_closed_form():
+    base = ViTConfig(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=4)
+    deeper = base.replace(depth=4)
+    d, length = base.embed_dim, base.n_tokens
+    per_block = 24 * length * d * d + 4 * length * length * d  # mlp_ratio 4
+    assert forward_flops(deeper) - forward_flops(base) == 2 * per_block
+    # Per-device achieved TFLOPS: model FLOPs x throughput / devices.
+    assert achieved_tflops(base, 1e6, 4) == pytest.approx(training_flops(base) * 1e6 / 4 / 1e12)
+
+
+@pytest.mark.parametrize("changes, words", [
+    (dict(img_size=30, patch_size=4), ["img_size=30", "patch_size=4"]),
+    (dict(embed_dim=64, num_heads=3), ["num_heads=3", "embed_dim=64"]),
+    (dict(drop_path_rate=1.0), ["drop_path_rate"]),
+    (dict(depth=-1), ["depth"]),
+    (dict(variables=("a", "a")), ["duplicates"]),
+    (dict(variables=()), ["variables"]),
+    (dict(mlp_ratio=0), ["mlp_ratio"]),
+    (dict(patch_size=2.0), ["patch_size"]),
+])
+def test_bad_config_raises_input_error(changes, words):
+    values = {**SMALL_CONFIGS["tiny"], **changes}
+    with pytest.raises(InputError) as info:
+        ViTConfig(**values)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_bad_names_and_keys():
+    with pytest.raises(InputError, match="no ViT config named"):
+        load_vit_config("sqg_1024")
+    with pytest.raises(InputError, match="unknown ViT config keys"):
+        ViTConfig.from_dict({"img_size": 32, "patchsize": 4})
+    with pytest.raises(InputError, match="expected"):
+        cfg = ViTConfig(**SMALL_CONFIGS["tiny"])
+        ViT(cfg)(torch.zeros(1, 2, 16, 16), 1.0)
+
+
+def test_same_seed_same_model_and_output():
+    cfg = ViTConfig(**SMALL_CONFIGS["tiny"], drop_rate=0.1, drop_path_rate=0.1)
+    a = ViT(cfg, generator=torch.Generator().manual_seed(7))
+    b = ViT(cfg, generator=torch.Generator().manual_seed(7))
+    c = ViT(cfg, generator=torch.Generator().manual_seed(8))
+    for (name, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters()):
+        assert torch.equal(pa, pb), name
+        if pa.ndim > 1:
+            assert not torch.equal(pa, pc), name
+    fields, lead = _inputs(cfg, 2)
+    a.eval(), b.eval()
+    assert torch.equal(a(fields, lead), b(fields, lead))
+    # Dropout/drop-path active only in training: eval is deterministic, train is not.
+    a.train()
+    torch.manual_seed(0)
+    first = a(fields, lead)
+    torch.manual_seed(0)
+    assert torch.equal(first, a(fields, lead))
+    assert not torch.equal(first, a(fields, lead))
+
+
+def test_batched_equals_looped():
+    cfg = ViTConfig(**SMALL_CONFIGS["tiny"])
+    model = ViT(cfg).eval()
+    fields, lead = _inputs(cfg, 4)
+    batched = model(fields, lead)
+    looped = torch.cat([model(fields[i:i + 1], lead[i:i + 1]) for i in range(4)])
+    torch.testing.assert_close(batched, looped, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_reaches_every_parameter(small_config):
+    model = ViT(small_config)
+    fields, lead = _inputs(small_config, 2)
+    model(fields, lead).square().mean().backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_activation_checkpointing_gives_same_gradients():
+    cfg = ViTConfig(**SMALL_CONFIGS["tiny"])
+    fields, lead = _inputs(cfg, 2)
+    grads = []
+    for checkpointing in (False, True):
+        model = ViT(cfg)
+        model.activation_checkpointing = checkpointing
+        model(fields, lead).square().mean().backward()
+        grads.append([p.grad for p in model.parameters()])
+    for g0, g1 in zip(*grads):
+        torch.testing.assert_close(g0, g1)
+
+
+def test_patchify_round_trip_and_layout():
+    fields = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    tokens = patchify(fields, 4)
+    assert tokens.shape == (2, 4, 3 * 16)
+    # Token 1 is the top-right patch; its first value is variable 0 at (row 0, col 4).
+    assert tokens[0, 1, 0] == fields[0, 0, 0, 4]
+    assert torch.equal(unpatchify(tokens, 3, 4), fields)
+
+
+def test_sincos_positional_embedding():
+    pos = sincos_pos_embed_2d(4, 16)
+    assert pos.shape == (16, 16)
+    assert pos.abs().max() <= 1.0
+    # sin^2 + cos^2 = 1 per frequency and axis: each row has squared norm D/2.
+    torch.testing.assert_close(pos.square().sum(1), torch.full((16,), 8.0))
+    assert torch.unique(pos, dim=0).shape[0] == 16
+    with pytest.raises(InputError):
+        sincos_pos_embed_2d(4, 18)

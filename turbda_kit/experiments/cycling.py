@@ -1,0 +1,451 @@
+"""The cycling DA engine: forecast → observe → analyse → record, for any model and filter.
+
+One loop serves every pairing (SQG, Lorenz-96 or the ViT surrogate; EnSF, LETKF or no
+filter). The maths lives elsewhere: models in :mod:`turbda_kit.models`, analyses in
+:mod:`turbda_kit.filters`, scores in :mod:`turbda_kit.metrics`.
+
+All units are those of the truth and the ensemble (K for SQG experiments, whose models
+are wrapped by :class:`turbda_kit.experiments.adapters.KelvinModel`).
+
+Reliability
+-----------
+* Every random draw comes from a generator named by ``(seed, cycle, stream)``
+  (:mod:`turbda_kit.experiments.randomness`), so a run resumed from a checkpoint gives
+  the same Dataset as an uninterrupted run (timings aside).
+* A checkpoint is written atomically every ``checkpoint_every`` cycles into ``out_dir``.
+* NaN/inf or an RMSE above ``divergence_rmse`` stops the run with
+  :class:`~turbda_kit.errors.DivergenceError`, after saving the last good ensemble.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import metrics, provenance
+from ..device import synchronize
+from ..errors import DivergenceError, InputError
+from ..io import atomic_path
+from ..progress import progress_bar
+from .randomness import cycle_generator
+
+CHECKPOINT_NAME = "cycling_checkpoint.pt"
+DIVERGED_NAME = "diverged_state.pt"
+
+
+class AnalysisFn(Protocol):
+    """A filter's analysis step as the engine calls it.
+
+    ``analysis(forecast_ensemble (member, *state_shape), obs (n_obs,), obs_operator,
+    obs_error_std, generator) -> analysis_ensemble (member, *state_shape)``
+    """
+
+    def __call__(self, forecast_ensemble: Tensor, obs: Tensor, obs_operator: Any,
+                 obs_error_std: float, generator: torch.Generator) -> Tensor: ...
+
+
+class SteppingModel(Protocol):
+    """What the engine needs of a model: ``state_shape``, ``dt`` and ``advance``."""
+
+    state_shape: tuple[int, ...]
+    dt: float
+
+    def advance(self, state: Tensor, n_steps: int) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class CyclingConfig:
+    """Settings of a cycling experiment.
+
+    Attributes
+    ----------
+    n_cycles : int
+        Number of analysis cycles (≥ 1).
+    steps_per_cycle : int
+        Model steps between analyses (cycle length = steps_per_cycle · model.dt).
+    spinup_cycles : int
+        Leading cycles excluded from the summary scores and the rank histogram.
+    obs_error_std : float
+        Observation error standard deviation (units of the observations), > 0.
+    seed : int
+        Root seed of every random stream.
+    checkpoint_every : int
+        Cycles between checkpoints (0: never) when an ``out_dir`` is given.
+    divergence_rmse : float
+        Stop when the analysis (or forecast) RMSE exceeds this (default: never).
+    save_means : bool
+        Also store truth and forecast/analysis ensemble means per cycle.
+    """
+
+    n_cycles: int
+    steps_per_cycle: int
+    obs_error_std: float
+    spinup_cycles: int = 0
+    seed: int = 0
+    checkpoint_every: int = 10
+    divergence_rmse: float = math.inf
+    save_means: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_cycles < 1:
+            raise InputError(f"n_cycles must be ≥ 1, got {self.n_cycles}")
+        if self.steps_per_cycle < 1:
+            raise InputError(f"steps_per_cycle must be ≥ 1, got {self.steps_per_cycle}")
+        if not 0 <= self.spinup_cycles < self.n_cycles:
+            raise InputError(f"spinup_cycles must be in [0, n_cycles={self.n_cycles}), "
+                             f"got {self.spinup_cycles}")
+        if not self.obs_error_std > 0:
+            raise InputError(f"obs_error_std must be > 0, got {self.obs_error_std}")
+        if self.checkpoint_every < 0:
+            raise InputError(f"checkpoint_every must be ≥ 0, got {self.checkpoint_every}")
+        if not self.divergence_rmse > 0:
+            raise InputError(f"divergence_rmse must be > 0, got {self.divergence_rmse}")
+
+
+class TruthSource(Protocol):
+    """The true state at each cycle: ``state(cycle) -> (*state_shape)``; cycle 0 is the start."""
+
+    def state(self, cycle: int) -> Tensor: ...
+
+
+class ArrayTruth:
+    """Truth read from a stored trajectory (e.g. a nature run's ``theta``).
+
+    Parameters
+    ----------
+    trajectory : Tensor or array-like, shape (n_times, *state_shape)
+        States at equally spaced times.
+    stride : int
+        Stored times per cycle (1 when the output interval equals the cycle length).
+    offset : int
+        Stored time index of cycle 0.
+    device, dtype
+        Where and how states are returned.
+    """
+
+    def __init__(self, trajectory, stride: int = 1, offset: int = 0,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.trajectory = trajectory
+        self.stride, self.offset = stride, offset
+        self.device, self.dtype = torch.device(device), dtype
+        if stride < 1 or offset < 0:
+            raise InputError(f"stride must be ≥ 1 and offset ≥ 0, got {stride}, {offset}")
+
+    def n_cycles_available(self) -> int:
+        """How many cycles (after cycle 0) the trajectory covers."""
+        return (len(self.trajectory) - 1 - self.offset) // self.stride
+
+    def state(self, cycle: int) -> Tensor:
+        index = self.offset + cycle * self.stride
+        if index >= len(self.trajectory):
+            raise InputError(f"the truth trajectory has {len(self.trajectory)} times; cycle "
+                             f"{cycle} needs index {index}: use fewer cycles or a longer run")
+        value = self.trajectory[index]
+        if not isinstance(value, Tensor):
+            value = torch.as_tensor(np.asarray(getattr(value, "values", value)))  # xarray/numpy
+        return value.to(device=self.device, dtype=self.dtype)
+
+
+class ModelTruth:
+    """Truth generated on the fly by running ``model`` from ``initial_state``.
+
+    States are computed in order and cached for the current cycle only, so memory stays
+    one state; the state is part of the engine's checkpoint.
+    """
+
+    def __init__(self, model: SteppingModel, initial_state: Tensor, steps_per_cycle: int):
+        self.model = model
+        self.steps_per_cycle = steps_per_cycle
+        self._cycle = 0
+        self._state = initial_state.clone()
+
+    def state(self, cycle: int) -> Tensor:
+        if cycle < self._cycle:
+            raise InputError("ModelTruth advances forward only; recreate it to go back")
+        while self._cycle < cycle:
+            self._state = self.model.advance(self._state, self.steps_per_cycle)
+            self._cycle += 1
+        return self._state
+
+    def get_state(self) -> dict[str, Any]:
+        """Checkpointable state."""
+        return {"cycle": self._cycle, "state": self._state}
+
+    def set_state(self, saved: dict[str, Any]) -> None:
+        """Restore from :meth:`get_state`."""
+        self._cycle, self._state = int(saved["cycle"]), saved["state"]
+
+
+ObsNetwork = Callable[[int, torch.Generator], Any]
+"""A per-cycle observation operator: ``network(cycle, generator) -> obs operator``."""
+
+PER_CYCLE_VARIABLES = (
+    "rmse_forecast", "rmse_analysis", "spread_forecast", "spread_analysis",
+    "crps_forecast", "crps_analysis", "innovation_mean", "innovation_std",
+    "shock_std", "time_forecast_s", "time_analysis_s",
+)
+TIMING_VARIABLES = ("time_forecast_s", "time_analysis_s")
+
+
+def _fingerprint(config: CyclingConfig, name: str, member_count: int, state_shape) -> str:
+    return json.dumps({"config": dataclasses.asdict(config), "name": name,
+                       "members": member_count, "state_shape": list(state_shape)},
+                      sort_keys=True, default=str)
+
+
+def _check_finite(tensor: Tensor) -> bool:
+    return bool(torch.isfinite(tensor).all())
+
+
+def run_cycling(model: SteppingModel, analysis: AnalysisFn | None, obs_operator: Any,
+                truth: TruthSource, initial_ensemble: Tensor, config: CyclingConfig,
+                out_dir: str | os.PathLike | None = None, name: str = "experiment",
+                shocks: Any | None = None, state_dims: tuple[str, ...] | None = None,
+                attrs: dict[str, Any] | None = None,
+                on_cycle_end: Callable[[int, dict[str, float]], None] | None = None,
+                show_progress: bool | None = None):
+    """Run a cycling DA experiment and return its per-cycle scores as a Dataset.
+
+    Parameters
+    ----------
+    model : SteppingModel
+        Forecast model; ``advance`` takes ``(member, *state_shape)``.
+    analysis : AnalysisFn or None
+        The filter's analysis step; ``None`` gives a free run (forecasts only).
+    obs_operator : obs operator or ObsNetwork
+        An operator ``H(state (…, *state_shape)) -> (…, n_obs)``, or a callable
+        ``(cycle, generator) -> operator`` for networks that change every cycle.
+    truth : TruthSource
+        ``truth.state(k)`` is the true state at cycle ``k`` (k = 0 … n_cycles).
+    initial_ensemble : Tensor, shape (member, *state_shape)
+        Ensemble at cycle 0 (its device and dtype are used throughout).
+    config : CyclingConfig
+    out_dir : path-like, optional
+        Where checkpoints and the divergence state go; a run finding a checkpoint of the
+        same settings there resumes from it.
+    name : str
+        Experiment name (stored in attrs).
+    shocks : ShockProcess, optional
+        Jump-noise process (:class:`turbda_kit.obs.noise.ShockProcess`; its own generator
+        is replaced by the cycle's ``"shock"`` stream): the perturbed truth is what is
+        observed and scored at that cycle.
+    state_dims : tuple of str, optional
+        Dimension names of one state (default ``("i",)`` for 1-D, ``("z", "y", "x")`` for 3-D).
+    attrs : dict, optional
+        Extra attributes (e.g. model and filter settings).
+    on_cycle_end : callable, optional
+        Called as ``on_cycle_end(cycle, record)`` after each cycle (logging, tests).
+    show_progress : bool, optional
+        Progress reporting (default: rank 0).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``cycle`` (1 … n_cycles) and ``rank`` (rank-histogram bins); variables listed
+        in :data:`PER_CYCLE_VARIABLES`, ``rank_histogram``, summary scores in attrs
+        (``mean_rmse_analysis`` etc. over cycles after spin-up), optionally
+        ``truth``/``forecast_mean``/``analysis_mean``.
+
+    Raises
+    ------
+    DivergenceError
+        NaN/inf or RMSE above ``config.divergence_rmse``; the last good ensemble is saved
+        in ``out_dir/diverged_state.pt`` (when ``out_dir`` is given).
+    """
+    import xarray as xr
+
+    ensemble = initial_ensemble
+    if ensemble.ndim < 2 or ensemble.shape[0] < 1:
+        raise InputError(f"initial_ensemble must be (member, *state_shape), got {tuple(ensemble.shape)}")
+    state_shape = tuple(ensemble.shape[1:])
+    if tuple(model.state_shape) != state_shape:
+        raise InputError(f"ensemble state shape {state_shape} does not match the model's "
+                         f"{tuple(model.state_shape)}")
+    truth0 = truth.state(0)
+    if tuple(truth0.shape) != state_shape:
+        raise InputError(f"truth state shape {tuple(truth0.shape)} does not match the model "
+                         f"grid {state_shape}: use truth data of the same resolution")
+    if state_dims is None:
+        state_dims = ("i",) if len(state_shape) == 1 else ("z", "y", "x")[-len(state_shape):]
+    device = ensemble.device
+    n_members = ensemble.shape[0]
+    n = config.n_cycles
+    records = {k: np.full(n, np.nan) for k in PER_CYCLE_VARIABLES}
+    rank_hist = np.zeros(n_members + 1, dtype=np.int64)
+    means = {k: np.full((n, *state_shape), np.nan, dtype=np.float32)
+             for k in ("truth", "forecast_mean", "analysis_mean")} if config.save_means else {}
+
+    fingerprint = _fingerprint(config, name, n_members, state_shape)
+    out = Path(out_dir) if out_dir is not None else None
+    start_cycle = 1
+    if out is not None and (out / CHECKPOINT_NAME).exists():
+        saved = torch.load(out / CHECKPOINT_NAME, weights_only=True, map_location=device)
+        if saved["fingerprint"] != fingerprint:
+            raise InputError(f"{out / CHECKPOINT_NAME} belongs to an experiment with other "
+                             "settings: use another out_dir or delete the checkpoint")
+        start_cycle = int(saved["cycle"]) + 1
+        ensemble = saved["ensemble"].to(device)
+        for k in records:
+            records[k] = saved["records"][k].numpy().copy()
+        rank_hist = saved["rank_hist"].numpy().copy()
+        for k in means:
+            means[k] = saved["means"][k].numpy().copy()
+        if hasattr(truth, "set_state") and "truth" in saved:
+            truth.set_state(saved["truth"])
+
+    def save_checkpoint(cycle: int, path: Path) -> None:
+        payload = {"fingerprint": fingerprint, "cycle": cycle, "ensemble": ensemble.cpu(),
+                   "records": {k: torch.from_numpy(v) for k, v in records.items()},
+                   "rank_hist": torch.from_numpy(rank_hist),
+                   "means": {k: torch.from_numpy(v) for k, v in means.items()}}
+        if hasattr(truth, "get_state"):
+            payload["truth"] = {k: (v.cpu() if isinstance(v, Tensor) else v)
+                                for k, v in truth.get_state().items()}
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+    bar = progress_bar(n - start_cycle + 1, desc=f"cycling {name}", enabled=show_progress)
+    model_seconds = config.steps_per_cycle * float(model.dt) * float(
+        getattr(model, "time_unit_seconds", 1.0) or 1.0)
+    for cycle in range(start_cycle, n + 1):
+        t0 = time.perf_counter()
+        forecast = model.advance(ensemble, config.steps_per_cycle)
+        synchronize(device)
+        t1 = time.perf_counter()
+        true_state = truth.state(cycle)
+        shock_std = 0.0
+        if shocks is not None:
+            # A fresh generator per cycle keeps resumed runs identical to uninterrupted ones.
+            process = copy.copy(shocks)
+            process.generator = cycle_generator(config.seed, cycle, "shock", device)
+            true_state, shock = process.apply(true_state)
+            shock_std = shock.std
+        operator = (obs_operator(cycle, cycle_generator(config.seed, cycle, "obs_network", "cpu"))
+                    if callable(obs_operator) and not hasattr(obs_operator, "n_obs")
+                    else obs_operator)
+        clean_obs = operator(true_state)
+        noise = torch.empty_like(clean_obs).normal_(
+            generator=cycle_generator(config.seed, cycle, "obs_noise", device))
+        obs = clean_obs + config.obs_error_std * noise
+        t2 = time.perf_counter()
+        if analysis is not None:
+            analysed = analysis(forecast, obs, operator, config.obs_error_std,
+                                cycle_generator(config.seed, cycle, "analysis", device))
+        else:
+            analysed = forecast
+        synchronize(device)
+        t3 = time.perf_counter()
+
+        innovation = obs - operator(forecast).mean(dim=0)
+        rec = {
+            "rmse_forecast": float(metrics.rmse(forecast, true_state)),
+            "rmse_analysis": float(metrics.rmse(analysed, true_state)),
+            "spread_forecast": float(metrics.spread(forecast)),
+            "spread_analysis": float(metrics.spread(analysed)),
+            "crps_forecast": float(metrics.crps(forecast, true_state)),
+            "crps_analysis": float(metrics.crps(analysed, true_state)),
+            "innovation_mean": float(innovation.mean()),
+            "innovation_std": float(innovation.std()),
+            "shock_std": float(shock_std),
+            "time_forecast_s": t1 - t0,
+            "time_analysis_s": t3 - t2,
+        }
+        diverged = not (_check_finite(forecast) and _check_finite(analysed))
+        worst = max(rec["rmse_forecast"], rec["rmse_analysis"])
+        if diverged or not worst <= config.divergence_rmse:
+            saved_path = None
+            if out is not None:
+                saved_path = str(out / DIVERGED_NAME)
+                out.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(cycle - 1, Path(saved_path))
+            reason = "NaN/inf in the ensemble" if diverged else (
+                f"RMSE {worst:.4g} above divergence_rmse={config.divergence_rmse}")
+            bar.close()
+            raise DivergenceError(f"{name} diverged at cycle {cycle}: {reason}; last good "
+                                  f"ensemble (cycle {cycle - 1}) saved to {saved_path}",
+                                  saved_path)
+        for k, v in rec.items():
+            records[k][cycle - 1] = v
+        if cycle > config.spinup_cycles:
+            rank_hist += metrics.rank_histogram(analysed, true_state).cpu().numpy().astype(np.int64)
+        if means:
+            means["truth"][cycle - 1] = true_state.float().cpu().numpy()
+            means["forecast_mean"][cycle - 1] = forecast.mean(0).float().cpu().numpy()
+            means["analysis_mean"][cycle - 1] = analysed.mean(0).float().cpu().numpy()
+        ensemble = analysed
+        wall = rec["time_forecast_s"] + rec["time_analysis_s"]
+        bar.set_postfix_str(f"rmse_a {rec['rmse_analysis']:.3g} spread {rec['spread_analysis']:.3g}"
+                            f" real-time x{model_seconds / wall:.3g}" if wall > 0 else "")
+        bar.update(1)
+        if out is not None and config.checkpoint_every and cycle % config.checkpoint_every == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(cycle, out / CHECKPOINT_NAME)
+        if on_cycle_end is not None:
+            on_cycle_end(cycle, rec)
+    bar.close()
+
+    cycles = np.arange(1, n + 1)
+    data_vars: dict[str, Any] = {k: ("cycle", v) for k, v in records.items()}
+    data_vars["rank_histogram"] = ("rank", rank_hist)
+    for k, v in means.items():
+        data_vars[k] = (("cycle", *state_dims), v)
+    ds = xr.Dataset(data_vars, coords={"cycle": cycles, "rank": np.arange(n_members + 1)})
+    ds["time_hours"] = ("cycle", cycles * model_seconds / 3600.0)
+    scored = slice(config.spinup_cycles, None)
+    wall_per_cycle = records["time_forecast_s"] + records["time_analysis_s"]
+    summary = {
+        "experiment": name,
+        "n_members": n_members,
+        "mean_rmse_analysis": float(np.mean(records["rmse_analysis"][scored])),
+        "mean_rmse_forecast": float(np.mean(records["rmse_forecast"][scored])),
+        "mean_spread_analysis": float(np.mean(records["spread_analysis"][scored])),
+        "mean_crps_analysis": float(np.mean(records["crps_analysis"][scored])),
+        "mean_wall_seconds_per_cycle": float(np.mean(wall_per_cycle)),
+        "cycle_model_seconds": model_seconds,
+        "realtime_factor": float(model_seconds / np.mean(wall_per_cycle)),
+    }
+    ds.attrs.update(summary)
+    ds.attrs.update({f"config_{k}": (str(v) if isinstance(v, bool) else v)
+                     for k, v in dataclasses.asdict(config).items()})
+    ds.attrs.update(attrs or {})
+    ds.attrs.update(provenance.as_attrs(provenance.collect()))
+    _describe(ds)
+    return ds
+
+
+_DESCRIPTIONS = {
+    "rmse_forecast": "RMSE of the forecast ensemble mean against the truth",
+    "rmse_analysis": "RMSE of the analysis ensemble mean against the truth",
+    "spread_forecast": "forecast ensemble spread (sqrt of mean variance, n-1)",
+    "spread_analysis": "analysis ensemble spread (sqrt of mean variance, n-1)",
+    "crps_forecast": "fair ensemble CRPS of the forecast, mean over the state",
+    "crps_analysis": "fair ensemble CRPS of the analysis, mean over the state",
+    "innovation_mean": "mean of obs minus the forecast-mean observation",
+    "innovation_std": "standard deviation of the innovations",
+    "shock_std": "std of the jump noise added to the truth this cycle (0: none)",
+    "time_forecast_s": "wall time of the forecast step",
+    "time_analysis_s": "wall time of observing and analysing",
+    "rank_histogram": "rank of the truth within the analysis ensemble, after spin-up",
+    "time_hours": "model time since the start",
+}
+
+
+def _describe(ds) -> None:
+    for k, text in _DESCRIPTIONS.items():
+        if k in ds:
+            ds[k].attrs["long_name"] = text
+    for k in ("time_forecast_s", "time_analysis_s"):
+        ds[k].attrs["units"] = "s"
+    ds["time_hours"].attrs["units"] = "h"
