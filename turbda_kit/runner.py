@@ -211,7 +211,25 @@ def _turbda_abort_on_error(shell, etype, evalue, tb, tb_offset=None):
         mpi.COMM_WORLD.Abort(1)
 
 
-get_ipython().set_custom_exc((Exception,), _turbda_abort_on_error)'''
+get_ipython().set_custom_exc((Exception,), _turbda_abort_on_error)
+
+
+# If the launcher kills this rank's `turbda run` (another rank failed, or the job was
+# cancelled), take this kernel down too: it may be blocked inside an MPI call, where no
+# Python-level watchdog can run.
+def _turbda_die_with_parent():
+    import ctypes
+    import os
+    import signal
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(os.environ.get("JPY_PARENT_PID", os.getppid())):
+        os._exit(1)
+
+
+_turbda_die_with_parent()'''
 
 _MPI_FINAL_BARRIER_SOURCE = '''\
 # Inserted by `turbda run` under a parallel launch: ranks leave together, so that no

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from ..conftest import mpiexec_path
@@ -49,3 +51,21 @@ def test_one_failing_rank_aborts_instead_of_hanging(tmp_path):
     assert proc.returncode != 0
     record = json.loads((out / "run.json").read_text())
     assert record["status"] != "ok"
+    # no kernel is left behind spinning inside the collective
+    deadline = time.monotonic() + 15
+    while _kernels_in(out) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _kernels_in(out)
+
+
+def _kernels_in(run_dir: Path) -> list[int]:
+    """Kernel processes working in ``run_dir`` (papermill starts them there)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "ipykernel_launcher" in " ".join(proc.info["cmdline"] or []) and \
+                    Path(proc.cwd()) == run_dir.resolve():
+                found.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found

@@ -215,6 +215,7 @@ def run_cycling(model: SteppingModel, analysis: AnalysisFn | None, obs_operator:
                 shocks: Any | None = None, state_dims: tuple[str, ...] | None = None,
                 attrs: dict[str, Any] | None = None,
                 on_cycle_end: Callable[[int, dict[str, float]], None] | None = None,
+                diagnostics: Callable[..., dict[str, float]] | None = None,
                 show_progress: bool | None = None):
     """Run a cycling DA experiment and return its per-cycle scores as a Dataset.
 
@@ -247,6 +248,9 @@ def run_cycling(model: SteppingModel, analysis: AnalysisFn | None, obs_operator:
         Extra attributes (e.g. model and filter settings).
     on_cycle_end : callable, optional
         Called as ``on_cycle_end(cycle, record)`` after each cycle (logging, tests).
+    diagnostics : callable, optional
+        ``diagnostics(cycle, start_ensemble, forecast, analysis, truth) -> dict[str, float]``;
+        each key becomes an extra per-cycle variable (e.g. the surrogate drift).
     show_progress : bool, optional
         Progress reporting (default: rank 0).
 
@@ -283,6 +287,7 @@ def run_cycling(model: SteppingModel, analysis: AnalysisFn | None, obs_operator:
     n_members = ensemble.shape[0]
     n = config.n_cycles
     records = {k: np.full(n, np.nan) for k in PER_CYCLE_VARIABLES}
+    extra: dict[str, np.ndarray] = {}
     rank_hist = np.zeros(n_members + 1, dtype=np.int64)
     means = {k: np.full((n, *state_shape), np.nan, dtype=np.float32)
              for k in ("truth", "forecast_mean", "analysis_mean")} if config.save_means else {}
@@ -299,6 +304,7 @@ def run_cycling(model: SteppingModel, analysis: AnalysisFn | None, obs_operator:
         ensemble = saved["ensemble"].to(device)
         for k in records:
             records[k] = saved["records"][k].numpy().copy()
+        extra = {k: v.numpy().copy() for k, v in saved.get("extra", {}).items()}
         rank_hist = saved["rank_hist"].numpy().copy()
         for k in means:
             means[k] = saved["means"][k].numpy().copy()
@@ -309,6 +315,7 @@ def run_cycling(model: SteppingModel, analysis: AnalysisFn | None, obs_operator:
         payload = {"fingerprint": fingerprint, "cycle": cycle, "ensemble": ensemble.cpu(),
                    "records": {k: torch.from_numpy(v) for k, v in records.items()},
                    "rank_hist": torch.from_numpy(rank_hist),
+                   "extra": {k: torch.from_numpy(v) for k, v in extra.items()},
                    "means": {k: torch.from_numpy(v) for k, v in means.items()}}
         if hasattr(truth, "get_state"):
             payload["truth"] = {k: (v.cpu() if isinstance(v, Tensor) else v)
@@ -378,6 +385,9 @@ def run_cycling(model: SteppingModel, analysis: AnalysisFn | None, obs_operator:
                                   saved_path)
         for k, v in rec.items():
             records[k][cycle - 1] = v
+        if diagnostics is not None:
+            for k, v in diagnostics(cycle, ensemble, forecast, analysed, true_state).items():
+                extra.setdefault(k, np.full(n, np.nan))[cycle - 1] = float(v)
         if cycle > config.spinup_cycles:
             rank_hist += metrics.rank_histogram(analysed, true_state).cpu().numpy().astype(np.int64)
         if means:
@@ -398,6 +408,7 @@ def run_cycling(model: SteppingModel, analysis: AnalysisFn | None, obs_operator:
 
     cycles = np.arange(1, n + 1)
     data_vars: dict[str, Any] = {k: ("cycle", v) for k, v in records.items()}
+    data_vars.update({k: ("cycle", v) for k, v in extra.items()})
     data_vars["rank_histogram"] = ("rank", rank_hist)
     for k, v in means.items():
         data_vars[k] = (("cycle", *state_dims), v)

@@ -35,6 +35,8 @@ __all__ = [
     "pairwise_distances",
     "grid_positions",
     "sqg_positions",
+    "half_width_for_taper",
+    "grid_point_positions",
 ]
 
 
@@ -64,7 +66,8 @@ def gaspari_cohn(distance: Tensor, half_width: float) -> Tensor:
     outer = (4.0 - 2.0 / (3.0 * z_outer)
              + z * (-5.0 + z * (5.0 / 3.0 + z * (5.0 / 8.0 + z * (-0.5 + z / 12.0)))))
     taper = torch.where(z <= 1.0, inner, outer)
-    return torch.where(z < 2.0, taper, torch.zeros_like(taper))
+    # Rounding can leave tiny negative values just inside 2c; weights must stay >= 0.
+    return torch.where(z < 2.0, taper, torch.zeros_like(taper)).clamp_(min=0.0)
 
 
 def periodic_difference(a: Tensor, b: Tensor, length: float) -> Tensor:
@@ -175,3 +178,70 @@ def sqg_positions(n: int, domain_length: float, lid_height: float, *,
     levels = torch.tensor([0.0, lid_height], dtype=dtype, device=device)
     z = levels[:, None, None, None].expand(2, n, n, 1)
     return torch.cat([xy.expand(2, n, n, 2), z], dim=-1)
+
+
+def half_width_for_taper(taper: float, distance: float) -> float:
+    """The Gaspari–Cohn half-width ``c`` with ``GC(distance / c) = taper``.
+
+    Useful to express a fixed cross-level factor (sqgturb's ``vcovlocal_fact`` between
+    the two SQG levels a distance H apart) as a vertical localisation half-width:
+    ``vertical_localization_radius = half_width_for_taper(fact, H)``.
+
+    Parameters
+    ----------
+    taper : float
+        Wanted taper value, in (0, 1).
+    distance : float
+        Distance (> 0) at which the taper must take that value.
+
+    Returns
+    -------
+    float
+        The half-width, in the units of ``distance``.
+    """
+    if not 0.0 < taper < 1.0:
+        raise InputError(f"taper must be in (0, 1); got {taper!r}")
+    if not distance > 0:
+        raise InputError(f"distance must be > 0; got {distance!r}")
+    low, high = 0.0, 2.0   # GC decreases strictly from 1 to 0 on z in [0, 2]
+    for _ in range(80):
+        mid = 0.5 * (low + high)
+        value = float(gaspari_cohn(torch.tensor([mid], dtype=torch.float64), 1.0))
+        low, high = (mid, high) if value > taper else (low, mid)
+    return distance / (0.5 * (low + high))
+
+
+def grid_point_positions(state_positions: Tensor, grid_coordinates: Tensor) -> Tensor:
+    """Positions of observations that sit on state grid points.
+
+    The kit's observation operators give ``locations`` as grid coordinates in array-axis
+    order and index units (``(z, y, x)`` for SQG, ``(i,)`` for Lorenz-96); this looks up
+    the matching rows of ``state_positions`` (e.g. ``(x, y, z)`` in metres from
+    :func:`sqg_positions`).
+
+    Parameters
+    ----------
+    state_positions : Tensor, shape (*state_shape, n_dims)
+    grid_coordinates : Tensor, shape (n_obs, len(state_shape))
+        Integer-valued grid indices (floats are accepted if they are whole numbers).
+
+    Returns
+    -------
+    Tensor, shape (n_obs, n_dims)
+    """
+    grid_coordinates = torch.as_tensor(grid_coordinates)
+    if grid_coordinates.ndim == 1:
+        grid_coordinates = grid_coordinates[:, None]
+    state_shape = tuple(state_positions.shape[:-1])
+    if grid_coordinates.ndim != 2 or grid_coordinates.shape[1] != len(state_shape):
+        raise InputError(f"grid_coordinates has shape {tuple(grid_coordinates.shape)}; expected "
+                         f"(n_obs, {len(state_shape)}) grid indices for state_positions of "
+                         f"shape {tuple(state_positions.shape)}")
+    index = torch.round(grid_coordinates.to(torch.float64)).to(torch.long)
+    bounds = torch.tensor(state_shape, dtype=torch.long)
+    off_grid = not torch.equal(index.to(torch.float64), grid_coordinates.to(torch.float64))
+    if off_grid or bool(((index < 0) | (index >= bounds)).any()):
+        raise InputError("grid_coordinates must be whole grid indices inside the state shape "
+                         f"{state_shape}; for observations between grid points pass their "
+                         "positions directly (letkf_analysis(obs_positions=...))")
+    return state_positions[tuple(index.to(state_positions.device).T)]
