@@ -18,17 +18,16 @@ from torch import Tensor
 
 from ..errors import InputError
 
-NORMALISATION_PREFIX = ("normalize_mean_", "normalize_std_")
-
 
 def normalisation_metadata(variables: Sequence[str], mean: Sequence[float], std: Sequence[float]
-                           ) -> dict[str, float]:
-    """Flat metadata entries storing per-variable normalisation in a surrogate export."""
-    out: dict[str, float] = {}
-    for name, m, s in zip(variables, mean, std):
-        out[f"{NORMALISATION_PREFIX[0]}{name}"] = float(m)
-        out[f"{NORMALISATION_PREFIX[1]}{name}"] = float(s)
-    return out
+                           ) -> dict[str, list]:
+    """Metadata entries storing the normalisation in a surrogate export.
+
+    The same keys the training notebook writes (``variables``, ``normalize_mean``,
+    ``normalize_std``; read back by :func:`turbda_kit.surrogate.rollout.normaliser_from_metadata`).
+    """
+    return {"variables": list(variables), "normalize_mean": [float(m) for m in mean],
+            "normalize_std": [float(s) for s in std]}
 
 
 class SurrogateModel:
@@ -88,28 +87,31 @@ class SurrogateModel:
                    ) -> SurrogateModel:
         """Load an exported surrogate and its normalisation.
 
-        The normalisation comes from the export's metadata (``normalize_mean_<var>``,
-        ``normalize_std_<var>``) or else from the training shards at ``shards_root``.
+        The normalisation comes from the export's metadata (``variables``,
+        ``normalize_mean``, ``normalize_std``, as the training notebook writes them) or else
+        from the training shards at ``shards_root``; the lead time from
+        ``lead_time_hours`` in the metadata when present.
         """
         from ..surrogate.vit import load_surrogate
 
         vit, metadata = load_surrogate(checkpoint, device)
-        names = vit.config.variables
-        keys = [f"{NORMALISATION_PREFIX[0]}{v}" for v in names]
-        if all(k in metadata for k in keys):
-            mean = [metadata[k] for k in keys]
-            std = [metadata[f"{NORMALISATION_PREFIX[1]}{v}"] for v in names]
+        names = tuple(vit.config.variables)
+        if "normalize_mean" in metadata:
+            from ..surrogate.rollout import normaliser_from_metadata
+
+            normaliser = normaliser_from_metadata(metadata)
         elif shards_root is not None:
             from ..data.shards import open_shards
 
             normaliser = open_shards(shards_root).normaliser
-            if tuple(normaliser.variables) != tuple(names):
-                raise InputError(f"the shards at {shards_root} hold variables "
-                                 f"{normaliser.variables}, the surrogate was trained on {names}")
-            mean, std = normaliser.mean, normaliser.std
         else:
             raise InputError(f"{checkpoint} carries no normalisation: pass shards_root= the "
-                             "training data's root")
+                             "training data's root, or export with the training notebook")
+        if tuple(normaliser.variables) != names:
+            raise InputError(f"normalisation for variables {tuple(normaliser.variables)}, but the "
+                             f"surrogate was trained on {names}")
+        mean, std = normaliser.mean, normaliser.std
+        lead_hours = float(metadata.get("lead_time_hours", lead_hours))
         return cls(vit, mean, std, lead_hours=lead_hours, **kwargs)
 
     def _device_stats(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:

@@ -80,7 +80,8 @@ def rmse_vs_time(datasets: Mapping[str, object], variable: str = "rmse_analysis"
 
 
 def fields(panels: Mapping[str, np.ndarray], x_km: np.ndarray | None = None,
-           y_km: np.ndarray | None = None, units: str = "K", symmetric: bool = False):
+           y_km: np.ndarray | None = None, units: str = "K", symmetric: bool = False,
+           cols: int = 3):
     """A row of images (e.g. truth / forecast / analysis / error) of 2-D fields.
 
     Parameters
@@ -89,7 +90,10 @@ def fields(panels: Mapping[str, np.ndarray], x_km: np.ndarray | None = None,
     x_km, y_km : arrays, optional
         Coordinates in km (default: grid indices).
     symmetric : bool
-        Centre the colour range on zero (for error fields).
+        Centre the colour range on zero for every panel (for error fields); panels whose
+        title contains "error" are always centred.
+    cols : int
+        Panels per row.
     """
     hv = _hv()
     images = []
@@ -98,12 +102,13 @@ def fields(panels: Mapping[str, np.ndarray], x_km: np.ndarray | None = None,
         ny, nx = field.shape
         xs = x_km if x_km is not None else np.arange(nx)
         ys = y_km if y_km is not None else np.arange(ny)
-        img = hv.Image((xs, ys, field), ["x (km)", "y (km)"], units).opts(title=title)
-        if symmetric:
+        kdims = ["x (km)", "y (km)"] if x_km is not None else ["x (grid)", "y (grid)"]
+        img = hv.Image((xs, ys, field), kdims, units).opts(title=title, colorbar=True)
+        if symmetric or "error" in title.lower():
             lim = float(np.nanmax(np.abs(field))) or 1.0
             img = img.opts(clim=(-lim, lim), cmap="RdBu_r")
         images.append(img)
-    return hv.Layout(images).cols(len(images))
+    return hv.Layout(images).cols(min(cols, len(images)))
 
 
 def scaling(ds, x: str = "ranks", y: str = "time_per_cycle_s", by: str | None = None,
