@@ -277,6 +277,17 @@ def _kernel_inherits_pmi_fd():
         launcher.Popen = original
 
 
+def _stream_papermill_log() -> logging.Handler:
+    """Send papermill's live cell output (logged at INFO) to this process's stdout."""
+    logger = logging.getLogger("papermill")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return handler
+
+
 class _Terminated(BaseException):
     """SIGTERM arrived (Slurm cancel, or the MPI launcher killing the job)."""
 
@@ -362,6 +373,7 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict[str, Any] | None 
     start = time.monotonic()
     status, error = "ok", None
     handler = None
+    live = _stream_papermill_log() if log_output else None
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     if log_file is not None:
         handler = logging.FileHandler(log_file)
@@ -383,9 +395,10 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict[str, Any] | None 
         error = "terminated by SIGTERM (job cancelled, or another MPI rank failed)"
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
-        if handler is not None:
-            logging.getLogger("papermill").removeHandler(handler)
-            handler.close()
+        for h in (handler, live):
+            if h is not None:
+                logging.getLogger("papermill").removeHandler(h)
+                h.close()
     wall = time.monotonic() - start
     record.update(status=status, error=error, end_utc=provenance.utc_now(),
                   wall_seconds=round(wall, 3))

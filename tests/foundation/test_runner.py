@@ -157,3 +157,9 @@ def test_info_reports_versions_and_devices(capsys):
     for label in ("turbda_kit", "torch", "devices", "mpi", "deepspeed", "kernel"):
         assert label in out
     assert "MPICH" in out or "Open MPI" in out
+
+
+def test_live_output_is_streamed_while_running(ok_notebook, tmp_path, capsys):
+    run_notebook(ok_notebook, {"x": 5}, tmp_path / "o", log_output=True)
+    out = capsys.readouterr().out
+    assert "value 5" in out and "Executing Cell" in out
