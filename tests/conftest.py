@@ -8,8 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# OpenMP threads that spin while waiting make torch 10-20x slower in wall time when the
+# machine is oversubscribed (MPI ranks, notebook kernels and pytest on 2 cores); must be
+# set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
