@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from turbda_kit.device import resolve_device
+from turbda_kit.errors import DivergenceError
 from turbda_kit.experiments.presets import build_experiment, get_preset
 from turbda_kit.io import open_dataset, write_dataset
 from turbda_kit.viz.plots import fields, rmse_vs_time, save
@@ -51,14 +52,19 @@ else:
 print(settings)
 
 # %%
-results, wall = {}, {}
+results, wall, diverged = {}, {}, {}
 for name in filters:
     start = time.perf_counter()
     experiment = build_experiment(settings, name, truth_trajectory=truth_trajectory,
                                   truth_stride=stride, seed=seed, device=run_device,
                                   model_overrides=overrides or None, spinup_days=spinup_days,
                                   save_means=True)
-    ds = experiment.run(out_dir=out / f"checkpoint_{name}")
+    try:
+        ds = experiment.run(out_dir=out / f"checkpoint_{name}")
+    except DivergenceError as err:  # a filter losing track is a result, not a crash
+        diverged[name] = {"cycle": err.cycle, "message": str(err)}
+        print(f"{name:>6}: DIVERGED — {err}")
+        continue
     write_dataset(ds, out / f"cycling_{name}.nc")
     results[name], wall[name] = ds, time.perf_counter() - start
     print(f"{name:>6}: mean analysis RMSE {ds.attrs['mean_rmse_analysis']:.3f}, spread "
@@ -69,6 +75,8 @@ summary = {name: {"mean_rmse_analysis": ds.attrs["mean_rmse_analysis"],
                   "mean_spread_analysis": ds.attrs["mean_spread_analysis"],
                   "reported_rmse": settings.reported.get(name), "wall_seconds": wall[name]}
            for name, ds in results.items()}
+summary.update({name: {"diverged_at_cycle": d["cycle"], "message": d["message"]}
+                for name, d in diverged.items()})
 (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
 # %% [markdown]
@@ -94,4 +102,5 @@ if settings.model == "sqg":
     snapshot = fields(panels, units="K")
     save(snapshot, out / "fields_last_cycle", html=False)
     snapshot  # noqa: B018
+assert results, f"every filter diverged: {diverged}"
 assert all(np.isfinite(ds.rmse_analysis.values).all() for ds in results.values())

@@ -155,3 +155,25 @@ def test_array_truth_and_bad_input(setup):
         kwargs = dict(n_cycles=5, steps_per_cycle=1, obs_error_std=0.5) | bad
         with pytest.raises(InputError):
             CyclingConfig(**kwargs)
+
+
+def test_model_blow_up_is_a_divergence_with_the_state_saved(setup, tmp_path):
+    model, x_true, ensemble = setup
+
+    class Exploding:
+        state_shape, dt = model.state_shape, model.dt
+
+        def advance(self, state, n_steps):
+            if Exploding.calls == 2:
+                raise DivergenceError("CFL number 3 exceeds cfl_max")
+            Exploding.calls += 1
+            return model.advance(state, n_steps)
+
+    Exploding.calls = 0
+    cfg = CyclingConfig(n_cycles=5, steps_per_cycle=1, obs_error_std=0.5)
+    with pytest.raises(DivergenceError, match="cycle 3: the forecast model stopped: CFL") as err:
+        run_cycling(Exploding(), nudging_analysis, Identity((N_VARS,)), ModelTruth(model, x_true, 1),
+                    ensemble, cfg, out_dir=tmp_path, show_progress=False)
+    assert err.value.cycle == 3
+    saved = torch.load(tmp_path / DIVERGED_NAME, weights_only=True)
+    assert saved["cycle"] == 2 and np.isfinite(saved["records"]["rmse_analysis"][:2].numpy()).all()

@@ -323,12 +323,28 @@ def run_cycling(model: SteppingModel, analysis: AnalysisFn | None, obs_operator:
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
 
+    def _diverged(cycle: int, reason: str) -> DivergenceError:
+        """Save the last good ensemble (and the scores so far) and build the error."""
+        saved_path = None
+        if out is not None:
+            saved_path = str(out / DIVERGED_NAME)
+            out.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(cycle - 1, Path(saved_path))
+        error = DivergenceError(f"{name} diverged at cycle {cycle}: {reason}; last good "
+                                f"ensemble (cycle {cycle - 1}) saved to {saved_path}", saved_path)
+        error.cycle = cycle
+        return error
+
     bar = progress_bar(n - start_cycle + 1, desc=f"cycling {name}", enabled=show_progress)
     model_seconds = config.steps_per_cycle * float(model.dt) * float(
         getattr(model, "time_unit_seconds", 1.0) or 1.0)
     for cycle in range(start_cycle, n + 1):
         t0 = time.perf_counter()
-        forecast = model.advance(ensemble, config.steps_per_cycle)
+        try:
+            forecast = model.advance(ensemble, config.steps_per_cycle)
+        except DivergenceError as err:  # the model's own blow-up checks (e.g. SQG's CFL)
+            bar.close()
+            raise _diverged(cycle, f"the forecast model stopped: {err}") from err
         synchronize(device)
         t1 = time.perf_counter()
         true_state = truth.state(cycle)
@@ -372,17 +388,9 @@ def run_cycling(model: SteppingModel, analysis: AnalysisFn | None, obs_operator:
         diverged = not (_check_finite(forecast) and _check_finite(analysed))
         worst = max(rec["rmse_forecast"], rec["rmse_analysis"])
         if diverged or not worst <= config.divergence_rmse:
-            saved_path = None
-            if out is not None:
-                saved_path = str(out / DIVERGED_NAME)
-                out.mkdir(parents=True, exist_ok=True)
-                save_checkpoint(cycle - 1, Path(saved_path))
-            reason = "NaN/inf in the ensemble" if diverged else (
-                f"RMSE {worst:.4g} above divergence_rmse={config.divergence_rmse}")
             bar.close()
-            raise DivergenceError(f"{name} diverged at cycle {cycle}: {reason}; last good "
-                                  f"ensemble (cycle {cycle - 1}) saved to {saved_path}",
-                                  saved_path)
+            raise _diverged(cycle, "NaN/inf in the ensemble" if diverged else (
+                f"RMSE {worst:.4g} above divergence_rmse={config.divergence_rmse}"))
         for k, v in rec.items():
             records[k][cycle - 1] = v
         if diagnostics is not None:
