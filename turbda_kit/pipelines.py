@@ -51,10 +51,29 @@ class Stage:
         return p if p.is_absolute() else notebooks_dir() / p
 
 
-# The quickstart grows stage by stage as the issues land; each stage runs at its
-# notebook's embedded default (laptop) size.
+# Each stage runs at its notebook's embedded default (laptop) size unless set here; the
+# chain is the kit's whole story: truth -> training data -> surrogate -> DA -> coupled
+# ViT+EnSF -> EnSF scaling -> figures.
 PIPELINES: dict[str, list[Stage]] = {
     "quickstart": [
+        Stage("01_generate_data", "01_generate_data.ipynb", {"N": 32, "days": 12}),
+        Stage("02_preprocess", "02_preprocess.ipynb", {
+            "nature_run": "{stage:01_generate_data}/nature_sqg.nc", "start_train_day": 0,
+            "start_val_day": 8, "start_test_day": 10, "end_day": 12, "steps_per_file": 4,
+            "num_shards": 1}),
+        Stage("03_train_vit", "03_train_vit.ipynb", {
+            "data_root": "{stage:02_preprocess}/shards", "config": "tiny"}),
+        Stage("05_da_cycling", "05_da_cycling.ipynb", {
+            "nature_run": "{stage:01_generate_data}/nature_sqg.nc", "n_cycles": 8}),
+        Stage("06_coupled_vit_ensf", "06_coupled_vit_ensf.ipynb", {
+            "checkpoint": "{stage:03_train_vit}/surrogate.pt",
+            "nature_run": "{stage:01_generate_data}/nature_sqg.nc", "n_cycles": 8}),
+        Stage("04_ensf_scaling", "04_ensf_scaling.ipynb"),
+        Stage("fig_rmse_vs_time", "../figures/fig_rmse_vs_time.ipynb",
+              {"runs": ["vit_only", "vit_ensf", "vit_ensf_shocks", "sqg_letkf", "sqg_ensf",
+                        "sqg_free"]}),
+    ],
+    "check": [
         Stage("00_kit_check", "00_kit_check.ipynb"),
     ],
 }

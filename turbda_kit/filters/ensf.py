@@ -59,7 +59,12 @@ import torch
 from torch import Tensor
 
 from ..errors import DivergenceError, InputError
-from ..obs.noise import DEFAULT_BLOCK_SIZE, indexed_normal_
+from ..obs.noise import (
+    DEFAULT_BLOCK_SIZE,
+    indexed_blocks,
+    indexed_normal_,
+    indexed_normal_add_,
+)
 from ..obs.operators import (
     DifferentiableObs,
     ObsOperator,
@@ -359,12 +364,24 @@ def _check_ensemble(forecast: Tensor) -> None:
                          "must be finite")
 
 
-def _score_function(obs_operator, state_shape: tuple[int, ...], obs: Tensor,
-                    obs_error_std: float | Tensor, pre_prediction, passes: int, like: Tensor
-                    ) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    """Return ``score(state, out, work)`` writing the likelihood score into ``out``."""
+@dataclass
+class _Likelihood:
+    """The likelihood score, as a whole-array function and, when possible, a pointwise one."""
+
+    full: Callable[[Tensor, Tensor, Tensor], Tensor]       # (state, out, work) -> out
+    pointwise: Callable | None = None                      # op.pointwise_score_
+    obs: Tensor | None = None                              # (n,) for the pointwise kernel
+    inv_var: float | Tensor | None = None                  # float or (n,)
+
+
+def _likelihood(obs_operator, state_shape: tuple[int, ...], obs: Tensor,
+                obs_error_std: float | Tensor, pre_prediction, passes: int, like: Tensor
+                ) -> _Likelihood:
     n_obs = getattr(obs_operator, "n_obs", obs.shape[-1])
     check_obs(obs, n_obs)
+    if obs.dim() != 1:
+        raise InputError(f"obs has shape {tuple(obs.shape)}; the EnSF takes one observation "
+                         f"vector of shape ({n_obs},) shared by all members")
     op_shape = getattr(obs_operator, "state_shape", None)
     if op_shape is not None and tuple(op_shape) != tuple(state_shape):
         raise InputError(f"obs_operator acts on states of shape {tuple(op_shape)} but the "
@@ -382,15 +399,19 @@ def _score_function(obs_operator, state_shape: tuple[int, ...], obs: Tensor,
 
         obs_operator = DifferentiableObs(predicted_obs, state_shape, n_obs)
     if isinstance(obs_operator, ObsOperator):
+        op = obs_operator
+
         def score(state: Tensor, out: Tensor, work: Tensor) -> Tensor:
-            return obs_operator._likelihood_score(state, obs, inv_var, out, work)
-        return score
+            return op._likelihood_score(state, obs, inv_var, out, work)
+
+        pointwise = op.pointwise_score_ if op.elementwise else None
+        return _Likelihood(score, pointwise, obs, inv_var)
+    if not callable(obs_operator) and not hasattr(obs_operator, "likelihood_score"):
+        raise InputError(f"obs_operator must be callable, got {type(obs_operator).__name__}")
 
     def generic(state: Tensor, out: Tensor, work: Tensor) -> Tensor:
         return out.copy_(_generic_likelihood_score(obs_operator, state, obs, obs_error_std))
-    if not callable(obs_operator) and not hasattr(obs_operator, "likelihood_score"):
-        raise InputError(f"obs_operator must be callable, got {type(obs_operator).__name__}")
-    return generic
+    return _Likelihood(generic)
 
 
 def ensf_analysis(forecast_ensemble: Tensor, obs: Tensor, obs_operator, obs_error_std,
@@ -480,8 +501,8 @@ def ensf_analysis_detailed(forecast_ensemble: Tensor, obs: Tensor, obs_operator,
     seed = _as_seed(generator)
 
     prior_flat = forecast_ensemble.detach().reshape(members, n)
-    score_fn = _score_function(obs_operator, state_shape, obs, obs_error_std, pre_prediction,
-                               config.pre_prediction_passes, prior_flat)
+    likelihood = _likelihood(obs_operator, state_shape, obs, obs_error_std, pre_prediction,
+                             config.pre_prediction_passes, prior_flat)
 
     prior_mean = prior_std = None
     if needs_spread:
@@ -494,74 +515,158 @@ def ensf_analysis_detailed(forecast_ensemble: Tensor, obs: Tensor, obs_operator,
         scale = None
         prior = prior_flat
 
-    def draw(buffer: Tensor, step: int) -> Tensor:
-        return indexed_normal_(buffer, (seed, step), offset=global_offset,
-                               global_size=global_size, block_size=config.block_size)
-
-    # Contiguous (member, n) buffers, allocated once: the loop below only works in place.
-    x = draw(prior.new_empty(prior.shape), _INITIAL_DRAW)
-    buffer = prior.new_empty(prior.shape)           # likelihood score, then noise
-    work = prior.new_empty(prior.shape)             # operator scratch
-    physical = prior.new_empty(prior.shape) if config.normalize else None
-    target = prior.new_empty(prior.shape) if config.prior_score == "mixture" else None
+    slab = {"offset": global_offset, "global_size": global_size,
+            "block_size": config.block_size,
+            "scratch": prior.new_empty(members * min(config.block_size, global_size))}
+    x = indexed_normal_(prior.new_empty(prior.shape), (seed, _INITIAL_DRAW), **slab)
 
     window = max(1, int(config.early_stop_window * config.n_steps))
-    history = None
+    history = mean_now = None
     if config.early_stop_tol is not None:
         history = x.new_zeros((window, n))
+        mean_now = x.new_empty(n)
+
+    # Elementwise operator + paired score: every value's update needs only its own column,
+    # so the loop works through the state in tiles (the global noise blocks) that stay in
+    # cache: x and x0 are streamed once per step whatever the operator costs. Otherwise
+    # whole-array passes with preallocated buffers.
+    tiled = config.prior_score == "paired" and likelihood.pointwise is not None
+    if tiled:
+        tile = members * min(config.block_size, n)
+        buffers = {"score": prior.new_empty(tile), "work": prior.new_empty(tile),
+                   "physical": prior.new_empty(tile) if config.normalize else None}
+        step = _tiled_step
+    else:
+        buffers = {"score": prior.new_empty(prior.shape), "work": prior.new_empty(prior.shape),
+                   "physical": prior.new_empty(prior.shape) if config.normalize else None,
+                   "target": (prior.new_empty(prior.shape) if config.prior_score == "mixture"
+                              else None)}
+        step = _whole_array_step
+    context = _StepContext(x=x, prior=prior, likelihood=likelihood, config=config,
+                           state_shape=state_shape, mean=prior_mean, scale=scale, seed=seed,
+                           slab=slab, buffers=buffers, reduce=reduce, mean_now=mean_now)
 
     dt = 1.0 / config.n_steps
-    sqrt_dt = math.sqrt(dt)
     steps_taken = config.n_steps
     for k in range(config.n_steps):
         t = 1.0 - k * dt
         alpha, beta_sq, drift, diffusion_sq = schedule(t, config.eps_alpha, config.eps_beta)
-        likelihood_coef = dt * diffusion_sq * config.damping_at(t) * config.likelihood_weight
-
-        if likelihood_coef != 0.0:
-            if config.normalize:
-                torch.addcmul(prior_mean, scale, x, out=physical)
-                score_fn(physical.view(members, *state_shape), buffer.view(members, *state_shape),
-                         work.view(members, *state_shape))
-                buffer.mul_(scale)               # chain rule: d/dz = std * d/dx
-            else:
-                score_fn(x.view(members, *state_shape), buffer.view(members, *state_shape),
-                         work.view(members, *state_shape))
-
-        if target is not None:
-            mixture_prior_mean(x, prior, alpha, beta_sq, out=target, chunk=config.mixture_chunk,
-                               reduce=reduce)
-            pull_to = target
-        else:
-            pull_to = prior
+        # x <- keep x + pull x0 + like L(x) + noise xi, from
         # x <- x - dt [f x + g^2 (x - alpha x0) / beta^2 - g^2 h w L] + sqrt(dt) g xi
-        x.mul_(1.0 - dt * drift - dt * diffusion_sq / beta_sq)
-        x.add_(pull_to, alpha=dt * diffusion_sq * alpha / beta_sq)
-        if likelihood_coef != 0.0:
-            x.add_(buffer, alpha=likelihood_coef)
-        x.add_(draw(buffer, k), alpha=sqrt_dt * math.sqrt(diffusion_sq))
+        coefficients = _Coefficients(
+            keep=1.0 - dt * drift - dt * diffusion_sq / beta_sq,
+            pull=dt * diffusion_sq * alpha / beta_sq,
+            like=dt * diffusion_sq * config.damping_at(t) * config.likelihood_weight,
+            noise=math.sqrt(dt * diffusion_sq), alpha=alpha, beta_sq=beta_sq)
+        step(context, k, coefficients)
 
         if history is not None:
-            mean = x.mean(0)
+            if not tiled:
+                torch.mean(x, 0, out=mean_now)
             if k >= window:
-                change = float((mean - history[k % window]).abs_().max()) / window
+                change = float((mean_now - history[k % window]).abs_().max()) / window
                 if reduce.max(change) < config.early_stop_tol:
                     steps_taken = k + 1
                     break
-            history[k % window].copy_(mean)
+            history[k % window].copy_(mean_now)
 
-    del buffer, work, physical, target, history
+    del context, buffers, history
     if config.normalize:
         x.mul_(scale).add_(prior_mean)
     if config.spread_relaxation is not None or config.spread_cap is not None:
         _control_spread_(x, prior_std, config, reference_spread, state_shape)
     if config.check_finite and not bool(torch.isfinite(x).all()):
+        smallest = float(obs_error_std.min()) if isinstance(obs_error_std, Tensor) \
+            else float(obs_error_std)
         raise DivergenceError(
             f"EnSF analysis is not finite after {steps_taken} steps: the explicit Euler scheme "
             f"is unstable when dt * |likelihood Hessian| > 2 (e.g. identity obs with "
-            f"obs_error_std={obs_error_std}); raise EnSFConfig.n_steps, use normalize=True or "
-            f"a smaller likelihood_weight")
+            f"obs_error_std={smallest:g}, n_steps={config.n_steps}); raise EnSFConfig.n_steps, "
+            f"use normalize=True or a smaller likelihood_weight")
     return EnSFResult(x.view(members, *state_shape), steps_taken, seed)
+
+
+@dataclass(frozen=True)
+class _Coefficients:
+    keep: float
+    pull: float
+    like: float
+    noise: float
+    alpha: float
+    beta_sq: float
+
+
+@dataclass
+class _StepContext:
+    x: Tensor
+    prior: Tensor
+    likelihood: _Likelihood
+    config: EnSFConfig
+    state_shape: tuple[int, ...]
+    mean: Tensor | None
+    scale: Tensor | None
+    seed: int
+    slab: dict
+    buffers: dict
+    reduce: GlobalReduce
+    mean_now: Tensor | None
+
+
+def _whole_array_step(c: _StepContext, k: int, coef: _Coefficients) -> None:
+    """One Euler-Maruyama step as whole-array in-place passes (any operator/estimator)."""
+    x, members, shape = c.x, c.x.shape[0], c.state_shape
+    score, work = c.buffers["score"], c.buffers["work"]
+    if coef.like != 0.0:
+        if c.config.normalize:
+            physical = c.buffers["physical"]
+            torch.addcmul(c.mean, c.scale, x, out=physical)
+            c.likelihood.full(physical.view(members, *shape), score.view(members, *shape),
+                              work.view(members, *shape))
+            score.mul_(c.scale)                       # chain rule: d/dz = std * d/dx
+        else:
+            c.likelihood.full(x.view(members, *shape), score.view(members, *shape),
+                              work.view(members, *shape))
+    pull_to = c.prior
+    if c.buffers.get("target") is not None:
+        pull_to = mixture_prior_mean(x, c.prior, coef.alpha, coef.beta_sq,
+                                     out=c.buffers["target"], chunk=c.config.mixture_chunk,
+                                     reduce=c.reduce)
+    x.mul_(coef.keep)
+    x.add_(pull_to, alpha=coef.pull)
+    if coef.like != 0.0:
+        x.add_(score, alpha=coef.like)
+    # The noise goes straight from a cache-sized scratch block into x.
+    indexed_normal_add_(x, coef.noise, (c.seed, k), **c.slab)
+
+
+def _tiled_step(c: _StepContext, k: int, coef: _Coefficients) -> None:
+    """One Euler-Maruyama step tile by tile (paired score, elementwise operator)."""
+    x, prior, members = c.x, c.prior, c.x.shape[0]
+    kernel, obs, inv_var = c.likelihood.pointwise, c.likelihood.obs, c.likelihood.inv_var
+    per_value = isinstance(inv_var, Tensor)
+    normalize = c.config.normalize
+    for start, stop, noise in indexed_blocks(members, x.shape[1], (c.seed, k), **c.slab,
+                                             dtype=x.dtype, device=x.device):
+        width = stop - start
+        tile = x[:, start:stop]
+        if coef.like != 0.0:
+            score = c.buffers["score"][:members * width].view(members, width)
+            work = c.buffers["work"][:members * width].view(members, width)
+            iv = inv_var[start:stop] if per_value else inv_var
+            if normalize:
+                physical = c.buffers["physical"][:members * width].view(members, width)
+                torch.addcmul(c.mean[start:stop], c.scale[start:stop], tile, out=physical)
+                kernel(physical, obs[start:stop], iv, score, work)
+                score.mul_(c.scale[start:stop])
+            else:
+                kernel(tile, obs[start:stop], iv, score, work)
+        tile.mul_(coef.keep)
+        tile.add_(prior[:, start:stop], alpha=coef.pull)
+        if coef.like != 0.0:
+            tile.add_(score, alpha=coef.like)
+        tile.add_(noise, alpha=coef.noise)
+        if c.mean_now is not None:
+            torch.mean(tile, 0, out=c.mean_now[start:stop])
 
 
 def _control_spread_(x: Tensor, prior_std: Tensor, config: EnSFConfig,

@@ -88,7 +88,7 @@ def inverse_variance(obs_error_std: float | Tensor, n_obs: int,
     float or Tensor of shape ``(n_obs,)``
     """
     if isinstance(obs_error_std, Tensor):
-        if obs_error_std.numel() == 1:
+        if obs_error_std.dim() == 0:
             return inverse_variance(float(obs_error_std), n_obs)
         if tuple(obs_error_std.shape) != (n_obs,):
             raise InputError(f"obs_error_std has shape {tuple(obs_error_std.shape)}; expected a "
@@ -148,6 +148,13 @@ class ObsOperator:
     state_shape: tuple[int, ...]
     n_obs: int
     elementwise: bool = False
+    #: Elementwise operators may provide ``pointwise_score_(x, obs, inv_var, out, work)``:
+    #: the likelihood score on any block of values (no shape checks; ``obs`` and
+    #: ``inv_var`` broadcastable to ``x``; ``out``/``work`` shaped like ``x``). Since
+    #: observation ``k`` depends only on state value ``k``, the score of a set of columns
+    #: needs only their observations, which lets the EnSF work through the state in
+    #: cache-sized tiles. None when not available.
+    pointwise_score_: Callable | None = None
 
     # ---- public API -------------------------------------------------------------
     def __call__(self, state: Tensor) -> Tensor:
@@ -263,6 +270,12 @@ class _Elementwise(ObsOperator):
             return values.reshape(*values.shape[:-1], *self.state_shape)
         return values
 
+    def _likelihood_score(self, state, obs, inv_var, out, work):
+        if out is None:
+            out = torch.empty_like(state)
+        return self.pointwise_score_(state, self._as_state(obs), self._as_state(inv_var), out,
+                                     work)
+
 
 class Identity(_Elementwise):
     """Observe every state value: ``H(x) = flatten(x)``.
@@ -285,13 +298,11 @@ class Identity(_Elementwise):
         return self._unflat(cotangent.expand(*state.shape[:state.dim() - len(self.state_shape)],
                                              self.n_obs))
 
-    def _likelihood_score(self, state, obs, inv_var, out, work):
-        y = self._as_state(obs)
-        if out is None:
-            out = torch.sub(y, state)
-        else:
-            torch.sub(y, state, out=out)
-        return out.mul_(self._as_state(inv_var))
+    def pointwise_score_(self, x: Tensor, obs: Tensor, inv_var: float | Tensor, out: Tensor,
+                         work: Tensor | None = None) -> Tensor:
+        """``(y - x) / sigma^2`` elementwise; ``obs``/``inv_var`` broadcast against ``x``."""
+        torch.sub(obs, x, out=out)
+        return out.mul_(inv_var)
 
 
 class Arctan(_Elementwise):
@@ -318,38 +329,40 @@ class Arctan(_Elementwise):
         return f"Arctan(state_shape={self.state_shape}, scale={self.scale})"
 
     def _apply(self, state: Tensor) -> Tensor:
-        # Differentiable (no out=): autograd-based compositions go through here.
-        angle = torch.atan2(self._flat(state), state.new_tensor(1.0 / abs(self.scale)))
-        return -angle if self.scale < 0 else angle
+        return torch.atan(self._flat(state) * self.scale)
 
     def _atan_scaled_(self, x: Tensor, out: Tensor) -> Tensor:
-        # atan2(x, 1/s) = atan(s x) for s > 0, in one pass; on CPU torch's atan2 is about
-        # twice as fast as its atan, and this avoids a temporary for s * x.
-        torch.atan2(x, x.new_tensor(1.0 / abs(self.scale)), out=out)
-        return out.neg_() if self.scale < 0 else out
+        # torch.atan, not atan2(x, 1/s): on CPU atan2's SIMD body and scalar tail round
+        # differently (~7% of float32 values differ by an ulp), so results would depend on
+        # where an element falls in an array; atan is position-independent, which keeps a
+        # slab's analysis bit-identical to the same slab of the full state.
+        if self.scale == 1.0:
+            return torch.atan(x, out=out)
+        return torch.mul(x, self.scale, out=out).atan_()
 
     def _vjp(self, state: Tensor, cotangent: Tensor) -> Tensor:
         derivative = self.scale / (1.0 + (self.scale * state) ** 2)
         return self._as_state(cotangent) * derivative
 
-    def _likelihood_score(self, state, obs, inv_var, out, work):
-        # score = s (y - atan(s x)) / (1 + (s x)^2) / sigma^2, in 3-4 passes over two buffers:
-        # work <- (1 + s^2 x^2) / (s / sigma^2) (one addcmul), out <- atan(s x) (one atan2),
-        # out <- (y - out) / work.
+    def pointwise_score_(self, x: Tensor, obs: Tensor, inv_var: float | Tensor, out: Tensor,
+                         work: Tensor | None = None) -> Tensor:
+        """``s (y - atan(s x)) / (1 + (s x)^2) / sigma^2`` elementwise, into ``out``.
+
+        ``obs``/``inv_var`` broadcast against ``x``; ``work`` is a scratch buffer shaped
+        like ``x``. Four to five passes: ``work <- (1 + s^2 x^2) / (s / sigma^2)`` (one
+        addcmul), ``out <- atan(s x)``, ``out <- (y - out) / work``.
+        """
         s = self.scale
-        if out is None:
-            out = torch.empty_like(state)
         if work is None:
-            work = torch.empty_like(state)
+            work = torch.empty_like(out)
         scalar_var = not isinstance(inv_var, Tensor)
         factor = s * inv_var if scalar_var else 1.0
-        torch.addcmul(state.new_tensor(1.0 / factor), state, state, value=s * s / factor,
-                      out=work)
-        self._atan_scaled_(state, out)
-        torch.sub(self._as_state(obs), out, out=out)
+        torch.addcmul(x.new_tensor(1.0 / factor), x, x, value=s * s / factor, out=work)
+        self._atan_scaled_(x, out)
+        torch.sub(obs, out, out=out)
         out.div_(work)
         if not scalar_var:
-            out.mul_(self._as_state(inv_var)).mul_(s)
+            out.mul_(inv_var).mul_(s)
         return out
 
 

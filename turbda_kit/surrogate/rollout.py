@@ -39,11 +39,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from ..errors import InputError
 
 __all__ = ["Forecaster", "Normalising", "iter_rollout", "rollout", "trajectory_windows",
-           "rmse_per_variable", "RolloutScores", "rollout_rmse", "split_trajectory"]
+           "rmse_per_variable", "RolloutScores", "rollout_rmse", "split_trajectory",
+           "TrajectoryPairs", "normaliser_from_metadata"]
 
 Forecaster = nn.Module | Callable[[Tensor, Tensor], Tensor]
 """A ViT (or any ``f(fields (B, V, N, N), lead_time_hours (B,)) -> (B, V, N, N)``, such as
@@ -289,8 +291,10 @@ class RolloutScores:
 
     @property
     def skill_vs_persistence(self) -> np.ndarray:
-        """``(n_steps,)`` ``1 - rmse_all / persistence_rmse_all`` (> 0: better than persistence)."""
-        return 1.0 - self.rmse_all / self.persistence_rmse_all
+        """``(n_steps,)`` ``1 - rmse_all / persistence_rmse_all`` (> 0: better than persistence;
+        ``-inf`` where persistence is exact)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return 1.0 - self.rmse_all / self.persistence_rmse_all
 
     def to_dataset(self):
         """The scores as an ``xarray.Dataset`` with dims ``(lead, variable)``; lead in hours."""
@@ -450,3 +454,76 @@ def split_trajectory(root: Any, split: str = "test", variables: Sequence[str] | 
                          f"(day, shard) {missing}...): a rollout needs consecutive states")
     data = np.concatenate([catalog.load(ref) for ref in refs]).astype(np.float32, copy=False)
     return torch.from_numpy(data), float(catalog.hours_per_step)
+
+
+class TrajectoryPairs(Dataset):
+    """Every ``(state, state lead steps later)`` pair of one trajectory, normalised.
+
+    Training shards pair states within a shard only, as ClimaX does; with one shard per
+    day of 12-hourly output that keeps one 12-h pair per day out of two. This map-style
+    dataset takes every pair of a contiguous trajectory (e.g. from
+    :func:`split_trajectory`), held in memory.
+
+    Parameters
+    ----------
+    trajectory : Tensor, shape (T, V, N, N)
+        Consecutive states in physical units.
+    normaliser : Normalising
+        Applied to inputs and targets.
+    lead_steps : int
+        Trajectory steps between an input and its target.
+    hours_per_step : float
+        Spacing of the trajectory, hours.
+    variables : sequence of str, optional
+        Channel names (default ``normaliser.variables``), checked by the trainer.
+
+    Items are ``(input (V, N, N), target (V, N, N), lead_time_hours 0-d)`` float32 tensors,
+    the item format of :func:`turbda_kit.surrogate.trainer.train`.
+    """
+
+    def __init__(self, trajectory: Tensor, normaliser: Normalising, lead_steps: int = 1,
+                 hours_per_step: float = 12.0, variables: Sequence[str] | None = None):
+        trajectory = _check_fields("trajectory", trajectory, 4, "(T, V, N, N)")
+        self.lead_steps = _check_positive_int("lead_steps", lead_steps)
+        self.hours_per_step = _check_lead(hours_per_step)
+        if trajectory.shape[0] <= self.lead_steps:
+            raise InputError(f"trajectory has {trajectory.shape[0]} states: a lead of "
+                             f"{self.lead_steps} steps needs at least {self.lead_steps + 1}")
+        self.fields = normaliser.normalise(trajectory.float()).contiguous()
+        names = variables if variables is not None else getattr(normaliser, "variables", None)
+        if names is not None:
+            self.variables = tuple(str(v) for v in names)
+        self.lead_time = torch.tensor(self.lead_steps * self.hours_per_step)
+
+    def __len__(self) -> int:
+        return self.fields.shape[0] - self.lead_steps
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"pair {i} out of range for {len(self)} pairs")
+        i = i % len(self)
+        return self.fields[i], self.fields[i + self.lead_steps], self.lead_time
+
+
+def normaliser_from_metadata(metadata: dict[str, Any]):
+    """The :class:`~turbda_kit.data.shards.Normaliser` stored in a surrogate export.
+
+    Parameters
+    ----------
+    metadata : dict
+        From :func:`turbda_kit.surrogate.vit.load_surrogate`; the training notebook stores
+        ``variables``, ``normalize_mean`` and ``normalize_std`` (K) there.
+
+    Returns
+    -------
+    Normaliser
+    """
+    from ..data.shards import Normaliser
+
+    missing = [k for k in ("variables", "normalize_mean", "normalize_std") if k not in metadata]
+    if missing:
+        raise InputError(f"the surrogate's metadata lacks {missing}: export it with the "
+                         "training notebook (03_train_vit), which stores the normalisation")
+    return Normaliser(tuple(metadata["variables"]),
+                      np.asarray(metadata["normalize_mean"], dtype=np.float64),
+                      np.asarray(metadata["normalize_std"], dtype=np.float64))

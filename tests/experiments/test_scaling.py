@@ -1,0 +1,339 @@
+"""Scaling harness: efficiency formula, fingerprints, the Dataset, split-comm sweeps over MPI,
+the notebook under mpiexec, ipyparallel engines and the launch scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from tests.conftest import mpiexec_path, run_mpi
+from turbda_kit.errors import InputError
+from turbda_kit.experiments.scaling import (
+    ScalingStudy,
+    _main,
+    analysis_fingerprint,
+    combine_scaling,
+    efficiency,
+    first_ranks,
+    run_scaling,
+    summarize,
+)
+from turbda_kit.io import open_dataset, write_dataset
+from turbda_kit.parallel.mpi import SerialComm
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = Path(__file__).parent / "scripts" / "scaling_run.py"
+NOTEBOOK = REPO / "notebooks" / "04_ensf_scaling.ipynb"
+TINY = dict(n_members=4, euler_steps=10, n_cycles=3, steps_per_cycle=5, spinup_steps=20,
+            block_size=256)
+
+
+def _env() -> dict[str, str]:
+    bindir = Path(sys.executable).parent
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{bindir}:{os.environ.get('PATH', '')}"}
+
+
+# --- pure functions ---------------------------------------------------------------------
+
+
+def test_efficiency_matches_the_definitions_on_synthetic_times():
+    ranks = [1, 2, 4, 8]
+    t1 = 12.0
+    ideal_strong = np.array([t1 / p for p in ranks])
+    np.testing.assert_allclose(efficiency(ideal_strong, ranks, "strong"), 1.0)
+    # T(p) = T1 / (p e): efficiency e by construction
+    e = np.array([1.0, 0.9, 0.75, 0.5])
+    np.testing.assert_allclose(efficiency(t1 / (np.array(ranks) * e), ranks, "strong"), e)
+    # weak: constant time is perfect; T(p) = T1 / e gives e
+    np.testing.assert_allclose(efficiency(np.full(4, t1), ranks, "weak"), 1.0)
+    np.testing.assert_allclose(efficiency(t1 / e, ranks, "weak"), e)
+    # the formulas of the brief, written out: T(1) / (p T(p)) and T(1) / T(p)
+    times = np.array([10.0, 6.0, 4.0, 3.0])
+    np.testing.assert_allclose(efficiency(times, ranks, "strong"),
+                               [10 / (1 * 10), 10 / (2 * 6), 10 / (4 * 4), 10 / (8 * 3)])
+    np.testing.assert_allclose(efficiency(times, ranks, "weak"), [1, 10 / 6, 10 / 4, 10 / 3])
+
+
+def test_efficiency_baseline_is_the_smallest_rank_count_run_per_size():
+    # two sizes along a trailing axis; the second size was not run on 8 ranks
+    times = np.array([[8.0, np.nan], [4.0, 20.0], [2.5, 10.0]])
+    eff = efficiency(times, [8, 16, 32], "strong")
+    np.testing.assert_allclose(eff[:, 0], [1.0, 8 * 8 / (16 * 4), 8 * 8 / (32 * 2.5)])
+    assert np.isnan(eff[0, 1])
+    np.testing.assert_allclose(eff[1:, 1], [1.0, 16 * 20 / (32 * 10)])
+    with pytest.raises(InputError, match="increasing"):
+        efficiency(np.ones(2), [2, 1], "strong")
+    with pytest.raises(InputError, match="axis 0"):
+        efficiency(np.ones(3), [1, 2], "weak")
+    with pytest.raises(InputError, match="mode"):
+        efficiency(np.ones(2), [1, 2], "medium")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fingerprint_is_split_independent_and_sensitive(dtype):
+    gen = torch.Generator().manual_seed(3)
+    full = torch.randn(5, 1000, generator=gen, dtype=dtype)
+    prime = 2 ** 31 - 1
+    whole = analysis_fingerprint(full, 0, 1000)
+    for cuts in ([0, 500, 1000], [0, 256, 512, 768, 1000], [0, 3, 1000]):
+        parts = [analysis_fingerprint(full[:, a:b], a, 1000) for a, b in zip(cuts, cuts[1:])]
+        assert sum(parts) % prime == whole
+    assert analysis_fingerprint(full, 0, 1000, chunk=7) == whole
+    one_ulp = full.clone()
+    one_ulp[2, 321] = torch.nextafter(one_ulp[2, 321], torch.tensor(np.inf, dtype=dtype))
+    assert analysis_fingerprint(one_ulp, 0, 1000) != whole
+    swapped = full.clone()
+    swapped[:, [10, 11]] = swapped[:, [11, 10]]
+    assert analysis_fingerprint(swapped, 0, 1000) != whole
+    members_swapped = full[[1, 0, 2, 3, 4]]
+    assert analysis_fingerprint(members_swapped, 0, 1000) != whole
+
+
+def test_first_ranks_on_one_process():
+    comm = SerialComm()
+    with first_ranks(comm, 1) as sub:
+        assert sub is comm
+    with pytest.raises(InputError, match="p=2"):
+        with first_ranks(comm, 2):
+            pass
+
+
+# --- the harness on one process -------------------------------------------------------
+
+
+def test_serial_strong_study_dataset(tmp_path):
+    study = ScalingStudy(mode="strong", sizes=(1024, 512), ranks=(1,), **TINY)
+    ds = run_scaling(study, None, device="cpu", show_progress=False, log=False)
+    assert dict(ds.sizes) == {"ranks": 1, "size": 2, "cycle": 3}
+    assert ds["size"].values.tolist() == [512, 1024]            # sorted
+    for name in ("rmse_forecast", "rmse_analysis", "spread_analysis", "time_forecast_s",
+                 "time_halo_s", "time_analysis_s", "time_reduce_s", "time_total_s"):
+        assert ds[name].dims == ("ranks", "size", "cycle") and np.isfinite(ds[name]).all(), name
+    for name in ("time_per_cycle_s", "analysis_per_cycle_s", "efficiency", "peak_memory_bytes",
+                 "n_global", "fingerprint"):
+        assert ds[name].dims == ("ranks", "size"), name
+    # the warm-up cycle is left out of the per-cycle times
+    np.testing.assert_allclose(ds["time_per_cycle_s"], ds["time_total_s"][..., 1:].mean("cycle"))
+    np.testing.assert_allclose(ds["efficiency"], 1.0)
+    np.testing.assert_allclose(ds["efficiency_cpu"], 1.0)
+    assert (ds["point_wall_s"] >= ds["time_total_s"].sum("cycle")).all()
+    assert (ds["point_cpu_s"] > 0).all() and (ds["cpu_utilisation"] > 0).all()
+    assert ds["n_global"].values.tolist() == [[512, 1024]]
+    assert (ds["peak_memory_bytes"] >= ds["baseline_memory_bytes"]).all()
+    assert (ds["peak_memory_bytes"] > 10 * 2 ** 20).all()
+    assert ds.attrs["mode"] == "strong" and ds.attrs["euler_steps"] == 10
+    assert "provenance_git_revision" in ds.attrs
+    # the parts of a cycle add up to (nearly) the whole
+    parts = sum(ds[f"{c}_per_cycle_s"] for c in ("forecast", "analysis", "reduce"))
+    assert (parts <= ds["time_per_cycle_s"] * 1.01 + 1e-4).all()
+    path = write_dataset(ds, tmp_path / "strong.nc")
+    with open_dataset(path) as back:
+        xr.testing.assert_identical(back.load(), ds)
+
+
+def test_same_ring_gives_the_same_analysis_in_both_modes():
+    # weak at size s on 1 rank and strong at size s on 1 rank are the same experiment
+    strong = run_scaling(ScalingStudy(mode="strong", sizes=(512,), **TINY), None, "cpu",
+                         show_progress=False, log=False)
+    weak = run_scaling(ScalingStudy(mode="weak", sizes=(512,), **TINY), None, "cpu",
+                       show_progress=False, log=False)
+    assert strong["fingerprint"].item() == weak["fingerprint"].item()
+    np.testing.assert_array_equal(strong["rmse_analysis"], weak["rmse_analysis"])
+
+
+def test_bad_inputs_are_refused_with_clear_messages():
+    with pytest.raises(InputError, match=r"exceed the job's 1 MPI rank"):
+        run_scaling(ScalingStudy(ranks=(1, 2), **TINY), SerialComm(), "cpu")
+    with pytest.raises(InputError, match="too small for 4 ranks"):
+        ScalingStudy(mode="strong", sizes=(600,), ranks=(1, 4), **TINY).check(4)
+    with pytest.raises(InputError, match="multiple of align=256"):
+        ScalingStudy(mode="weak", sizes=(1000,), **TINY)
+    with pytest.raises(InputError, match="warmup_cycles"):
+        ScalingStudy(n_cycles=2, warmup_cycles=2)
+    with pytest.raises(InputError, match="mode"):
+        ScalingStudy(mode="medium")
+    with pytest.raises(InputError, match="n_members"):
+        ScalingStudy(n_members=1)
+    with pytest.raises(InputError, match="repeated"):
+        ScalingStudy(ranks=(1, 1))
+    with pytest.raises(InputError, match="sizes"):
+        ScalingStudy(sizes=())
+    with pytest.raises(InputError, match="dtype"):
+        run_scaling(ScalingStudy(**TINY), None, "cpu", dtype="float16")
+    with pytest.raises(InputError, match="device"):
+        run_scaling(ScalingStudy(**TINY), None, "tpu")
+
+
+def _fake_job(ds: xr.Dataset, ranks: list[int], speedup: list[float]) -> xr.Dataset:
+    """A copy of a one-rank Dataset pretending to come from a job with other rank counts."""
+    parts = []
+    for p, s in zip(ranks, speedup):
+        part = ds.isel(ranks=[0]).assign_coords(ranks=[p])
+        for c in ("forecast", "halo", "analysis", "reduce", "total"):
+            part[f"time_{c}_s"] = part[f"time_{c}_s"] / s
+        parts.append(part)
+    return summarize(xr.concat(parts, "ranks"))
+
+
+def test_combine_datasets_of_several_jobs(tmp_path):
+    base = run_scaling(ScalingStudy(mode="strong", sizes=(512,), **TINY), None, "cpu",
+                       show_progress=False, log=False)
+    t1 = base["time_per_cycle_s"].item()
+    node1 = _fake_job(base, [8], [8.0])
+    node2 = _fake_job(base, [16, 32], [12.0, 16.0])
+    # CPU seconds summed over ranks: 80 s on 8 ranks, 96 s on 16 and 160 s on 32
+    node1["point_cpu_s"][:] = 80.0
+    node2["point_cpu_s"][:] = [[96.0], [160.0]]
+    merged = combine_scaling([node2, node1])
+    assert merged["ranks"].values.tolist() == [8, 16, 32]
+    # strong: CPU seconds per rank as T: 8 * 10 / (16 * 6) and 8 * 10 / (32 * 5)
+    np.testing.assert_allclose(merged["efficiency_cpu"].values[:, 0], [1.0, 80 / 96, 80 / 160])
+    np.testing.assert_allclose(merged["time_per_cycle_s"].values[:, 0],
+                               [t1 / 8, t1 / 12, t1 / 16])
+    # efficiency against the smallest rank count of the merged sweep (8)
+    np.testing.assert_allclose(merged["efficiency"].values[:, 0], [1.0, 12 / 16, 16 / 32])
+    # from files, through the command line
+    paths = [write_dataset(node1, tmp_path / "n1.nc"), write_dataset(node2, tmp_path / "n2.nc")]
+    assert _main(["combine", "-o", str(tmp_path / "all.nc"), *map(str, paths)]) == 0
+    with open_dataset(tmp_path / "all.nc") as back:
+        np.testing.assert_allclose(back["efficiency"], merged["efficiency"])
+        assert "n1.nc" in back.attrs["combined_from"]
+    # sizes that differ between jobs become NaN points, not errors
+    other = run_scaling(ScalingStudy(mode="strong", sizes=(1024,), **TINY), None, "cpu",
+                        show_progress=False, log=False)
+    mixed = combine_scaling([node1, _fake_job(other, [16], [2.0])])
+    assert mixed["size"].values.tolist() == [512, 1024]
+    assert np.isnan(mixed["time_per_cycle_s"].sel(ranks=8, size=1024))
+    np.testing.assert_allclose(mixed["efficiency"].sel(ranks=16, size=1024), 1.0)
+    with pytest.raises(InputError, match="rank count 8 appears in both"):
+        combine_scaling([node1, node1])
+    changed = node2.copy()
+    changed.attrs = {**node2.attrs, "euler_steps": 500}
+    with pytest.raises(InputError, match="euler_steps"):
+        combine_scaling([node1, changed])
+    with pytest.raises(InputError, match="at least one"):
+        combine_scaling([])
+    assert _main(["combine", "-o", str(tmp_path / "x.nc"), str(paths[0]), str(paths[0])]) == 2
+
+
+# --- MPI ------------------------------------------------------------------------------
+
+
+@pytest.mark.mpi
+def test_split_comm_sweeps_on_two_ranks(tmp_path):
+    studies = [dict(mode="strong", sizes=[1024], ranks=[1, 2], **TINY),
+               dict(mode="weak", sizes=[512], ranks=[1, 2], **TINY)]
+    proc = run_mpi(2, [str(SCRIPT), str(tmp_path), json.dumps(studies), "--direct"], timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    with open_dataset(tmp_path / "scaling_strong.nc") as opened:
+        ds = opened.load()
+    assert ds["ranks"].values.tolist() == [1, 2] and ds.attrs["job_ranks"] == 2
+    assert np.isfinite(ds["time_per_cycle_s"]).all() and np.isfinite(ds["efficiency"]).all()
+    assert ds["efficiency"].sel(ranks=1).item() == 1.0
+    assert (ds["halo_per_cycle_s"] > 0).all() and (ds["peak_memory_bytes"] > 0).all()
+    # strong scaling: the final analysis of one ring is bit-identical on 1 and 2 ranks
+    fingerprints = ds["fingerprint"].values[:, 0]
+    assert fingerprints[0] == fingerprints[1] >= 0
+    one, two = np.load(tmp_path / "direct_p1.npy"), np.load(tmp_path / "direct_p2.npy")
+    assert one.shape == (4, 1024) and np.array_equal(one, two)
+    # RMSEs are global float sums whose order depends on the split: equal to rounding only
+    np.testing.assert_allclose(ds["rmse_analysis"].sel(ranks=1), ds["rmse_analysis"].sel(ranks=2),
+                               rtol=1e-6)
+    # weak scaling: the ring grows with the ranks, efficiency T(1) / T(2)
+    with open_dataset(tmp_path / "scaling_weak.nc") as weak:
+        assert weak["n_global"].values[:, 0].tolist() == [512, 1024]
+        t = weak["time_per_cycle_s"].values[:, 0]
+        np.testing.assert_allclose(weak["efficiency"].values[:, 0], [1.0, t[0] / t[1]])
+        # the 2-rank weak point is the 2-rank strong point at 1024
+        assert weak["fingerprint"].values[1, 0] == fingerprints[1]
+
+
+@pytest.mark.mpi
+def test_bad_input_aborts_the_mpi_job_instead_of_hanging(tmp_path):
+    studies = [dict(mode="strong", ranks=[1, 3], **TINY)]
+    proc = run_mpi(2, [str(SCRIPT), str(tmp_path), json.dumps(studies)], timeout=120)
+    assert proc.returncode != 0
+    assert "exceed the job's 2 MPI rank" in proc.stderr and "InputError" in proc.stderr
+    assert not (tmp_path / "scaling_strong.nc").exists()
+
+
+@pytest.mark.mpi
+def test_notebook_under_mpiexec_with_turbda_run(tmp_path):
+    out = tmp_path / "run"
+    bindir = Path(sys.executable).parent
+    proc = subprocess.run(
+        [mpiexec_path(), "-n", "2", str(bindir / "turbda"), "run", str(NOTEBOOK), "--out", str(out),
+         "-q", "-p", "sizes", "[512]", "-p", "n_members", "4", "-p", "euler_steps", "10",
+         "-p", "spinup_steps", "20", "-p", "plots", "false"],
+        capture_output=True, text=True, timeout=300, env={**_env(), "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "ok" and record["world_size"] == 2 and record["rank"] == 0
+    assert (out / "logs" / "rank1.ipynb").is_file()
+    for mode in ("strong", "weak"):
+        with open_dataset(out / f"scaling_{mode}.nc") as ds:
+            assert ds["ranks"].values.tolist() == [1, 2] and ds.attrs["job_ranks"] == 2
+            assert np.isfinite(ds["efficiency"]).all()
+
+
+@pytest.mark.mpi
+def test_engine_kernel_on_two_ipyparallel_engines(tmp_path, monkeypatch):
+    from turbda_kit.experiments.scaling import engine_kernel
+    from turbda_kit.parallel.engines import mpi_engines
+
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PATH", _env()["PATH"])
+    study = ScalingStudy(mode="strong", sizes=(1024,), ranks=(1, 2), **TINY)
+    with mpi_engines(2, launcher="mpiexec", profile_dir=tmp_path / "profile") as view:
+        results = view.apply_sync(engine_kernel, study, "cpu", "float32", 1)
+        with pytest.raises(Exception, match="exceed"):
+            view.apply_sync(engine_kernel, ScalingStudy(ranks=(3,), **TINY), "cpu")
+    ds = results[0]
+    assert results[1] is None and ds.attrs["job_ranks"] == 2
+    serial = run_scaling(ScalingStudy(mode="strong", sizes=(1024,), ranks=(1,), **TINY), None,
+                         "cpu", show_progress=False, log=False)
+    assert ds["fingerprint"].values[:, 0].tolist() == [serial["fingerprint"].item()] * 2
+
+
+def _run_launch_script(tmp_path: Path, script: str, extra_env: dict[str, str]):
+    out = tmp_path / "scaling"
+    env = {**_env(), "SRUN": f"{mpiexec_path()} -n 2", "TASKS_PER_NODE": "2", "OUT": str(out),
+           "TURBDA_VENV": str(Path(sys.executable).parent.parent), "PLOTS": "0", **extra_env}
+    proc = subprocess.run(["bash", str(REPO / "launch" / script / "ensf_scaling.sbatch"),
+                           "-p", "sizes", "[512]", "-p", "n_members", "4", "-p", "euler_steps",
+                           "10", "-p", "spinup_steps", "20", "-p", "plots", "false", "-q"],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow  # ~80 s on the shared 2-core machine (two Python start-ups per rank)
+@pytest.mark.mpi
+def test_generic_launch_script_runs_locally_under_mpiexec(tmp_path):
+    out = _run_launch_script(tmp_path, "slurm", {})
+    record = json.loads((out / "nodes-1" / "run.json").read_text())
+    assert record["status"] == "ok" and record["world_size"] == 2
+    for mode in ("strong", "weak"):
+        with open_dataset(out / f"scaling_{mode}.nc") as ds:
+            assert ds["ranks"].values.tolist() == [1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_frontier_launch_script_sweeps_node_counts_locally(tmp_path):
+    # Two "node counts" of one rank each and of two ranks: two runs, then one combined file.
+    out = _run_launch_script(tmp_path, "frontier", {"NODE_COUNTS": "1 2", "TASKS_PER_NODE": "1",
+                                                    "SRUN": ""})
+    for mode in ("strong", "weak"):
+        with open_dataset(out / f"scaling_{mode}.nc") as ds:
+            assert ds["ranks"].values.tolist() == [1, 2]
+            assert "nodes-1" in ds.attrs["combined_from"] and "nodes-2" in ds.attrs["combined_from"]

@@ -1,0 +1,121 @@
+"""Observation noise: Gaussian statistics, global-index reproducibility, the shock process."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from turbda_kit.errors import InputError
+from turbda_kit.obs.noise import (
+    ShockProcess,
+    ShockRecord,
+    block_seed,
+    gaussian_noise,
+    indexed_normal_,
+    indexed_normal_add_,
+    observe,
+)
+from turbda_kit.obs.operators import Identity
+
+
+def test_gaussian_noise_statistics_and_reproducibility():
+    noise = gaussian_noise((200_000,), 0.05, torch.Generator().manual_seed(0), torch.float64)
+    assert abs(float(noise.mean())) < 5 * 0.05 / 200_000 ** 0.5
+    assert abs(float(noise.std()) / 0.05 - 1) < 0.01
+    again = gaussian_noise((200_000,), 0.05, torch.Generator().manual_seed(0), torch.float64)
+    assert torch.equal(noise, again)
+    per_obs = gaussian_noise((50_000, 2), torch.tensor([1.0, 3.0]), torch.Generator())
+    torch.testing.assert_close(per_obs.std(0), torch.tensor([1.0, 3.0]), rtol=0.02, atol=0)
+
+
+def test_observe_adds_noise_to_the_operator_output():
+    truth = torch.linspace(-1, 1, 10, dtype=torch.float64)
+    y = observe(Identity((10,)), truth, 1e-3, torch.Generator().manual_seed(1))
+    assert y.shape == (10,) and float((y - truth).abs().max()) < 5e-3
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_noise_validation(bad):
+    with pytest.raises(InputError, match="obs_error_std"):
+        gaussian_noise((3,), bad, torch.Generator())
+
+
+@pytest.mark.parametrize("block_size", [7, 64, 1000])
+def test_indexed_normal_slabs_equal_the_whole(block_size):
+    n, key = 503, (11, 2, 5)
+    whole = indexed_normal_(torch.empty(4, n), key, block_size=block_size)
+    bounds = [0, 1, 90, 91, 300, 503]
+    parts = [indexed_normal_(torch.empty(4, b - a), key, offset=a, global_size=n,
+                             block_size=block_size) for a, b in zip(bounds[:-1], bounds[1:])]
+    assert torch.equal(torch.cat(parts, dim=-1), whole)
+    # The add variant adds exactly these numbers, slab by slab too.
+    base = torch.linspace(-1, 1, 4 * n).reshape(4, n)
+    added = [indexed_normal_add_(base[:, a:b].clone(), 0.3, key, offset=a, global_size=n,
+                                 block_size=block_size) for a, b in zip(bounds[:-1], bounds[1:])]
+    assert torch.equal(torch.cat(added, dim=-1), base.clone().add_(whole, alpha=0.3))
+
+
+def test_indexed_normal_statistics_and_keys():
+    a = indexed_normal_(torch.empty(8, 20_000, dtype=torch.float64), (1,), block_size=4096)
+    assert abs(float(a.mean())) < 0.005 and abs(float(a.std()) - 1) < 0.005
+    # Different rows and blocks are not copies of each other.
+    assert float(torch.corrcoef(a[:, :4096])[0, 1:].abs().max()) < 0.08
+    assert float(torch.corrcoef(a[:2, 8192:8192 + 4096].T.reshape(2, -1))[0, 1].abs()) < 0.08
+    assert not torch.equal(a[0, :4096], a[0, 4096:8192])
+    b = indexed_normal_(torch.empty(8, 20_000, dtype=torch.float64), (2,), block_size=4096)
+    assert not torch.equal(a, b)
+
+
+def test_indexed_normal_noncontiguous_output():
+    whole = indexed_normal_(torch.empty(3, 50), (4,), block_size=16)
+    target = torch.empty(50, 3).t()
+    indexed_normal_(target, (4,), block_size=16)
+    assert torch.equal(target, whole)
+
+
+def test_block_seed_is_63_bit_and_spread():
+    seeds = {block_seed(1, 2, r, k) for r in range(20) for k in range(50)}
+    assert len(seeds) == 1000 and all(0 <= s < 2 ** 63 for s in seeds)
+
+
+def test_shock_process_frequencies_and_strengths():
+    process = ShockProcess(torch.Generator().manual_seed(0))
+    records = [process.draw() for _ in range(20_000)]
+    occurred = [r for r in records if r.occurred]
+    assert abs(len(occurred) / len(records) - 0.5) < 0.015
+    for std, weight in zip((4.6, 3.7, 2.8, 1.8), (0.1, 0.2, 0.3, 0.4)):
+        share = sum(r.std == std for r in occurred) / len(occurred)
+        assert abs(share - weight) < 0.02
+    assert all(r.std == 0.0 for r in records if not r.occurred)
+
+
+def test_shock_apply_perturbs_with_the_recorded_std():
+    process = ShockProcess(torch.Generator().manual_seed(1), probability=1.0, stds=(2.0,),
+                           weights=(1.0,))
+    truth = torch.zeros(2, 64, 64, dtype=torch.float64)
+    perturbed, record = process.apply(truth)
+    assert record == ShockRecord(True, 2.0)
+    assert abs(float(perturbed.std()) - 2.0) < 0.05
+    calm = ShockProcess(torch.Generator(), probability=0.0)
+    same, record = calm.apply(truth)
+    assert same is truth and record == ShockRecord(False, 0.0)
+
+
+def test_shock_process_is_reproducible():
+    def run(seed):
+        p = ShockProcess(torch.Generator().manual_seed(seed))
+        return [p.apply(torch.zeros(5))for _ in range(10)]
+    a, b = run(7), run(7)
+    assert [r for _, r in a] == [r for _, r in b]
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b))
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"probability": 1.5}, "probability"),
+    ({"stds": (1.0, -1.0), "weights": (0.5, 0.5)}, "std"),
+    ({"stds": (1.0,), "weights": (0.5, 0.5)}, "equal length"),
+    ({"weights": (0.0, 0.0, 0.0, 0.0)}, "weights"),
+])
+def test_shock_validation(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        ShockProcess(torch.Generator(), **kwargs)
