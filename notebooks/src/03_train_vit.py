@@ -159,7 +159,10 @@ if main:
 
 # %%
 if main:
-    best = Path(result.best_export_path or result.export_path)
+    # The trainer keeps export/vit_best.pt across resumed runs; a resumed run that did not
+    # improve on it reports no best export of its own.
+    best = run_dir / "export" / "vit_best.pt"
+    best = best if best.is_file() else Path(result.export_path)
     model, meta = load_surrogate(best, device="cpu")
     meta = {**meta, "variables": list(norm.variables), "normalize_mean": norm.mean.tolist(),
             "normalize_std": norm.std.tolist(), "hours_per_step": float(hours),

@@ -316,7 +316,7 @@ def _run_launch_script(tmp_path: Path, script: str, extra_env: dict[str, str]):
     return out
 
 
-@pytest.mark.slow  # ~80 s on the shared 2-core machine (two Python start-ups per rank)
+@pytest.mark.slow  # 48-80 s on the shared 2-core machine (two Python start-ups per rank)
 @pytest.mark.mpi
 def test_generic_launch_script_runs_locally_under_mpiexec(tmp_path):
     out = _run_launch_script(tmp_path, "slurm", {})
@@ -337,3 +337,39 @@ def test_frontier_launch_script_sweeps_node_counts_locally(tmp_path):
         with open_dataset(out / f"scaling_{mode}.nc") as ds:
             assert ds["ranks"].values.tolist() == [1, 2]
             assert "nodes-1" in ds.attrs["combined_from"] and "nodes-2" in ds.attrs["combined_from"]
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_ipp_engines_script_serves_engines_to_a_client(tmp_path):
+    import signal
+    import time
+
+    import ipyparallel as ipp
+
+    from turbda_kit.experiments.scaling import engine_kernel
+
+    profile = tmp_path / "profile"
+    env = {**_env(), "SRUN": f"{mpiexec_path()} -n 2", "IPP_PROFILE_DIR": str(profile),
+           "IPYTHONDIR": str(tmp_path / "ipython"),
+           "TURBDA_VENV": str(Path(sys.executable).parent.parent)}
+    log = tmp_path / "engines.log"
+    with open(log, "w") as out:
+        script = subprocess.Popen(["bash", str(REPO / "launch" / "frontier" / "ipp_engines.sh"), "2"],
+                                  env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (profile / "security" / "ipcontroller-client.json").exists():
+            assert script.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        client = ipp.Client(profile_dir=str(profile))
+        client.wait_for_engines(2, timeout=120)
+        study = ScalingStudy(mode="strong", sizes=(1024,), ranks=(1, 2), **TINY)
+        results = client[:].apply_sync(engine_kernel, study, "cpu", "float32", 1)
+        client.close()
+    finally:
+        os.killpg(script.pid, signal.SIGTERM)  # the script's own process group
+        script.wait(timeout=60)
+    fingerprints = results[0]["fingerprint"].values[:, 0]
+    assert results[1] is None and fingerprints[0] == fingerprints[1]

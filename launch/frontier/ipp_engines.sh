@@ -1,0 +1,97 @@
+#!/bin/bash
+# Start an ipyparallel controller and N MPI engines inside a Slurm allocation on Frontier,
+# for interactive work from JupyterLab (the engines form one MPI job: mpi4py collectives
+# and GPU-aware halo exchanges work across them, exactly as under a batch `srun`).
+#
+# Inside an allocation (e.g. `salloc -A ABC123 -N 1 -t 01:00:00 -q debug`), from the
+# repository root:
+#
+#   bash launch/frontier/ipp_engines.sh            # 8 engines per node of the allocation
+#   bash launch/frontier/ipp_engines.sh 4          # 4 engines
+#
+# It prints the profile directory and keeps running; Ctrl-C (or SIGTERM) stops the engines
+# and the controller. Then, in a Jupyter kernel on a host that can reach this node (e.g.
+# JupyterLab started on the allocation's first node, `jupyter lab --no-browser
+# --ip=$(hostname)`, reached through an ssh tunnel):
+#
+#   import ipyparallel as ipp
+#   from turbda_kit.experiments.scaling import ScalingStudy, engine_kernel
+#   rc = ipp.Client(profile_dir="<the printed profile directory>")
+#   rc.wait_for_engines(8)
+#   view = rc[:]                          # engine ids are the MPI ranks (ipengine --mpi)
+#   ds = view.apply_sync(engine_kernel, ScalingStudy(ranks=(1, 2, 4, 8)))[0]
+#
+# (From a kernel that is itself inside the allocation, turbda_kit.parallel.engines.mpi_engines(n)
+# does all of this in one call; notebooks/04_ensf_scaling.ipynb shows it.)
+#
+# Environment overrides: IPP_PROFILE_DIR (connection files; default runs/ipp-<job id>),
+# TASKS_PER_NODE (8), TURBDA_VENV, SRUN (engine launcher used as is).
+# Local test without Slurm:  SRUN="mpiexec -n 2" bash launch/frontier/ipp_engines.sh 2
+# Set-up (mpi4py against Cray MPICH, ROCm torch): see launch/frontier/ensf_scaling.sbatch.
+
+set -euo pipefail
+
+REPO=${TURBDA_REPO:-${SLURM_SUBMIT_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}}
+cd "$REPO"
+
+if command -v module > /dev/null 2>&1; then
+    module load PrgEnv-gnu cray-mpich rocm/6.2.4 craype-accel-amd-gfx90a miniforge3
+fi
+VENV=${TURBDA_VENV:-$REPO/.venv}
+if [ -f "$VENV/bin/activate" ]; then
+    # shellcheck disable=SC1091
+    source "$VENV/bin/activate"
+fi
+
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-7}
+export MPICH_GPU_SUPPORT_ENABLED=${MPICH_GPU_SUPPORT_ENABLED:-1}
+export MIOPEN_USER_DB_PATH=/tmp/miopen-${USER:-turbda}-${SLURM_JOB_ID:-local}
+export MIOPEN_CUSTOM_CACHE_DIR=$MIOPEN_USER_DB_PATH
+mkdir -p "$MIOPEN_USER_DB_PATH"
+
+TASKS_PER_NODE=${TASKS_PER_NODE:-8}
+NODES=${SLURM_NNODES:-1}
+N_ENGINES=${1:-$((NODES * TASKS_PER_NODE))}
+PROFILE_DIR=${IPP_PROFILE_DIR:-$REPO/runs/ipp-${SLURM_JOB_ID:-local-$$}}
+mkdir -p "$PROFILE_DIR"
+if [ -n "${SRUN:-}" ]; then
+    LAUNCH=$SRUN
+elif command -v srun > /dev/null 2>&1; then
+    # --overlap: the engines share the allocation with this step (and with the controller).
+    LAUNCH="srun --overlap -n $N_ENGINES -c 7 --gpus-per-node=8 --gpu-bind=closest"
+else
+    LAUNCH="mpiexec -n $N_ENGINES"
+fi
+
+controller=""
+engines=""
+stop() {
+    trap - EXIT INT TERM
+    [ -n "$engines" ] && kill "$engines" 2> /dev/null || true
+    [ -n "$controller" ] && kill "$controller" 2> /dev/null || true
+    wait 2> /dev/null || true
+    echo "[ipp-engines] stopped"
+}
+trap stop EXIT
+trap 'stop; exit 0' INT TERM
+
+# The controller listens on every interface of this node, so that engines on the other
+# nodes and a Jupyter kernel elsewhere can connect; --location names this host in the
+# connection files.
+ipcontroller --profile-dir="$PROFILE_DIR" --ip='*' --location="$(hostname)" --log-level=WARN &
+controller=$!
+for _ in $(seq 120); do
+    [ -f "$PROFILE_DIR/security/ipcontroller-engine.json" ] && break
+    sleep 1
+done
+if [ ! -f "$PROFILE_DIR/security/ipcontroller-engine.json" ]; then
+    echo "[ipp-engines] the controller did not start (no connection file in $PROFILE_DIR)" >&2
+    exit 1
+fi
+
+echo "[ipp-engines] $(date -u +%FT%TZ) starting $N_ENGINES MPI engines: $LAUNCH ipengine --mpi"
+$LAUNCH ipengine --profile-dir="$PROFILE_DIR" --mpi --log-level=WARN &
+engines=$!
+echo "[ipp-engines] profile directory: $PROFILE_DIR"
+echo "[ipp-engines] connect with: ipyparallel.Client(profile_dir=\"$PROFILE_DIR\"); Ctrl-C stops"
+wait "$engines"
