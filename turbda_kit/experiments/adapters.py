@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
 from ..errors import InputError
 from ..filters.ensf import EnSFConfig, ensf_analysis
 from ..filters.letkf import LETKFConfig, letkf_analysis, plan_localization
+from ..filters.localization import grid_point_positions
 from ..models.sqg import SQGModel, pv_to_theta, theta_to_pv
 
 
@@ -76,22 +76,6 @@ def ensf_filter(config: EnSFConfig, reference_spread: float | None = None):
     return analysis
 
 
-def observed_state_indices(obs_operator, state_shape: Sequence[int]) -> Tensor:
-    """Flat state index of each observation, from the operator's ``locations``.
-
-    The operator must be built with the default grid spacing (locations in grid-index
-    units), which all kit operators are unless told otherwise.
-    """
-    locations = getattr(obs_operator, "locations", None)
-    if locations is None:
-        raise InputError(f"{obs_operator!r} has no locations: LETKF localisation needs them")
-    loc = torch.round(locations).to(torch.int64)
-    flat = torch.zeros(loc.shape[0], dtype=torch.int64)
-    for axis, size in enumerate(state_shape):
-        flat = flat * size + loc[:, axis]
-    return flat
-
-
 def letkf_filter(config: LETKFConfig, state_positions: Tensor | None = None,
                  domain_lengths: Sequence[float] | None = None):
     """The engine's analysis function for LETKF with ``config`` on a fixed geometry.
@@ -118,9 +102,12 @@ def letkf_filter(config: LETKFConfig, state_positions: Tensor | None = None,
         if state_positions is None:
             return letkf_analysis(forecast, obs_ensemble, obs, obs_error_std, config=config)
         if cache.get("operator") is not obs_operator:
-            state_shape = tuple(forecast.shape[1:])
+            locations = getattr(obs_operator, "locations", None)
+            if locations is None:
+                raise InputError(f"{obs_operator!r} has no locations: LETKF localisation "
+                                 "needs them")
             positions = state_positions.reshape(-1, state_positions.shape[-1])
-            obs_positions = positions[observed_state_indices(obs_operator, state_shape)]
+            obs_positions = grid_point_positions(state_positions, locations)
             cache["operator"] = obs_operator
             cache["plan"] = plan_localization(positions.to(forecast.device),
                                               obs_positions.to(forecast.device),

@@ -371,7 +371,7 @@ def run_cycling(model: SteppingModel, analysis: AnalysisFn | None, obs_operator:
         synchronize(device)
         t3 = time.perf_counter()
 
-        innovation = obs - operator(forecast).mean(dim=0)
+        innovation = metrics.innovation_stats(obs, operator(forecast))
         rec = {
             "rmse_forecast": float(metrics.rmse(forecast, true_state)),
             "rmse_analysis": float(metrics.rmse(analysed, true_state)),
@@ -379,8 +379,8 @@ def run_cycling(model: SteppingModel, analysis: AnalysisFn | None, obs_operator:
             "spread_analysis": float(metrics.spread(analysed)),
             "crps_forecast": float(metrics.crps(forecast, true_state)),
             "crps_analysis": float(metrics.crps(analysed, true_state)),
-            "innovation_mean": float(innovation.mean()),
-            "innovation_std": float(innovation.std()),
+            "innovation_mean": float(innovation.mean),
+            "innovation_std": float(innovation.std),
             "shock_std": float(shock_std),
             "time_forecast_s": t1 - t0,
             "time_analysis_s": t3 - t2,
