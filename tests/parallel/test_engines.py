@@ -18,8 +18,19 @@ def _allreduce_rank():
 @pytest.mark.mpi
 def test_two_mpi_engines_share_one_world(tmp_path, monkeypatch):
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    with mpi_engines(2, launcher="mpiexec", profile_dir=tmp_path / "profile") as view:
-        results = view.apply_sync(_allreduce_rank)
+    from ipyparallel.error import CompositeError
+
+    # One retry: on an overloaded machine an engine occasionally registers late (seen once
+    # in ~10 runs here); a second failure is a real one.
+    for attempt in range(2):
+        try:
+            with mpi_engines(2, launcher="mpiexec", profile_dir=tmp_path / f"profile{attempt}",
+                             timeout_s=180) as view:
+                results = view.apply_sync(_allreduce_rank)
+            break
+        except (CompositeError, TimeoutError):
+            if attempt == 1:
+                raise
     assert results == [(0, 2, 3), (1, 2, 3)]
 
 
