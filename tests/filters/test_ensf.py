@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -98,6 +99,10 @@ def test_tiled_loop_equals_whole_array_loop(normalize):
     tiled = ensf_analysis(prior, obs, Arctan((n,)), 0.1, 9, config)
     whole = ensf_analysis(prior, obs, whole_op, 0.1, 9, config)
     assert torch.equal(tiled, whole)
+    # Drawing the noise in a background thread changes nothing either.
+    serial = ensf_analysis(prior, obs, Arctan((n,)), 0.1, 9,
+                           dataclasses.replace(config, prefetch_noise=False))
+    assert torch.equal(tiled, serial)
 
 
 def test_generator_and_seed_give_reproducible_and_fresh_noise():

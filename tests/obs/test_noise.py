@@ -53,6 +53,9 @@ def test_indexed_normal_slabs_equal_the_whole(block_size):
     added = [indexed_normal_add_(base[:, a:b].clone(), 0.3, key, offset=a, global_size=n,
                                  block_size=block_size) for a, b in zip(bounds[:-1], bounds[1:])]
     assert torch.equal(torch.cat(added, dim=-1), base.clone().add_(whole, alpha=0.3))
+    prefetched = indexed_normal_add_(base.clone(), 0.3, key, block_size=block_size,
+                                     prefetch=True)
+    assert torch.equal(prefetched, base.clone().add_(whole, alpha=0.3))
 
 
 def test_indexed_normal_statistics_and_keys():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -75,13 +76,14 @@ def block_seed(*words: int) -> int:
 def indexed_blocks(n_rows: int, m: int, key: Sequence[int], offset: int = 0,
                    global_size: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
                    scratch: Tensor | None = None, dtype: torch.dtype = torch.float32,
-                   device: torch.device | str = "cpu") -> Iterator[tuple[int, int, Tensor]]:
+                   device: torch.device | str = "cpu", prefetch: bool = False
+                   ) -> Iterator[tuple[int, int, Tensor]]:
     """Iterate over the global blocks covering local columns ``0 .. m-1``.
 
     The building block of :func:`indexed_normal_`: yields ``(start, stop, values)`` with
     ``values`` the ``(n_rows, stop - start)`` standard normals of local columns
     ``start:stop`` (global ``offset + start : offset + stop``), which lie in one global
-    block. ``values`` is a view of a scratch buffer overwritten by the next iteration, so
+    block. ``values`` is a view of a scratch buffer overwritten by a later iteration, so
     a caller can work through an array tile by tile (e.g. the EnSF update) while the
     noise stays in cache.
 
@@ -91,10 +93,17 @@ def indexed_blocks(n_rows: int, m: int, key: Sequence[int], offset: int = 0,
         Rows drawn per block (e.g. ensemble members); part of the stream's definition.
     m : int
         Local columns.
-    key, offset, global_size, block_size, scratch
+    key, offset, global_size, block_size
         As for :func:`indexed_normal_`.
+    scratch : Tensor, optional
+        Reusable contiguous buffer of ``n_rows * block_size`` values (twice that with
+        ``prefetch``).
     dtype, device
         Of the values (ignored when ``scratch`` fits).
+    prefetch : bool
+        Draw the next block in a background thread while the caller works on the current
+        one (CPU only). torch's CPU generators are sequential, so this is the only way the
+        draws use a second core; the numbers are the same either way.
     """
     if global_size is None:
         global_size = offset + m
@@ -105,32 +114,54 @@ def indexed_blocks(n_rows: int, m: int, key: Sequence[int], offset: int = 0,
         raise InputError(f"block_size={block_size!r}: must be an integer >= 1")
     if m == 0 or n_rows == 0:
         return
+    blocks = range(offset // block_size, (offset + m - 1) // block_size + 1)
+    device = torch.device(device) if scratch is None else scratch.device
+    prefetch = prefetch and len(blocks) > 1 and device.type == "cpu"
     need = n_rows * min(block_size, global_size)
-    if scratch is None or scratch.numel() < need or not scratch.is_contiguous():
-        scratch = torch.empty(need, dtype=dtype, device=device)
-    scratch = scratch.reshape(-1)
-    generator = torch.Generator(device=scratch.device)
+    copies = 2 if prefetch else 1
+    if scratch is None or scratch.numel() < copies * need or not scratch.is_contiguous():
+        scratch = torch.empty(copies * need, dtype=dtype, device=device)
+    buffers = [scratch.reshape(-1)[i * need:(i + 1) * need] for i in range(copies)]
+    generators = [torch.Generator(device=device) for _ in range(copies)]
     prefix = block_seed(*key)
-    for k in range(offset // block_size, (offset + m - 1) // block_size + 1):
-        g0 = k * block_size
-        g1 = min(g0 + block_size, global_size)
-        a, b = max(g0, offset), min(g1, offset + m)
+
+    def draw(k: int, slot: int) -> Tensor:
         # One seed per block of the global state, drawing all rows at once: cheap to seed,
         # and a slab edge inside a block still draws the whole block (normal_'s values
         # depend on how many are drawn), then keeps its columns.
-        generator.manual_seed(_splitmix64(prefix ^ k) >> 1)
-        block = scratch[:n_rows * (g1 - g0)].view(n_rows, g1 - g0).normal_(generator=generator)
-        yield a - offset, b - offset, block[:, a - g0:b - g0]
+        width = min((k + 1) * block_size, global_size) - k * block_size
+        generators[slot].manual_seed(_splitmix64(prefix ^ k) >> 1)
+        return buffers[slot][:n_rows * width].view(n_rows, width).normal_(
+            generator=generators[slot])
+
+    def columns(k: int, values: Tensor) -> tuple[int, int, Tensor]:
+        g0 = k * block_size
+        a, b = max(g0, offset), min(g0 + values.shape[1], offset + m)
+        return a - offset, b - offset, values[:, a - g0:b - g0]
+
+    if not prefetch:
+        for k in blocks:
+            yield columns(k, draw(k, 0))
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(draw, blocks[0], 0)
+        for i, k in enumerate(blocks):
+            values = pending.result()
+            if i + 1 < len(blocks):
+                # The other slot is free: the caller finished with it when it asked for k.
+                pending = pool.submit(draw, blocks[i + 1], (i + 1) % 2)
+            yield columns(k, values)
 
 
-def _blocks_of(out: Tensor, key, offset, global_size, block_size, scratch):
-    # (rows view of out, local start, local stop, values) for a contiguous out.
+def _blocks_of(out: Tensor, key, offset, global_size, block_size, scratch, prefetch=False):
+    # (rows view of out, values) for a contiguous out.
     m = out.shape[-1] if out.dim() else 1
     rows = out.reshape(-1, m)
     if scratch is not None and (scratch.dtype != out.dtype or scratch.device != out.device):
         scratch = None
     for start, stop, values in indexed_blocks(rows.shape[0], m, key, offset, global_size,
-                                              block_size, scratch, out.dtype, out.device):
+                                              block_size, scratch, out.dtype, out.device,
+                                              prefetch):
         yield rows[:, start:stop], values
 
 
@@ -183,7 +214,7 @@ def indexed_normal_(out: Tensor, key: Sequence[int], offset: int = 0,
 def indexed_normal_add_(out: Tensor, alpha: float, key: Sequence[int], offset: int = 0,
                         global_size: int | None = None,
                         block_size: int = DEFAULT_BLOCK_SIZE,
-                        scratch: Tensor | None = None) -> Tensor:
+                        scratch: Tensor | None = None, prefetch: bool = False) -> Tensor:
     """``out += alpha * xi`` with ``xi`` the values :func:`indexed_normal_` would draw.
 
     Adds block by block from a small scratch buffer (``rows x block_size`` values, which
@@ -198,6 +229,8 @@ def indexed_normal_add_(out: Tensor, alpha: float, key: Sequence[int], offset: i
         Scale of the noise.
     key, offset, global_size, block_size, scratch
         As for :func:`indexed_normal_`.
+    prefetch : bool
+        Draw the next block in a background thread (see :func:`indexed_blocks`).
 
     Returns
     -------
@@ -208,7 +241,8 @@ def indexed_normal_add_(out: Tensor, alpha: float, key: Sequence[int], offset: i
         noise = indexed_normal_(torch.empty(out.shape, dtype=out.dtype, device=out.device),
                                 key, offset, global_size, block_size)
         return out.add_(noise, alpha=alpha)
-    for dest, values in _blocks_of(out, key, offset, global_size, block_size, scratch):
+    for dest, values in _blocks_of(out, key, offset, global_size, block_size, scratch,
+                                   prefetch):
         dest.add_(values, alpha=alpha)
     return out
 
