@@ -166,3 +166,25 @@ def test_constructor_validation():
         Arctan((5,), scale=0.0)
     with pytest.raises(InputError, match="compose"):
         Subset((4,), [0]) @ Identity((5,))
+
+
+@pytest.mark.parametrize("make", [lambda: Identity((3, 4)), lambda: Arctan((3, 4), scale=0.7),
+                                  lambda: Subset((3, 4), [0, 5, 7, 11])])
+def test_gauss_newton_diagonal_matches_autograd_jacobian(make):
+    op = make()
+    g = torch.Generator().manual_seed(3)
+    state = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    sigma = torch.linspace(0.5, 1.5, op.n_obs, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda x: op(x), state).reshape(op.n_obs, -1)
+    expected = (jac ** 2 / sigma[:, None] ** 2).sum(0).reshape(3, 4)
+    assert op.has_gauss_newton_diagonal
+    torch.testing.assert_close(op.gauss_newton_diagonal(state, sigma), expected)
+    torch.testing.assert_close(op.gauss_newton_diagonal(state[None], 0.5)[0],
+                               (jac ** 2 / 0.25).sum(0).reshape(3, 4))
+
+
+def test_gauss_newton_diagonal_unavailable_for_composed_and_user_operators():
+    op = Arctan((4,)) @ Identity((4,))
+    assert not op.has_gauss_newton_diagonal
+    with pytest.raises(InputError, match="Gauss-Newton"):
+        op.gauss_newton_diagonal(torch.zeros(4), 1.0)

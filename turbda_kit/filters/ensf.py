@@ -91,6 +91,7 @@ __all__ = [
 
 _PRIOR_SCORES = ("paired", "mixture")
 _DAMPINGS = ("linear", "none")
+_LIKELIHOOD_STEPS = ("explicit", "implicit")
 # Step index used to key the initial N(0, I) draw (Euler steps use 0 .. K-1).
 _INITIAL_DRAW = -1
 
@@ -118,6 +119,17 @@ class EnSFConfig:
         ``h(t)``: ``"linear"`` is ``1 - t``, ``"none"`` is 1, or any ``h(t) -> float``.
     likelihood_weight : float
         Extra factor ``w`` on the likelihood score (the SQG code's "guidance strength"), > 0.
+    likelihood_step : {"explicit", "implicit"}
+        How the likelihood drift enters each Euler step. ``"explicit"`` (the authors'
+        scheme) is unstable once ``dt g^2 h w / sigma^2`` exceeds about 2 — small
+        observation errors, large weights or normalised states with a large spread.
+        ``"implicit"`` linearises the likelihood score around the current state with its
+        Gauss-Newton curvature ``c = h'(x)^2 / sigma^2`` and solves the step for the new
+        state: ``x <- (x_explicit + like c x) / (1 + like c)``, with ``like = dt g^2 h w``.
+        Unconditionally stable, equal to the explicit step as ``dt -> 0`` and exact for a
+        linear operator's Gaussian likelihood term. Needs an operator with
+        :meth:`~turbda_kit.obs.operators.ObsOperator.gauss_newton_diagonal` (identity,
+        arctan, subset).
     normalize : bool
         Run the SDE on per-variable standardised variables ``z = (x - mean) / std`` of the
         forecast ensemble (the SQG runs); the likelihood is evaluated in physical units
@@ -158,6 +170,7 @@ class EnSFConfig:
     prior_score: str = "paired"
     damping: str | Callable[[float], float] = "linear"
     likelihood_weight: float = 1.0
+    likelihood_step: str = "explicit"
     normalize: bool = False
     spread_relaxation: float | None = None
     spread_cap: float | None = None
@@ -185,6 +198,11 @@ class EnSFConfig:
             raise bad("damping", f"choose one of {_DAMPINGS} or pass a callable h(t)")
         if not self.likelihood_weight > 0 or math.isinf(self.likelihood_weight):
             raise bad("likelihood_weight", "must be a finite number > 0")
+        if self.likelihood_step not in _LIKELIHOOD_STEPS:
+            raise bad("likelihood_step", f"choose one of {_LIKELIHOOD_STEPS}")
+        if self.likelihood_step == "implicit" and self.pre_prediction_passes > 0:
+            raise bad("likelihood_step", "the implicit step needs the operator's curvature, "
+                      "which pre-prediction passes (autograd) do not provide; use 'explicit'")
         if self.spread_relaxation is not None and not 0.0 <= self.spread_relaxation <= 1.0:
             raise bad("spread_relaxation", "must be None or in [0, 1]")
         if self.spread_cap is not None and not self.spread_cap > 0:
@@ -384,6 +402,8 @@ class _Likelihood:
     pointwise: Callable | None = None                      # op.pointwise_score_
     obs: Tensor | None = None                              # (n,) for the pointwise kernel
     inv_var: float | Tensor | None = None                  # float or (n,)
+    curvature: Callable | None = None                      # (state, out) -> out
+    pointwise_curvature: Callable | None = None            # op.pointwise_curvature_
 
 
 def _likelihood(obs_operator, state_shape: tuple[int, ...], obs: Tensor,
@@ -416,8 +436,14 @@ def _likelihood(obs_operator, state_shape: tuple[int, ...], obs: Tensor,
         def score(state: Tensor, out: Tensor, work: Tensor) -> Tensor:
             return op._likelihood_score(state, obs, inv_var, out, work)
 
+        def curvature(state: Tensor, out: Tensor) -> Tensor:
+            return op._gauss_newton_diagonal(state, inv_var, out)
+
         pointwise = op.pointwise_score_ if op.elementwise else None
-        return _Likelihood(score, pointwise, obs, inv_var)
+        pointwise_curvature = op.pointwise_curvature_ if op.elementwise else None
+        return _Likelihood(score, pointwise, obs, inv_var,
+                           curvature if op.has_gauss_newton_diagonal else None,
+                           pointwise_curvature)
     if not callable(obs_operator) and not hasattr(obs_operator, "likelihood_score"):
         raise InputError(f"obs_operator must be callable, got {type(obs_operator).__name__}")
 
@@ -516,6 +542,11 @@ def ensf_analysis_detailed(forecast_ensemble: Tensor, obs: Tensor, obs_operator,
     likelihood = _likelihood(obs_operator, state_shape, obs, obs_error_std, pre_prediction,
                              config.pre_prediction_passes, prior_flat)
 
+    implicit = config.likelihood_step == "implicit"
+    if implicit and likelihood.curvature is None:
+        raise InputError(f"EnSFConfig.likelihood_step='implicit' needs an operator with a "
+                         f"Gauss-Newton diagonal (identity, arctan, subset); "
+                         f"{type(obs_operator).__name__} has none: use 'explicit'")
     prior_mean = prior_std = None
     if needs_spread:
         prior_std, prior_mean = torch.std_mean(prior_flat, dim=0)
@@ -542,21 +573,27 @@ def ensf_analysis_detailed(forecast_ensemble: Tensor, obs: Tensor, obs_operator,
     # so the loop works through the state in tiles (the global noise blocks) that stay in
     # cache: x and x0 are streamed once per step whatever the operator costs. Otherwise
     # whole-array passes with preallocated buffers.
-    tiled = config.prior_score == "paired" and likelihood.pointwise is not None
+    tiled = config.prior_score == "paired" and likelihood.pointwise is not None and \
+        (not implicit or likelihood.pointwise_curvature is not None)
     if tiled:
         tile = members * min(config.block_size, n)
         buffers = {"score": prior.new_empty(tile), "work": prior.new_empty(tile),
-                   "physical": prior.new_empty(tile) if config.normalize else None}
+                   "physical": prior.new_empty(tile) if config.normalize else None,
+                   "curvature": prior.new_empty(tile) if implicit else None}
         step = _tiled_step
     else:
         buffers = {"score": prior.new_empty(prior.shape), "work": prior.new_empty(prior.shape),
                    "physical": prior.new_empty(prior.shape) if config.normalize else None,
+                   "curvature": prior.new_empty(prior.shape) if implicit else None,
                    "target": (prior.new_empty(prior.shape) if config.prior_score == "mixture"
                               else None)}
         step = _whole_array_step
+    # d^2/dz^2 = std^2 d^2/dx^2 for the curvature in the standardised variables.
+    scale_sq = scale.square() if implicit and scale is not None else None
     context = _StepContext(x=x, prior=prior, likelihood=likelihood, config=config,
                            state_shape=state_shape, mean=prior_mean, scale=scale, seed=seed,
-                           slab=slab, buffers=buffers, reduce=reduce, mean_now=mean_now)
+                           slab=slab, buffers=buffers, reduce=reduce, mean_now=mean_now,
+                           scale_sq=scale_sq)
 
     dt = 1.0 / config.n_steps
     steps_taken = config.n_steps
@@ -622,22 +659,29 @@ class _StepContext:
     buffers: dict
     reduce: GlobalReduce
     mean_now: Tensor | None
+    scale_sq: Tensor | None = None
 
 
 def _whole_array_step(c: _StepContext, k: int, coef: _Coefficients) -> None:
     """One Euler-Maruyama step as whole-array in-place passes (any operator/estimator)."""
     x, members, shape = c.x, c.x.shape[0], c.state_shape
-    score, work = c.buffers["score"], c.buffers["work"]
+    score, work, curvature = c.buffers["score"], c.buffers["work"], c.buffers["curvature"]
     if coef.like != 0.0:
+        where = x
         if c.config.normalize:
-            physical = c.buffers["physical"]
-            torch.addcmul(c.mean, c.scale, x, out=physical)
-            c.likelihood.full(physical.view(members, *shape), score.view(members, *shape),
-                              work.view(members, *shape))
+            where = c.buffers["physical"]
+            torch.addcmul(c.mean, c.scale, x, out=where)
+        c.likelihood.full(where.view(members, *shape), score.view(members, *shape),
+                          work.view(members, *shape))
+        if c.config.normalize:
             score.mul_(c.scale)                       # chain rule: d/dz = std * d/dx
-        else:
-            c.likelihood.full(x.view(members, *shape), score.view(members, *shape),
-                              work.view(members, *shape))
+        if curvature is not None:
+            c.likelihood.curvature(where.view(members, *shape), curvature.view(members, *shape))
+            if c.scale_sq is not None:
+                curvature.mul_(c.scale_sq)
+            # Linearised score at the new state: s(x) + c x - c x_new; the -c x_new goes
+            # to the left-hand side (the division below).
+            score.addcmul_(curvature, x)
     pull_to = c.prior
     if c.buffers.get("target") is not None:
         pull_to = mixture_prior_mean(x, c.prior, coef.alpha, coef.beta_sq,
@@ -649,6 +693,8 @@ def _whole_array_step(c: _StepContext, k: int, coef: _Coefficients) -> None:
         x.add_(score, alpha=coef.like)
     # The noise goes straight from a cache-sized scratch block into x.
     indexed_normal_add_(x, coef.noise, (c.seed, k), **c.slab)
+    if curvature is not None and coef.like != 0.0:
+        x.div_(curvature.mul_(coef.like).add_(1.0))
 
 
 def _tiled_step(c: _StepContext, k: int, coef: _Coefficients) -> None:
@@ -657,6 +703,7 @@ def _tiled_step(c: _StepContext, k: int, coef: _Coefficients) -> None:
     kernel, obs, inv_var = c.likelihood.pointwise, c.likelihood.obs, c.likelihood.inv_var
     per_value = isinstance(inv_var, Tensor)
     normalize = c.config.normalize
+    implicit = c.buffers["curvature"] is not None and coef.like != 0.0
     for start, stop, noise in indexed_blocks(members, x.shape[1], (c.seed, k), **c.slab,
                                              dtype=x.dtype, device=x.device):
         width = stop - start
@@ -665,18 +712,26 @@ def _tiled_step(c: _StepContext, k: int, coef: _Coefficients) -> None:
             score = c.buffers["score"][:members * width].view(members, width)
             work = c.buffers["work"][:members * width].view(members, width)
             iv = inv_var[start:stop] if per_value else inv_var
+            where = tile
             if normalize:
-                physical = c.buffers["physical"][:members * width].view(members, width)
-                torch.addcmul(c.mean[start:stop], c.scale[start:stop], tile, out=physical)
-                kernel(physical, obs[start:stop], iv, score, work)
+                where = c.buffers["physical"][:members * width].view(members, width)
+                torch.addcmul(c.mean[start:stop], c.scale[start:stop], tile, out=where)
+            kernel(where, obs[start:stop], iv, score, work)
+            if normalize:
                 score.mul_(c.scale[start:stop])
-            else:
-                kernel(tile, obs[start:stop], iv, score, work)
+            if implicit:
+                curvature = c.buffers["curvature"][:members * width].view(members, width)
+                c.likelihood.pointwise_curvature(where, iv, curvature)
+                if c.scale_sq is not None:
+                    curvature.mul_(c.scale_sq[start:stop])
+                score.addcmul_(curvature, tile)      # see _whole_array_step
         tile.mul_(coef.keep)
         tile.add_(prior[:, start:stop], alpha=coef.pull)
         if coef.like != 0.0:
             tile.add_(score, alpha=coef.like)
         tile.add_(noise, alpha=coef.noise)
+        if implicit:
+            tile.div_(curvature.mul_(coef.like).add_(1.0))
         if c.mean_now is not None:
             torch.mean(tile, 0, out=c.mean_now[start:stop])
 

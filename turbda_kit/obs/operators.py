@@ -155,6 +155,11 @@ class ObsOperator:
     #: needs only their observations, which lets the EnSF work through the state in
     #: cache-sized tiles. None when not available.
     pointwise_score_: Callable | None = None
+    #: Elementwise operators may also provide ``pointwise_curvature_(x, inv_var, out)``:
+    #: the diagonal Gauss-Newton curvature ``h'(x)^2 / sigma^2`` of the negative
+    #: log-likelihood on any block of values (what the EnSF's linearly implicit likelihood
+    #: step divides by). None when not available.
+    pointwise_curvature_: Callable | None = None
 
     # ---- public API -------------------------------------------------------------
     def __call__(self, state: Tensor) -> Tensor:
@@ -204,6 +209,43 @@ class ObsOperator:
         inv_var = inverse_variance(obs_error_std, self.n_obs, like=state)
         return self._likelihood_score(state, obs.to(dtype=state.dtype), inv_var, out, work)
 
+    def gauss_newton_diagonal(self, state: Tensor, obs_error_std: float | Tensor,
+                              out: Tensor | None = None) -> Tensor:
+        """Diagonal of ``J_H(x)^T R^-1 J_H(x)``: the Gauss-Newton curvature of the negative
+        log-likelihood, per state value.
+
+        Exact for operators whose Jacobian has one non-zero per row and column (identity,
+        arctan, subsets), which are the ones that provide it.
+
+        Parameters
+        ----------
+        state : Tensor, shape ``(*batch, *state_shape)``
+        obs_error_std : float or Tensor of shape ``(n_obs,)``
+            ``sigma``, > 0, in observation units.
+        out : Tensor, optional
+            Output buffer shaped like ``state``.
+
+        Returns
+        -------
+        Tensor, shape ``(*batch, *state_shape)``
+            Units of 1 / state units squared; >= 0.
+
+        Raises
+        ------
+        InputError
+            If the operator has no cheap diagonal (composed or user-supplied operators).
+        """
+        self._check_state(state)
+        inv_var = inverse_variance(obs_error_std, self.n_obs, like=state)
+        if out is None:
+            out = torch.empty_like(state)
+        return self._gauss_newton_diagonal(state, inv_var, out)
+
+    @property
+    def has_gauss_newton_diagonal(self) -> bool:
+        """Whether :meth:`gauss_newton_diagonal` is available for this operator."""
+        return type(self)._gauss_newton_diagonal is not ObsOperator._gauss_newton_diagonal
+
     @property
     def locations(self) -> Tensor | None:
         """Observation positions ``(n_obs, ndim)`` in grid units, or None if unknown."""
@@ -227,6 +269,11 @@ class ObsOperator:
         if out is None:
             return score
         return out.copy_(score)
+
+    def _gauss_newton_diagonal(self, state: Tensor, inv_var: float | Tensor,
+                               out: Tensor) -> Tensor:
+        raise InputError(f"{type(self).__name__} has no cheap Gauss-Newton diagonal; use an "
+                         f"identity, arctan or subset operator, or the explicit likelihood step")
 
     def _check_state(self, state: Tensor) -> None:
         if not isinstance(state, Tensor):
@@ -276,6 +323,9 @@ class _Elementwise(ObsOperator):
         return self.pointwise_score_(state, self._as_state(obs), self._as_state(inv_var), out,
                                      work)
 
+    def _gauss_newton_diagonal(self, state, inv_var, out):
+        return self.pointwise_curvature_(state, self._as_state(inv_var), out)
+
 
 class Identity(_Elementwise):
     """Observe every state value: ``H(x) = flatten(x)``.
@@ -303,6 +353,12 @@ class Identity(_Elementwise):
         """``(y - x) / sigma^2`` elementwise; ``obs``/``inv_var`` broadcast against ``x``."""
         torch.sub(obs, x, out=out)
         return out.mul_(inv_var)
+
+    def pointwise_curvature_(self, x: Tensor, inv_var: float | Tensor, out: Tensor) -> Tensor:
+        """``1 / sigma^2`` at every value of ``x`` (into ``out``, shaped like ``x``)."""
+        if isinstance(inv_var, Tensor):
+            return out.copy_(inv_var.expand_as(out))
+        return out.fill_(inv_var)
 
 
 class Arctan(_Elementwise):
@@ -364,6 +420,13 @@ class Arctan(_Elementwise):
         if not scalar_var:
             out.mul_(inv_var).mul_(s)
         return out
+
+    def pointwise_curvature_(self, x: Tensor, inv_var: float | Tensor, out: Tensor) -> Tensor:
+        """``h'(x)^2 / sigma^2 = s^2 / (1 + (s x)^2)^2 / sigma^2`` elementwise, into ``out``."""
+        s = self.scale
+        torch.addcmul(x.new_tensor(1.0), x, x, value=s * s, out=out)
+        out.square_().reciprocal_()
+        return out.mul_(inv_var).mul_(s * s)
 
 
 class Subset(ObsOperator):
@@ -468,6 +531,14 @@ class Subset(ObsOperator):
             out.zero_()
         out_flat = out.view(*batch, -1)
         out_flat.index_copy_(-1, idx, residual.expand(*batch, self.n_obs).contiguous())
+        return out
+
+    def _gauss_newton_diagonal(self, state, inv_var, out):
+        idx = self.indices_on(state.device)
+        batch = state.shape[:state.dim() - len(self.state_shape)]
+        values = torch.as_tensor(inv_var, dtype=state.dtype, device=state.device)
+        out.zero_()
+        out.view(*batch, -1).index_copy_(-1, idx, values.expand(*batch, self.n_obs).contiguous())
         return out
 
 

@@ -1,0 +1,48 @@
+"""Filter sweeps: each entry equals a direct run; divergence is recorded; bad input fails early."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from turbda_kit.errors import InputError
+from turbda_kit.experiments.presets import build_experiment, get_preset
+from turbda_kit.experiments.sweep import best_setting, sweep
+
+PRESET = get_preset("sakov2008")
+
+
+def test_each_setting_equals_a_direct_run():
+    settings = [{"inflation_factor": 1.02}, {"inflation_factor": 1.08}]
+    ds = sweep(PRESET, "letkf", settings, n_cycles=30, spinup_cycles=10, seed=3)
+    assert ds.sizes["setting"] == 2 and not ds["diverged"].any()
+    for i, changes in enumerate(settings):
+        preset = PRESET.replace(n_cycles=30, spinup_cycles=10,
+                                letkf=dataclasses.replace(PRESET.letkf, **changes))
+        direct = build_experiment(preset, "letkf", seed=3).run(show_progress=False)
+        assert ds["mean_rmse_analysis"].values[i] == pytest.approx(
+            float(np.nanmean(direct["rmse_analysis"].values[10:])), rel=1e-12)
+    assert best_setting(ds) in settings
+
+
+def test_diverged_runs_are_recorded_not_raised():
+    ds = sweep(PRESET, "letkf", [{"inflation_factor": 1.04}], n_cycles=5, spinup_cycles=1,
+               divergence_rmse=1e-9)
+    assert bool(ds["diverged"][0]) and np.isnan(ds["mean_rmse_analysis"][0])
+    assert int(ds["diverged_cycle"][0]) >= 0
+    with pytest.raises(InputError, match="every run"):
+        best_setting(ds)
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (("letkf", [{"no_such_field": 1}]), "unknown LETKFConfig"),
+    (("letkf", []), "settings is empty"),
+    (("free", [{}]), "tunes 'ensf' or 'letkf'"),
+])
+def test_bad_input_fails_before_any_run(args, match):
+    with pytest.raises(InputError, match=match):
+        sweep(PRESET, *args, n_cycles=5, spinup_cycles=1)
+    with pytest.raises(InputError, match="spinup_cycles"):
+        sweep(PRESET, "letkf", [{}], n_cycles=5, spinup_cycles=5)

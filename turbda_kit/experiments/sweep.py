@@ -1,0 +1,162 @@
+"""Hyperparameter sweeps of a filter on a preset: one short cycling run per setting.
+
+Tuning is part of a fair comparison (LETKF localisation and inflation, EnSF likelihood
+weight and spread relaxation). A sweep runs the same preset, truth, observations and seed
+for every setting, so the settings differ only in the filter; it returns one Dataset with
+the mean scores per setting and records runs that diverged instead of stopping.
+
+>>> from turbda_kit.experiments.sweep import sweep
+>>> ds = sweep("bao2024_sqg_linear", "letkf",
+...            [{"localization_radius": r, "inflation_factor": f}
+...             for r in (0.8e6, 1.1e6) for f in (0.3, 0.6)],
+...            n_cycles=60, spinup_cycles=20, truth_trajectory=truth)   # doctest: +SKIP
+>>> ds.mean_rmse_analysis.values                                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import DivergenceError, InputError
+from ..progress import progress_bar
+from .presets import DAPreset, build_experiment, get_preset
+
+#: The per-cycle variables of the cycling Dataset that a sweep averages after spin-up.
+SCORES = ("rmse_analysis", "rmse_forecast", "spread_analysis", "spread_forecast")
+
+
+def _with_settings(preset: DAPreset, filter_name: str, settings: Mapping[str, Any]
+                   ) -> DAPreset:
+    if filter_name == "ensf":
+        field = "ensf"
+    elif filter_name == "letkf":
+        field = "letkf"
+    else:
+        raise InputError(f"filter_name={filter_name!r}: a sweep tunes 'ensf' or 'letkf'")
+    config = getattr(preset, field)
+    names = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise InputError(f"unknown {type(config).__name__} field(s) {unknown}; valid: "
+                         f"{', '.join(sorted(names))}")
+    return preset.replace(**{field: dataclasses.replace(config, **settings)})
+
+
+def sweep(preset: DAPreset | str, filter_name: str, settings: Sequence[Mapping[str, Any]], *,
+          n_cycles: int, spinup_cycles: int, seed: int = 0, truth_trajectory=None,
+          device="cpu", base: Mapping[str, Any] | None = None,
+          **build_kwargs: Any):
+    """Run ``preset`` with ``filter_name`` once per entry of ``settings``.
+
+    Parameters
+    ----------
+    preset : DAPreset or str
+        The experiment (model, observations, ensemble size, ...).
+    filter_name : {"ensf", "letkf"}
+    settings : sequence of dict
+        Field changes of the preset's filter config (``EnSFConfig`` or ``LETKFConfig``),
+        one dict per run, e.g. ``{"localization_radius": 8e5, "inflation_factor": 0.6}``.
+    n_cycles, spinup_cycles : int
+        Length of each run and the cycles left out of the means.
+    seed : int
+        Root seed shared by all runs (same truth, observations, initial ensemble).
+    truth_trajectory : array-like, optional
+        Stored truth, as for :func:`~turbda_kit.experiments.presets.build_experiment`
+        (recommended for SQG: otherwise every run spins up its own truth).
+    device : torch.device or str
+    base : dict, optional
+        Changes applied to the filter config before each setting (shared defaults).
+    **build_kwargs
+        Passed to :func:`~turbda_kit.experiments.presets.build_experiment`.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dimension ``setting``; variables ``mean_<score>`` for each of :data:`SCORES`
+        (means over cycles ``spinup_cycles .. n_cycles - 1``, units of the truth),
+        ``diverged`` (bool; NaN scores), ``diverged_cycle`` (-1 if not), ``wall_s``;
+        coordinate ``label`` (the setting as JSON); attrs: preset, filter, cycles, seed.
+    """
+    import xarray as xr
+
+    if isinstance(preset, str):
+        preset = get_preset(preset)
+    if not settings:
+        raise InputError("settings is empty: pass at least one dict of filter-config changes")
+    if not 0 <= spinup_cycles < n_cycles:
+        raise InputError(f"spinup_cycles={spinup_cycles} must be in [0, n_cycles={n_cycles})")
+    base = dict(base or {})
+    preset = _with_settings(preset, filter_name, base).replace(
+        n_cycles=n_cycles, spinup_cycles=spinup_cycles)
+    # Validate every setting before the first (long) run starts.
+    presets = [_with_settings(preset, filter_name, s) for s in settings]
+
+    rows: dict[str, list[float]] = {f"mean_{name}": [] for name in SCORES}
+    diverged, diverged_cycle, wall, labels = [], [], [], []
+    bar = progress_bar(len(settings), f"sweep {preset.name}:{filter_name}", every_seconds=0.0)
+    for changes, run_preset in zip(settings, presets):
+        label = json.dumps(dict(changes), sort_keys=True)
+        experiment = build_experiment(run_preset, filter_name, seed=seed,
+                                      truth_trajectory=truth_trajectory, device=device,
+                                      **build_kwargs)
+        start = time.perf_counter()
+        cycle, failed = -1, False
+        try:
+            ds = experiment.run(show_progress=False)
+            for name in SCORES:
+                rows[f"mean_{name}"].append(float(np.nanmean(ds[name].values[spinup_cycles:])))
+        except DivergenceError as err:
+            # The engine names the cycle; a filter's own error (e.g. a non-finite EnSF
+            # analysis) may not.
+            found = re.search(r"diverged at cycle (\d+)", str(err))
+            cycle, failed = (int(found.group(1)) if found else -1), True
+            for name in SCORES:
+                rows[f"mean_{name}"].append(math.nan)
+        wall.append(time.perf_counter() - start)
+        diverged.append(failed or math.isnan(rows["mean_rmse_analysis"][-1]))
+        diverged_cycle.append(cycle)
+        labels.append(label)
+        outcome = ("diverged" if diverged[-1]
+                   else f"mean analysis RMSE {rows['mean_rmse_analysis'][-1]:.3f}")
+        bar.set_postfix_str(f"{label}: {outcome}, {wall[-1]:.0f} s")
+        bar.update()
+    bar.close()
+
+    data = {name: ("setting", np.asarray(values)) for name, values in rows.items()}
+    data["diverged"] = ("setting", np.asarray(diverged))
+    data["diverged_cycle"] = ("setting", np.asarray(diverged_cycle, dtype=np.int64))
+    data["wall_s"] = ("setting", np.asarray(wall))
+    return xr.Dataset(data, coords={"setting": np.arange(len(settings)),
+                                    "label": ("setting", labels)},
+                      attrs={"preset": preset.name, "filter": filter_name,
+                             "n_cycles": n_cycles, "spinup_cycles": spinup_cycles,
+                             "seed": seed, "base": json.dumps(base, sort_keys=True)})
+
+
+def best_setting(results, score: str = "mean_rmse_analysis") -> dict[str, Any]:
+    """The setting with the lowest ``score`` among runs that did not diverge.
+
+    Parameters
+    ----------
+    results : xarray.Dataset
+        Output of :func:`sweep`.
+    score : str
+        Variable to minimise.
+
+    Returns
+    -------
+    dict
+        The winning setting's changes (decoded from its label).
+    """
+    values = np.where(results["diverged"].values, np.inf, results[score].values)
+    if not np.isfinite(values).any():
+        raise InputError("every run of the sweep diverged: no best setting")
+    return json.loads(str(results["label"].values[int(np.argmin(values))]))
