@@ -46,3 +46,25 @@ def test_bad_input_fails_before_any_run(args, match):
         sweep(PRESET, *args, n_cycles=5, spinup_cycles=1)
     with pytest.raises(InputError, match="spinup_cycles"):
         sweep(PRESET, "letkf", [{}], n_cycles=5, spinup_cycles=5)
+
+
+def test_sweep_tool_writes_and_ranks_the_table(tmp_path):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import xarray as xr
+
+    tool = Path(__file__).resolve().parents[2] / "tools" / "sweep_filters.py"
+    out = tmp_path / "letkf.nc"
+    done = subprocess.run([sys.executable, str(tool), "--preset", "sakov2008", "--filter", "letkf",
+                           "--grid", "inflation_factor=1.02,1.06", "--cycles", "20", "--spinup",
+                           "5", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    ds = xr.load_dataset(out)
+    assert ds.sizes["setting"] == 2 and ds.attrs["filter"] == "letkf"
+    assert ds["diverged"].dtype == bool
+    rows = [line for line in done.stdout.splitlines() if re.match(r"\s*\d+\.\d+\s", line)]
+    means = [float(line.split()[0]) for line in rows]
+    assert len(means) == 2 and means == sorted(means)
