@@ -1,10 +1,10 @@
 # %% [markdown]
 # # 02 — preprocess: nature run → training shards
-# Splits the SQG nature run into chunk files, then writes the training / validation / test
-# shards in the ClimaX layout (`{split}/{day}_{shard}.npz`, `normalize_mean.npz`,
+# Reads the SQG nature run day by day (optionally through chunk files first, the split
+# stage) and writes the training / validation / test shards in the ClimaX layout (`{split}/{day}_{shard}.npz`, `normalize_mean.npz`,
 # `normalize_std.npz`, `{split}/climatology.npz`, `y.npy`, `x.npy`) or one zarr store,
 # with statistics from the training days only. Launched with `mpiexec`/`srun`, every rank
-# takes a share of the chunks and days; the result is bit-identical to a serial run.
+# takes a share of the days (and chunks); the result is bit-identical to a serial run.
 # Re-running into the same directory resumes an interrupted run.
 
 # %% [parameters]
@@ -16,6 +16,7 @@ start_val_day: int = 4  # first validation day
 start_test_day: int = 5  # first test day
 end_day: int = 6  # end of the test days (exclusive)
 steps_per_file: int = 4  # output times per chunk file of the split stage
+via_chunks: bool = False  # run the split stage (chunk files) before sharding; off reads days directly
 num_shards: int = 2  # shards per day (must divide the output times per day)
 fmt: str = "npz"  # "npz" (ClimaX layout) or "zarr" (one chunked store)
 shards_dir: str = "shards"  # output root, relative to out_dir unless absolute
@@ -52,7 +53,8 @@ if not source.exists():
 
 # %%
 summary = preprocess(source, root, start_train_day, start_val_day, start_test_day, end_day,
-                     steps_per_file=steps_per_file, num_shards=num_shards, fmt=fmt, comm=comm)
+                     steps_per_file=steps_per_file, num_shards=num_shards, fmt=fmt, comm=comm,
+                     via_chunks=via_chunks)
 if rank == 0:
     print(summary)
 

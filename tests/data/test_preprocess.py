@@ -1,8 +1,15 @@
-"""Preprocessing: exact shards, exact day splits, exact statistics, resume, refusal, MPI."""
+"""Preprocessing: exact shards, exact day splits, exact statistics, resume, refusal, MPI.
+
+Both pipelines are covered: the default, where each rank reads its days straight from the
+nature run, and ``via_chunks=True``, where stage 1 writes raw ``.npy`` chunk files first.
+They must give byte-identical results.
+"""
 
 from __future__ import annotations
 
 import json
+import textwrap
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +18,12 @@ import pytest
 from turbda_kit.data.preprocess import (
     CHUNK_DIR,
     SplitDays,
+    _layout_netcdf4,
+    _layout_xarray,
+    _save_npz,
+    _SourceReader,
+    chunk_is_valid,
+    chunk_meta_path,
     chunk_path,
     inspect_nature_run,
     preprocess,
@@ -140,16 +153,19 @@ def test_a_run_killed_during_the_split_resumes_identically(nature, reference, tm
             raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError, match="killed"):
-        preprocess(nature, root, **SETTINGS, hook=crash_after_two)
-    assert chunk_path(root, 0).exists() and chunk_path(root, 1).exists()
+        preprocess(nature, root, **SETTINGS, via_chunks=True, hook=crash_after_two)
+    assert chunk_path(root, 0).exists() and chunk_meta_path(root, 1).exists()
     assert not chunk_path(root, 2).exists()
     assert json.loads((root / "manifest.json").read_text())["status"] == "running"
-    summary = preprocess(nature, root, **SETTINGS)
+    summary = preprocess(nature, root, **SETTINGS, via_chunks=True)
     assert (summary.chunks_skipped, summary.chunks_written) == (2, 6)
-    assert_same_arrays(root, reference)
+    assert_same_arrays(root, reference)  # the reference was made without chunks
+    assert not (root / CHUNK_DIR).exists()
 
 
-def test_a_run_killed_during_sharding_resumes_and_repairs_bad_files(nature, reference, tmp_path):
+@pytest.mark.parametrize("via_chunks", [False, True])
+def test_a_run_killed_during_sharding_resumes_and_repairs_bad_files(nature, reference, tmp_path,
+                                                                    via_chunks):
     root = tmp_path / "shards"
 
     def crash_on_day_two(stage, index):
@@ -157,17 +173,36 @@ def test_a_run_killed_during_sharding_resumes_and_repairs_bad_files(nature, refe
             raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError, match="killed"):
-        preprocess(nature, root, **SETTINGS, hook=crash_on_day_two)
-    # Damage one finished shard and one chunk: both must be detected and rewritten.
+        preprocess(nature, root, **SETTINGS, via_chunks=via_chunks, hook=crash_on_day_two)
+    # Damage one finished shard (and one chunk): both must be detected and rewritten.
     (root / "train" / "0_1.npz").write_bytes(b"not a zip file")
-    chunk_path(root, 7).write_bytes(b"garbage")
-    summary = preprocess(nature, root, **SETTINGS, keep_chunks=True)
-    assert summary.chunks_written == 1 and summary.chunks_skipped == 7
+    if via_chunks:
+        chunk_path(root, 7).write_bytes(b"garbage")
+    summary = preprocess(nature, root, **SETTINGS, via_chunks=via_chunks, keep_chunks=True)
+    expected_chunks = (1, 7) if via_chunks else (0, 0)
+    assert (summary.chunks_written, summary.chunks_skipped) == expected_chunks
     assert summary.days_skipped == 2 and summary.days_written == 4  # days 1 and 2 (day 0 damaged)
     arrays = {k: v for k, v in arrays_of(root).items() if not k.startswith(CHUNK_DIR)}
     reference_arrays = arrays_of(reference)
     assert sorted(arrays) == sorted(reference_arrays)
     assert all(arrays[k].tobytes() == reference_arrays[k].tobytes() for k in arrays)
+
+
+def test_a_root_started_through_chunks_resumes_directly(nature, reference, tmp_path):
+    root = tmp_path / "shards"
+
+    def crash_on_day_one(stage, index):
+        if stage == "day" and index == 1:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        preprocess(nature, root, **SETTINGS, via_chunks=True, hook=crash_on_day_one)
+    assert chunk_path(root, 7).exists()
+    summary = preprocess(nature, root, **SETTINGS)
+    assert (summary.days_skipped, summary.days_written) == (2, 4)
+    assert (summary.chunks_written, summary.chunks_skipped) == (0, 0)
+    assert not (root / CHUNK_DIR).exists()  # leftovers removed with the chunk directory
+    assert_same_arrays(root, reference)
 
 
 def test_other_settings_in_the_same_root_are_refused(nature, reference, tmp_path):
@@ -273,6 +308,154 @@ def test_an_interrupted_zarr_build_resumes(nature, tmp_path):
     assert np.array_equal(group["train"]["sqg_0"][:], theta(nature)[:12, 0])
 
 
+def test_the_chunk_pipeline_equals_the_direct_one_byte_for_byte(nature, reference, tmp_path):
+    root = tmp_path / "chunks"
+    summary = preprocess(nature, root, **SETTINGS, via_chunks=True, keep_chunks=True)
+    assert (summary.chunks_written, summary.chunks_skipped) == (8, 0)
+    assert chunk_path(root, 0).name == "chunk_00000.npy"
+    assert np.array_equal(np.load(chunk_path(root, 1)), theta(nature)[3:6])  # all levels
+    arrays = {k: v for k, v in arrays_of(root).items() if not k.startswith(CHUNK_DIR)}
+    reference_arrays = arrays_of(reference)
+    assert sorted(arrays) == sorted(reference_arrays)
+    assert all(arrays[k].tobytes() == reference_arrays[k].tobytes() for k in arrays)
+    a = json.loads((root / "manifest.json").read_text())
+    b = json.loads((reference / "manifest.json").read_text())
+    assert a["settings"] == b["settings"] and a["statistics"] == b["statistics"]
+
+
+def test_raw_chunk_files_are_verified_before_they_are_skipped(nature, tmp_path):
+    info = inspect_nature_run(nature)
+    assert split_nature_run(nature, tmp_path, 5, info=info) == {"written": 6, "skipped": 0}
+    path = chunk_path(tmp_path, 2)
+    assert chunk_is_valid(path, info, 2, 5)
+    assert not chunk_is_valid(path, info, 3, 5)  # another chunk's place
+    assert not chunk_is_valid(path, info, 2, 4)  # other steps per file: other times
+    good_meta = chunk_meta_path(tmp_path, 2).read_text()
+    foreign = inspect_nature_run(_write_other(tmp_path))
+    assert not chunk_is_valid(path, foreign, 2, 5)  # another nature run's fingerprint
+    chunk_meta_path(tmp_path, 2).unlink()  # data written, metadata not yet: unfinished
+    assert not chunk_is_valid(path, info, 2, 5)
+    chunk_meta_path(tmp_path, 2).write_text(good_meta)
+    data = path.read_bytes()
+    path.write_bytes(data[:-4])  # truncated
+    assert not chunk_is_valid(path, info, 2, 5)
+    path.write_bytes(data + b"\0" * 4)  # trailing bytes
+    assert not chunk_is_valid(path, info, 2, 5)
+    path.write_bytes(b"garbage")
+    assert not chunk_is_valid(path, info, 2, 5)
+    # A rerun rewrites exactly the bad chunk, and it comes back identical.
+    assert split_nature_run(nature, tmp_path, 5, info=info) == {"written": 1, "skipped": 5}
+    assert path.read_bytes() == data
+
+
+def _write_other(tmp_path: Path) -> Path:
+    other = tmp_path / "other.nc"
+    if not other.exists():
+        write_dataset(synthetic_nature_run(N_DAYS, STEPS_PER_DAY, GRID, seed=4), other)
+    return other
+
+
+def test_netcdf4_and_xarray_describe_a_nature_run_alike(nature, tmp_path):
+    fast = _layout_netcdf4(nature, "theta")
+    slow = _layout_xarray(nature, "theta")
+    assert fast is not None  # write_dataset output takes the fast path
+    assert (fast.shape, fast.dtype) == (slow.shape, slow.dtype)
+    for name in ("seconds", "z", "y", "x", "first", "last"):
+        a, b = getattr(fast, name), getattr(slow, name)
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), name
+    with _SourceReader(nature, inspect_nature_run(nature)) as reader:
+        assert reader.raw
+        assert np.array_equal(reader.read(5, 9), theta(nature)[5:9])
+    # Other order of dims, packed integers, a zarr store: xarray reads those.
+    transposed = tmp_path / "transposed.nc"
+    write_dataset(synthetic_nature_run(2, 4, 4).transpose("time", "y", "x", "z"), transposed)
+    assert _layout_netcdf4(transposed, "theta") is None
+    assert _layout_netcdf4(tmp_path / "absent.nc", "theta") is None
+
+
+def test_compressed_sources_and_level_orders_read_exactly(nature, tmp_path):
+    import xarray as xr
+
+    compressed = tmp_path / "compressed.nc"
+    with xr.open_dataset(nature) as ds:
+        ds.load().to_netcdf(compressed, encoding={"theta": {
+            "zlib": True, "complevel": 1, "chunksizes": (5, 1, GRID, GRID)}})
+    source = theta(nature)
+    for path in (nature, compressed):
+        info = inspect_nature_run(path, levels=[10000.0, 0.0])  # reversed: not a slice
+        with _SourceReader(path, info) as reader:
+            assert reader.raw
+            assert np.array_equal(reader.read(3, 11), source[3:11][:, [1, 0]])
+            out = np.empty((2, 2, GRID, GRID), dtype=np.float32)
+            assert reader.read(0, 2, out=out) is out
+            assert np.array_equal(out, source[:2][:, [1, 0]])
+            with pytest.raises(InputError, match="out has shape"):
+                reader.read(0, 3, out=out)
+    roots = []
+    for via_chunks in (False, True):
+        roots.append(tmp_path / f"shards_{via_chunks}")
+        summary = preprocess(compressed, roots[-1], **SETTINGS, levels=[10000.0, 0.0],
+                             via_chunks=via_chunks)
+        assert summary.variables == ["sqg_10000", "sqg_0"]
+    assert_same_arrays(*roots)
+    with np.load(roots[0] / "test" / "5_0.npz") as npz:
+        assert np.array_equal(npz["sqg_0"][:, 0], source[20:22, 0])
+
+
+def test_packed_and_reordered_sources_are_decoded_through_xarray(tmp_path):
+    import xarray as xr
+
+    ds = synthetic_nature_run(N_DAYS, STEPS_PER_DAY, GRID, seed=5)
+    packed = tmp_path / "packed.nc"
+    ds.to_netcdf(packed, encoding={"theta": {"dtype": "int16", "scale_factor": 0.01,
+                                             "add_offset": 290.0, "_FillValue": -32768}})
+    reordered = tmp_path / "reordered.nc"
+    write_dataset(ds.transpose("time", "y", "x", "z"), reordered)
+    for path in (packed, reordered):
+        info = inspect_nature_run(path)
+        with _SourceReader(path, info) as reader:
+            assert not reader.raw
+        root = tmp_path / f"shards_{path.stem}"
+        preprocess(path, root, **SETTINGS)
+        with xr.open_dataset(path) as opened:
+            decoded = opened.theta.transpose("time", "z", "y", "x").values
+        with np.load(root / "val" / "3_1.npz") as npz:
+            first = 3 * STEPS_PER_DAY + 2
+            assert npz["sqg_10000"].dtype == decoded.dtype
+            assert np.array_equal(npz["sqg_10000"][:, 0], decoded[first:first + 2, 1])
+
+
+def test_npz_fast_path_writes_what_np_savez_writes(tmp_path):
+    rng = np.random.default_rng(0)
+    day = rng.standard_normal((6, 2, 128, 128)).astype(np.float32)
+    arrays = {"strided": day[2:5, 1:2], "contiguous": day[0], "scalar": np.float64(3.5),
+              "empty": np.zeros((0, 3)), "fortran": np.asfortranarray(rng.random((4, 5))),
+              "int": np.arange(7, dtype=np.int16)}
+    _save_npz(tmp_path / "fast.npz", arrays)
+    np.savez(tmp_path / "numpy.npz", **{k: np.array(v, order="C") for k, v in arrays.items()})
+    with zipfile.ZipFile(tmp_path / "fast.npz") as fast, \
+            zipfile.ZipFile(tmp_path / "numpy.npz") as ref:
+        assert fast.namelist() == ref.namelist()
+        for name in ref.namelist():
+            assert fast.read(name) == ref.read(name), name  # header and data, byte for byte
+            assert fast.getinfo(name).compress_type == zipfile.ZIP_STORED
+    with np.load(tmp_path / "fast.npz") as npz:
+        for key, value in arrays.items():
+            assert np.array_equal(npz[key], value) and npz[key].dtype == np.asarray(value).dtype
+    with pytest.raises(InputError, match="only plain numeric"):
+        _save_npz(tmp_path / "object.npz", {"bad": np.array([None, 1])})
+    assert not (tmp_path / "object.npz").exists()
+
+
+def test_stage_times_and_the_via_chunks_flag(nature, tmp_path):
+    summary = preprocess(nature, tmp_path / "shards", **SETTINGS)
+    assert {"inspect", "read", "statistics", "write", "finalize"} <= set(summary.stage_seconds)
+    assert "split" not in summary.stage_seconds
+    assert all(v >= 0 for v in summary.stage_seconds.values())
+    with pytest.raises(InputError, match="via_chunks='yes' must be True or False"):
+        preprocess(nature, tmp_path / "other", **SETTINGS, via_chunks="yes")
+
+
 @pytest.mark.mpi
 @pytest.mark.parametrize("fmt", ["npz", "zarr"])
 def test_two_ranks_write_byte_identical_shards_and_statistics(nature, reference, tmp_path, fmt):
@@ -280,7 +463,7 @@ def test_two_ranks_write_byte_identical_shards_and_statistics(nature, reference,
     proc = run_mpi(2, [str(SCRIPTS / "preprocess_mpi.py"), str(nature), str(root), fmt],
                    timeout=240)
     assert proc.returncode == 0, proc.stderr
-    assert "chunks_written=8" in proc.stdout and "days_written=6" in proc.stdout
+    assert "chunks_written=0" in proc.stdout and "days_written=6" in proc.stdout
     if fmt == "npz":
         assert_same_arrays(root, reference)
         return
@@ -296,16 +479,65 @@ def test_two_ranks_write_byte_identical_shards_and_statistics(nature, reference,
             assert a[split][name][:].tobytes() == b[split][name][:].tobytes()
 
 
+# preprocess_mpi.py (shared) always runs the default pipeline; this script also takes the
+# mode and the stage a simulated crash happens in.
+MPI_MODES_SCRIPT = textwrap.dedent("""
+    import sys
+
+    from turbda_kit.data.preprocess import preprocess
+    from turbda_kit.parallel.mpi import get_comm
+
+    nature, root, via_chunks = sys.argv[1], sys.argv[2], sys.argv[3] == "chunks"
+    comm = get_comm()
+    hook = None
+    if len(sys.argv) > 4:
+        fail_rank, fail_stage, fail_after = int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
+        done = []
+
+        def hook(stage, index):
+            if stage == fail_stage and comm.Get_rank() == fail_rank:
+                done.append(index)
+                if len(done) >= fail_after:
+                    raise RuntimeError(f"simulated crash after {stage} {index}")
+
+    summary = preprocess(nature, root, 0, 3, 4, 6, steps_per_file=3, num_shards=2,
+                         comm=comm, via_chunks=via_chunks, hook=hook)
+    if comm.Get_rank() == 0:
+        print(f"SUMMARY chunks_written={summary.chunks_written} "
+              f"chunks_skipped={summary.chunks_skipped} days_written={summary.days_written} "
+              f"days_skipped={summary.days_skipped}", flush=True)
+""")
+
+
+def modes_script(tmp_path: Path) -> str:
+    path = tmp_path / "preprocess_modes_mpi.py"
+    path.write_text(MPI_MODES_SCRIPT)
+    return str(path)
+
+
 @pytest.mark.mpi
-def test_a_crash_on_one_rank_aborts_the_job_and_a_rerun_resumes(nature, reference, tmp_path):
+def test_two_ranks_via_chunks_equal_the_serial_direct_run(nature, reference, tmp_path):
     root = tmp_path / "parallel"
-    args = [str(SCRIPTS / "preprocess_mpi.py"), str(nature), str(root), "npz"]
-    crashed = run_mpi(2, [*args, "1", "2"], timeout=120)
-    assert crashed.returncode != 0
-    assert "simulated crash" in crashed.stderr
+    proc = run_mpi(2, [modes_script(tmp_path), str(nature), str(root), "chunks"], timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert "chunks_written=8" in proc.stdout and "days_written=6" in proc.stdout
+    assert_same_arrays(root, reference)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("mode, stage", [("chunks", "chunk"), ("direct", "day")])
+def test_a_crash_on_one_rank_aborts_the_job_and_a_rerun_resumes(nature, reference, tmp_path,
+                                                                mode, stage):
+    root = tmp_path / "parallel"
+    args = [modes_script(tmp_path), str(nature), str(root), mode]
+    crashed = run_mpi(2, [*args, "1", stage, "2"], timeout=120)
+    said = f"stdout:\n{crashed.stdout}\nstderr:\n{crashed.stderr}"
+    assert crashed.returncode != 0, said
+    assert "simulated crash" in crashed.stderr, said
     resumed = run_mpi(2, args, timeout=240)
     assert resumed.returncode == 0, resumed.stderr
-    assert "chunks_skipped=" in resumed.stdout and "chunks_skipped=0" not in resumed.stdout
+    skipped = "chunks_skipped=" if mode == "chunks" else "days_skipped="
+    assert skipped in resumed.stdout and f"{skipped}0" not in resumed.stdout, resumed.stdout
     assert_same_arrays(root, reference)
 
 

@@ -1,10 +1,12 @@
-"""Nature run → per-file chunks → training shards with statistics, serial or MPI-parallel.
+"""Nature run → training shards with statistics, serial or MPI-parallel.
 
 Two stages, as in the paper's pair of MPI scripts, run by :func:`preprocess`:
 
-1. **Split** the nature run (netCDF or zarr, ``theta (time, z, y, x)`` in K) into chunks of
-   ``steps_per_file`` consecutive output times, ``{root}/chunks/chunk_NNNNN.nc``; each rank
-   writes a contiguous range of chunks.
+1. **Split** (only with ``via_chunks=True``) the nature run (netCDF or zarr,
+   ``theta (time, z, y, x)`` in K) into chunks of ``steps_per_file`` consecutive output
+   times, raw arrays ``{root}/chunks/chunk_NNNNN.npy`` with ``chunk_NNNNN.json`` beside
+   each; each rank writes a contiguous range of chunks. By default this stage is skipped
+   and each rank reads its days straight from the nature run, so the data moves once.
 2. **Shard** whole days into the ClimaX ``nc2np`` layout::
 
        {root}/manifest.json               settings; re-runs with other settings are refused
@@ -28,12 +30,14 @@ A "day" is ``floor(time / 86400 s)`` with ``time`` in seconds since the start of
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +46,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputError
-from ..io import atomic_path, open_dataset, write_dataset, write_json
+from ..io import atomic_path, open_dataset, write_json
 from ..parallel.mpi import Moments, abort_on_exception, block_range, get_comm, tree_reduce
 from ..progress import progress_bar
 
@@ -197,11 +201,16 @@ class NatureRunInfo:
         return first
 
 
-def _open_source(path: str | os.PathLike):
+def _require_source(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.exists():
         raise InputError(f"nature_path={str(p)!r} does not exist: give a nature run written "
                          "by turbda_kit.io.write_dataset (.nc file or .zarr store)")
+    return p
+
+
+def _open_source(path: str | os.PathLike):
+    p = _require_source(path)
     try:
         return open_dataset(p)
     except InputError:
@@ -209,6 +218,122 @@ def _open_source(path: str | os.PathLike):
     except Exception as err:  # netCDF4/zarr raise many unrelated types
         raise InputError(f"nature_path={str(p)!r} is not a readable netCDF file or zarr "
                          f"store: {type(err).__name__}: {err}") from err
+
+
+def _fingerprint(seconds: np.ndarray, shape: tuple[int, ...], dtype: str, first: np.ndarray,
+                 last: np.ndarray) -> str:
+    """SHA-256 of the time axis (s), shape, dtype and first and last fields ``(z, y, x)``."""
+    digest = hashlib.sha256()
+    digest.update(np.asarray(seconds, dtype=np.float64).tobytes())
+    digest.update(repr((tuple(int(n) for n in shape), str(dtype))).encode())
+    digest.update(np.ascontiguousarray(first).tobytes())
+    digest.update(np.ascontiguousarray(last).tobytes())
+    return digest.hexdigest()
+
+
+_DIMS = ("time", "z", "y", "x")
+# Attributes that make xarray's CF decoding change the stored values; a variable carrying
+# any of them is read through xarray, never raw.
+_DECODED_ATTRS = frozenset({"scale_factor", "add_offset", "missing_value", "_Unsigned",
+                            "calendar"})
+_SECOND_UNITS = frozenset({"s", "sec", "second", "seconds"})
+_METRE_UNITS = frozenset({"", "m", "metre", "metres", "meter", "meters"})
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What :func:`inspect_nature_run` reads: axes, shape, dtype, first and last fields."""
+
+    seconds: np.ndarray
+    z: np.ndarray
+    y: np.ndarray
+    x: np.ndarray
+    shape: tuple[int, ...]
+    dtype: str
+    first: np.ndarray | None
+    last: np.ndarray | None
+
+
+def _stored_as_decoded(var: Any) -> bool:
+    """Whether xarray's decoding leaves a netCDF4 variable's stored values unchanged."""
+    if _DECODED_ATTRS.intersection(var.ncattrs()):
+        return False
+    kind = np.dtype(var.dtype).kind
+    if "_FillValue" not in var.ncattrs():
+        return kind in "fiu"
+    # xarray masks the fill value to NaN: an identity only for a float NaN fill.
+    fill = np.asarray(var.getncattr("_FillValue"))
+    return kind == "f" and fill.dtype.kind == "f" and bool(np.all(np.isnan(fill)))
+
+
+def _layout_netcdf4(path: Path, variable: str) -> _Layout | None:
+    """The layout read with netCDF4 alone, when that equals what xarray decodes; else None.
+
+    Covers netCDF-4 files as :func:`turbda_kit.io.write_dataset` writes them (time in
+    plain seconds, ``(time, z, y, x)`` order, no packing). It spares importing xarray,
+    pandas and dask, most of the start-up time of a rank; anything else returns None
+    and goes through xarray.
+    """
+    if not path.is_file():
+        return None
+    try:
+        import netCDF4
+    except ImportError:  # pragma: no cover - netCDF4 is part of the stack
+        return None
+    try:
+        ds = netCDF4.Dataset(str(path), "r")
+    except Exception:  # netCDF-3, zarr, not netCDF at all: xarray decides
+        return None
+    try:
+        var = ds.variables.get(variable)
+        if (var is None or variable in ds.dimensions or tuple(var.dimensions) != _DIMS
+                or np.dtype(var.dtype).kind != "f" or not _stored_as_decoded(var)):
+            return None
+        axes = {}
+        for name in _DIMS:
+            coord = ds.variables.get(name)
+            units = str(getattr(coord, "units", "")).strip().lower()
+            if (coord is None or tuple(coord.dimensions) != (name,)
+                    or not _stored_as_decoded(coord)
+                    or units not in (_SECOND_UNITS if name == "time" else _METRE_UNITS)):
+                return None
+            coord.set_auto_maskandscale(False)
+            axes[name] = np.asarray(coord[:], dtype=np.float64)
+            if np.isnan(axes[name]).any():
+                return None
+        var.set_auto_maskandscale(False)
+        n_times = var.shape[0]
+        return _Layout(axes["time"], axes["z"], axes["y"], axes["x"], tuple(var.shape),
+                       str(np.dtype(var.dtype)),
+                       np.asarray(var[0]) if n_times else None,
+                       np.asarray(var[-1]) if n_times else None)
+    except Exception:  # anything unexpected: let xarray read it (and word the error)
+        return None
+    finally:
+        ds.close()
+
+
+def _layout_xarray(path: str | os.PathLike, variable: str) -> _Layout:
+    """The layout read through xarray (any netCDF file or zarr store)."""
+    ds = _open_source(path)
+    try:
+        if variable not in ds.data_vars:
+            raise InputError(f"variable={variable!r} is not in {path}; it holds "
+                             f"{', '.join(map(str, ds.data_vars)) or 'no variables'}")
+        da = ds[variable]
+        if set(da.dims) != set(_DIMS):
+            raise InputError(f"{variable} has dims {da.dims} in {path}; expected {_DIMS}")
+        da = da.transpose(*_DIMS)
+        n_times = da.shape[0]
+        return _Layout(time_in_seconds(da["time"].values),
+                       np.asarray(da["z"].values, dtype=np.float64),
+                       np.asarray(da["y"].values, dtype=np.float64),
+                       np.asarray(da["x"].values, dtype=np.float64),
+                       tuple(da.shape), str(da.dtype),
+                       da.isel(time=0).values if n_times else None,
+                       da.isel(time=-1).values if n_times else None)
+    finally:
+        ds.close()
 
 
 def inspect_nature_run(nature_path: str | os.PathLike, variable: str = "theta",
@@ -233,68 +358,221 @@ def inspect_nature_run(nature_path: str | os.PathLike, variable: str = "theta",
     InputError
         Missing variable, dims or levels; fewer than two times; a non-uniform output
         interval or one that does not divide a day.
+
+    Notes
+    -----
+    A netCDF-4 file as :func:`turbda_kit.io.write_dataset` writes it is read with
+    netCDF4 alone; anything else through xarray. Both give the same description.
     """
-    ds = _open_source(nature_path)
+    layout = _layout_netcdf4(_require_source(nature_path), variable)
+    if layout is None:
+        layout = _layout_xarray(nature_path, variable)
+    seconds = layout.seconds
+    if seconds.size < 2:
+        raise InputError(f"{nature_path} holds {seconds.size} output time(s): need >= 2")
+    steps = np.diff(seconds)
+    dt = float(steps[0])
+    if dt <= 0 or not np.allclose(steps, dt, rtol=1e-9, atol=1e-6):
+        raise InputError(f"output times in {nature_path} are not uniformly spaced and "
+                         f"increasing (intervals {np.unique(steps)[:5]} s)")
+    per_day = SECONDS_PER_DAY / dt
+    if abs(per_day - round(per_day)) > 1e-6:
+        raise InputError(f"output interval {dt} s does not divide a day (86400 s): "
+                         "preprocessing splits by whole days")
+    z_values = layout.z
+    if levels is None:
+        index = list(range(z_values.size))
+    else:
+        index = []
+        for level in levels:
+            hits = np.flatnonzero(np.isclose(z_values, float(level), rtol=0, atol=1e-3))
+            if hits.size == 0:
+                raise InputError(f"level {level} m is not in {nature_path}; available z "
+                                 f"levels (m): {z_values.tolist()}")
+            index.append(int(hits[0]))
+    if not index:
+        raise InputError("levels=[] selects nothing: give at least one z level (m)")
+    fingerprint = _fingerprint(seconds, layout.shape, layout.dtype, layout.first, layout.last)
+    return NatureRunInfo(
+        path=str(Path(nature_path).resolve()), variable=variable,
+        time_seconds=tuple(float(t) for t in seconds), dt_seconds=dt,
+        steps_per_day=int(round(per_day)),
+        levels=tuple(float(z_values[i]) for i in index), level_index=tuple(index),
+        n_levels_source=int(z_values.size),
+        y=tuple(float(v) for v in layout.y), x=tuple(float(v) for v in layout.x),
+        dtype=layout.dtype, fingerprint=fingerprint)
+
+
+# --------------------------------------------------------------------------- reading the source
+
+def _open_raw_netcdf(path: str | os.PathLike, info: NatureRunInfo) -> tuple[Any, Any] | None:
+    """``(dataset, variable)`` of a netCDF-4 source that can be read raw, else None.
+
+    Raw means the stored values with no masking, scaling or decoding pass (netCDF4 with
+    automatic masking and scaling off; :class:`_SourceReader` then prefers h5py, which
+    reads into a given buffer). That is only done when decoding could not change a value
+    (a float variable without packing attributes, ``_FillValue`` absent or NaN, dims in
+    source order) *and* the raw first and last fields reproduce the fingerprint
+    :func:`inspect_nature_run` computed.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return None
     try:
-        if variable not in ds.data_vars:
-            raise InputError(f"variable={variable!r} is not in {nature_path}; it holds "
-                             f"{', '.join(map(str, ds.data_vars)) or 'no variables'}")
-        da = ds[variable]
-        required = ("time", "z", "y", "x")
-        if set(da.dims) != set(required):
-            raise InputError(f"{variable} has dims {da.dims} in {nature_path}; expected "
-                             f"{required}")
-        da = da.transpose(*required)
-        seconds = time_in_seconds(da["time"].values)
-        if seconds.size < 2:
-            raise InputError(f"{nature_path} holds {seconds.size} output time(s): need >= 2")
-        steps = np.diff(seconds)
-        dt = float(steps[0])
-        if dt <= 0 or not np.allclose(steps, dt, rtol=1e-9, atol=1e-6):
-            raise InputError(f"output times in {nature_path} are not uniformly spaced and "
-                             f"increasing (intervals {np.unique(steps)[:5]} s)")
-        per_day = SECONDS_PER_DAY / dt
-        if abs(per_day - round(per_day)) > 1e-6:
-            raise InputError(f"output interval {dt} s does not divide a day (86400 s): "
-                             "preprocessing splits by whole days")
-        z_values = np.asarray(da["z"].values, dtype=np.float64)
-        if levels is None:
-            index = list(range(z_values.size))
+        import netCDF4
+    except ImportError:  # pragma: no cover - netCDF4 is part of the stack
+        return None
+    try:
+        ds = netCDF4.Dataset(str(p), "r")
+    except Exception:  # netCDF-3, HDF5 without netCDF metadata, ...: xarray reads those
+        return None
+    try:
+        var = ds.variables.get(info.variable)
+        shape = (info.n_times, info.n_levels_source, *info.grid_shape)
+        if (var is not None and tuple(var.dimensions) == _DIMS and tuple(var.shape) == shape
+                and np.dtype(var.dtype) == np.dtype(info.dtype)
+                and np.dtype(info.dtype).kind == "f" and _stored_as_decoded(var)):
+            var.set_auto_maskandscale(False)
+            first, last = np.asarray(var[0]), np.asarray(var[-1])
+            if _fingerprint(np.asarray(info.time_seconds), shape, info.dtype, first,
+                            last) == info.fingerprint:
+                return ds, var
+    except Exception:  # anything unexpected: fall back to xarray, which decodes it all
+        pass
+    ds.close()
+    return None
+
+
+def _open_h5(path: str | os.PathLike, info: NatureRunInfo,
+             reference: np.ndarray) -> tuple[Any, Any] | None:
+    """``(file, dataset)`` of the variable opened with h5py, or None.
+
+    h5py reads into a given buffer (``read_direct``), which netCDF4 cannot. It is used
+    only when it reads ``reference`` (the first field as netCDF4 read it) identically, so
+    a filter h5py lacks, or any other disagreement, leaves the reading to netCDF4.
+    """
+    try:
+        import h5py
+
+        handle = h5py.File(str(path), "r")
+    except Exception:  # h5py missing or refusing the file: netCDF4 reads it
+        return None
+    try:
+        dataset = handle[info.variable]
+        shape = (info.n_times, info.n_levels_source, *info.grid_shape)
+        if dataset.shape == shape and dataset.dtype == np.dtype(info.dtype):
+            first = np.empty(shape[1:], dtype=info.dtype)
+            dataset.read_direct(first, np.s_[0])
+            if first.tobytes() == np.ascontiguousarray(reference).tobytes():
+                return handle, dataset
+    except Exception:  # a missing filter plugin, an odd layout, ...
+        pass
+    handle.close()
+    return None
+
+
+class _SourceReader:
+    """Reads blocks of consecutive output times straight from the nature run.
+
+    A netCDF-4 variable that needs no CF decoding (see :func:`_open_raw_netcdf`) is read
+    raw, with h5py straight into the caller's buffer; anything else (zarr, packed or
+    masked data) goes through xarray, with the decoding :func:`inspect_nature_run` saw.
+    Either way a block is read with one call, contiguous on disk for a time-major
+    variable.
+
+    Parameters
+    ----------
+    path : path-like
+        The nature run.
+    info : NatureRunInfo
+        From :func:`inspect_nature_run`.
+    level_index : sequence of int or None
+        Source levels to return (default ``info.level_index``).
+    """
+
+    def __init__(self, path: str | os.PathLike, info: NatureRunInfo,
+                 level_index: Sequence[int] | None = None):
+        self.info = info
+        levels = list(info.level_index if level_index is None else level_index)
+        # A run of consecutive levels is one strided hyperslab; anything else is read whole
+        # and picked in numpy (fancy indexing in netCDF4 is slow).
+        if levels == list(range(levels[0], levels[-1] + 1)):
+            self._levels, self._take = slice(levels[0], levels[-1] + 1), None
         else:
-            index = []
-            for level in levels:
-                hits = np.flatnonzero(np.isclose(z_values, float(level), rtol=0, atol=1e-3))
-                if hits.size == 0:
-                    raise InputError(f"level {level} m is not in {nature_path}; available z "
-                                     f"levels (m): {z_values.tolist()}")
-                index.append(int(hits[0]))
-        if not index:
-            raise InputError("levels=[] selects nothing: give at least one z level (m)")
-        first = np.ascontiguousarray(da.isel(time=0).values)
-        last = np.ascontiguousarray(da.isel(time=-1).values)
-        digest = hashlib.sha256()
-        digest.update(seconds.tobytes())
-        digest.update(repr((tuple(da.shape), str(da.dtype))).encode())
-        digest.update(first.tobytes())
-        digest.update(last.tobytes())
-        return NatureRunInfo(
-            path=str(Path(nature_path).resolve()), variable=variable,
-            time_seconds=tuple(float(t) for t in seconds), dt_seconds=dt,
-            steps_per_day=int(round(per_day)),
-            levels=tuple(float(z_values[i]) for i in index), level_index=tuple(index),
-            n_levels_source=int(z_values.size),
-            y=tuple(float(v) for v in da["y"].values), x=tuple(float(v) for v in da["x"].values),
-            dtype=str(da.dtype), fingerprint=digest.hexdigest())
-    finally:
-        ds.close()
+            self._levels, self._take = slice(None), levels
+        self.n_levels = len(levels)
+        self._raw = _open_raw_netcdf(path, info)
+        self._h5 = None
+        if self._raw is not None:
+            self._h5 = _open_h5(path, info, self._raw[1][0])
+        self._ds = self._da = None
+        if self._raw is None:
+            self._ds = _open_source(path)
+            self._da = self._ds[info.variable].transpose("time", "z", "y", "x")
+
+    @property
+    def raw(self) -> bool:
+        """Whether blocks are read raw (else through xarray)."""
+        return self._raw is not None
+
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Times ``[start, stop)``: ``(time, level, ny, nx)``, C-contiguous, source dtype.
+
+        ``out``, when given, must have that shape and dtype and be C-contiguous; it is
+        filled and returned (reusing one buffer spares the page faults of a fresh one).
+        """
+        shape = (stop - start, self.n_levels, *self.info.grid_shape)
+        if out is None:
+            out = np.empty(shape, dtype=self.info.dtype)
+        elif out.shape != shape or out.dtype != np.dtype(self.info.dtype) \
+                or not out.flags.c_contiguous:
+            raise InputError(f"out has shape {out.shape}, dtype {out.dtype}: need a "
+                             f"C-contiguous {shape} {self.info.dtype} array")
+        if self._h5 is not None and self._take is None:
+            self._h5[1].read_direct(out, np.s_[start:stop, self._levels])
+            return out
+        if self._raw is not None:
+            data = self._raw[1][start:stop, self._levels]
+        else:
+            data = self._da.isel(time=slice(start, stop), z=self._levels).values
+        np.copyto(out, data if self._take is None else np.asarray(data)[:, self._take])
+        return out
+
+    def close(self) -> None:
+        """Close the source."""
+        if self._h5 is not None:
+            self._h5[0].close()
+            self._h5 = None
+        if self._raw is not None:
+            self._raw[0].close()
+            self._raw = None
+        if self._ds is not None:
+            self._ds.close()
+            self._ds = self._da = None
+
+    def __enter__(self) -> _SourceReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # --------------------------------------------------------------------------- stage 1: split
 
 
 def chunk_path(root: str | os.PathLike, index: int) -> Path:
-    """Path of chunk ``index`` under ``root``."""
-    return Path(root) / CHUNK_DIR / f"chunk_{index:05d}.nc"
+    """Path of chunk ``index``'s data, ``{root}/chunks/chunk_NNNNN.npy``.
+
+    The data is a raw ``.npy`` array ``(time, z, y, x)`` of the source dtype with every
+    source level; its identity (source fingerprint, index, times, shape) is in
+    :func:`chunk_meta_path`, written after the data.
+    """
+    return Path(root) / CHUNK_DIR / f"chunk_{index:05d}.npy"
+
+
+def chunk_meta_path(root: str | os.PathLike, index: int) -> Path:
+    """Path of chunk ``index``'s metadata, ``{root}/chunks/chunk_NNNNN.json``."""
+    return Path(root) / CHUNK_DIR / f"chunk_{index:05d}.json"
 
 
 def chunk_bounds(index: int, steps_per_file: int, n_times: int) -> tuple[int, int]:
@@ -303,26 +581,49 @@ def chunk_bounds(index: int, steps_per_file: int, n_times: int) -> tuple[int, in
     return start, min(start + steps_per_file, n_times)
 
 
+def _chunk_meta(info: NatureRunInfo, index: int, steps_per_file: int) -> dict[str, Any]:
+    start, stop = chunk_bounds(index, steps_per_file, info.n_times)
+    meta = {"source_fingerprint": info.fingerprint, "chunk_index": index, "start": start,
+            "stop": stop, "time_seconds": list(info.time_seconds[start:stop]),
+            "shape": [stop - start, info.n_levels_source, *info.grid_shape],
+            "dtype": info.dtype}
+    return json.loads(json.dumps(meta))  # the form it takes on disk
+
+
+def _npy_layout(handle: Any) -> tuple[int, tuple[int, ...], np.dtype]:
+    """``(data offset in bytes, shape, dtype)`` of the C-order ``.npy`` file ``handle``."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+    else:
+        raise ValueError(f".npy format version {version} is not written by this module")
+    if fortran:
+        raise ValueError("Fortran-order .npy is not written by this module")
+    return handle.tell(), tuple(shape), dtype
+
+
 def chunk_is_valid(path: str | os.PathLike, info: NatureRunInfo, index: int,
                    steps_per_file: int) -> bool:
-    """Whether a chunk file exists and holds exactly the expected times of this nature run."""
-    p = Path(path)
-    if not p.is_file():
-        return False
-    import xarray as xr
+    """Whether chunk ``index`` at ``path`` (its ``.npy``) is complete and from this nature run.
 
-    start, stop = chunk_bounds(index, steps_per_file, info.n_times)
+    The metadata beside it must name this run's fingerprint, the chunk index, and the
+    expected times, shape and dtype; the ``.npy`` header must agree and the file must hold
+    exactly that many bytes (a truncated or foreign file is rewritten).
+    """
+    p = Path(path)
+    meta_path = p.with_suffix(".json")
+    if not (p.is_file() and meta_path.is_file()):
+        return False
     try:
-        with xr.open_dataset(p) as ds:
-            if ds.attrs.get("turbda_source_fingerprint") != info.fingerprint:
-                return False
-            if int(ds.attrs.get("turbda_chunk_index", -1)) != index:
-                return False
-            da = ds[info.variable].transpose("time", "z", "y", "x")
-            if da.shape != (stop - start, info.n_levels_source, *info.grid_shape):
-                return False
-            expected = np.asarray(info.time_seconds[start:stop])
-            return bool(np.array_equal(time_in_seconds(da["time"].values), expected))
+        expected = _chunk_meta(info, index, steps_per_file)
+        if json.loads(meta_path.read_text()) != expected:
+            return False
+        with open(p, "rb") as handle:
+            offset, shape, dtype = _npy_layout(handle)
+        return (list(shape) == expected["shape"] and dtype == np.dtype(info.dtype)
+                and p.stat().st_size == offset + int(np.prod(shape)) * dtype.itemsize)
     except Exception:  # unreadable or foreign file: rewrite it
         return False
 
@@ -338,7 +639,8 @@ def split_nature_run(nature_path: str | os.PathLike, root: str | os.PathLike,
     nature_path : path-like
         The nature run.
     root : path-like
-        Output root; chunks go to ``{root}/chunks/chunk_NNNNN.nc``.
+        Output root; chunks go to ``{root}/chunks/chunk_NNNNN.npy`` (raw ``(time, z, y,
+        x)`` arrays, every source level) with ``chunk_NNNNN.json`` beside each.
     steps_per_file : int
         Output times per chunk (>= 1); the last chunk may be shorter.
     chunks : sequence of int or None
@@ -365,8 +667,8 @@ def split_nature_run(nature_path: str | os.PathLike, root: str | os.PathLike,
     wanted = list(range(n_chunks)) if chunks is None else [int(c) for c in chunks]
     mine = [wanted[i] for i in block_range(len(wanted), rank, size)]
     written = skipped = 0
-    ds = _open_source(nature_path)
     bar = progress_bar(len(mine), desc=f"split (rank 0 of {size})", enabled=rank == 0)
+    source = _SourceReader(nature_path, info, level_index=range(info.n_levels_source))
     try:
         for index in mine:
             path = chunk_path(root, index)
@@ -374,52 +676,70 @@ def split_nature_run(nature_path: str | os.PathLike, root: str | os.PathLike,
                 skipped += 1
             else:
                 start, stop = chunk_bounds(index, steps_per_file, info.n_times)
-                piece = ds[[info.variable]].isel(time=slice(start, stop)).load()
-                for var in piece.variables.values():
-                    var.encoding = {}  # source chunking/compression may not fit a chunk
-                piece.attrs.update(turbda_source_fingerprint=info.fingerprint,
-                                   turbda_chunk_index=index,
-                                   turbda_source_path=info.path)
-                write_dataset(piece, path)
+                # Data first, metadata last: metadata marks a chunk finished.
+                _save_npy(path, source.read(start, stop))
+                write_json(chunk_meta_path(root, index),
+                           _chunk_meta(info, index, steps_per_file))
                 written += 1
                 if hook is not None:
                     hook("chunk", index)
             bar.update(1)
     finally:
         bar.close()
-        ds.close()
+        source.close()
     return {"written": int(comm.allreduce(written)), "skipped": int(comm.allreduce(skipped))}
 
 
 class _ChunkReader:
-    """Reads source time ranges from chunk files, keeping the last chunk in memory."""
+    """Reads blocks of output times from stage-1 chunks, at the selected levels.
+
+    Only the rows asked for are read (``readinto`` at the ``.npy`` data offset), straight
+    into the result.
+    """
 
     def __init__(self, root: Path, info: NatureRunInfo, steps_per_file: int):
         self.root, self.info, self.steps_per_file = root, info, steps_per_file
-        self._cached: tuple[int, np.ndarray] | None = None
 
-    def _chunk(self, index: int) -> np.ndarray:
-        if self._cached is not None and self._cached[0] == index:
-            return self._cached[1]
-        import xarray as xr
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Times ``[start, stop)`` at the selected levels: ``(time, level, ny, nx)``.
 
-        with xr.open_dataset(chunk_path(self.root, index)) as ds:
-            data = np.asarray(ds[self.info.variable].transpose("time", "z", "y", "x").values)
-        if list(self.info.level_index) != list(range(data.shape[1])):
-            data = data[:, list(self.info.level_index)]  # numpy, not netCDF fancy indexing
-        self._cached = (index, data)
-        return data
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Times ``[start, stop)`` at the selected levels: ``(time, level, ny, nx)``."""
-        parts = []
-        index = start // self.steps_per_file
+        ``out``: as for :meth:`_SourceReader.read`.
+        """
+        info = self.info
+        every_level = list(info.level_index) == list(range(info.n_levels_source))
+        shape = (stop - start, len(info.level_index), *info.grid_shape)
+        if out is not None and (out.shape != shape or out.dtype != np.dtype(info.dtype)
+                                or not out.flags.c_contiguous):
+            raise InputError(f"out has shape {out.shape}, dtype {out.dtype}: need a "
+                             f"C-contiguous {shape} {info.dtype} array")
+        rows = out if out is not None and every_level else np.empty(
+            (stop - start, info.n_levels_source, *info.grid_shape), dtype=info.dtype)
+        row_bytes = rows[0].nbytes
+        buffer = memoryview(rows).cast("B")
+        filled, index = 0, start // self.steps_per_file
         while start < stop:
-            c_start, c_stop = chunk_bounds(index, self.steps_per_file, self.info.n_times)
+            c_start, c_stop = chunk_bounds(index, self.steps_per_file, info.n_times)
             take = min(stop, c_stop)
-            parts.append(self._chunk(index)[start - c_start:take - c_start])
+            path = chunk_path(self.root, index)
+            with open(path, "rb", buffering=0) as handle:
+                offset, _, _ = _npy_layout(handle)
+                handle.seek(offset + (start - c_start) * row_bytes)
+                end = filled + (take - start) * row_bytes
+                while filled < end:
+                    got = handle.readinto(buffer[filled:end])
+                    if not got:
+                        raise InputError(f"chunk {path} ended early: remove it and run again")
+                    filled += got
             start, index = take, index + 1
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        if every_level:
+            return rows
+        if out is None:
+            return np.ascontiguousarray(rows[:, list(info.level_index)])
+        np.take(rows, list(info.level_index), axis=1, out=out)
+        return out
+
+    def close(self) -> None:
+        """Nothing held open."""
 
 
 # --------------------------------------------------------------------------- statistics
@@ -441,8 +761,15 @@ class DayStatistics:
         """Statistics of ``data (time, vars, ny, nx)``, in float64."""
         n_time = data.shape[0]
         field_mean = data.mean(axis=0, dtype=np.float64)
-        deviation = data - field_mean  # float64
-        field_m2 = np.einsum("tvyx,tvyx->vyx", deviation, deviation)
+        # Squared deviations one output time at a time, into two reused float64 fields: a
+        # float64 copy of the whole day costs more in page faults than the arithmetic.
+        # The sum still runs over time in order, as a whole-day reduction would.
+        field_m2 = np.zeros_like(field_mean)
+        deviation = np.empty_like(field_mean)
+        for step in data:
+            np.subtract(step, field_mean, out=deviation)
+            np.multiply(deviation, deviation, out=deviation)
+            field_m2 += deviation
         # The scalar moments follow from the per-point ones (law of total variance), which
         # saves a second pass over the day's data.
         n_points = field_mean.shape[1] * field_mean.shape[2]
@@ -470,18 +797,47 @@ def shard_path(root: str | os.PathLike, split: str, day: int, shard: int) -> Pat
     return Path(root) / split / f"{day}_{shard}.npz"
 
 
+def _c_order_blocks(array: np.ndarray) -> Iterator[np.ndarray]:
+    """Contiguous pieces of ``array`` that, in order, are its bytes in C order."""
+    if array.flags.c_contiguous:
+        if array.size:
+            yield array
+    elif array.ndim > 1 and array[0].flags.c_contiguous and array[0].nbytes >= 1 << 16:
+        yield from array  # e.g. one variable of a (time, var, y, x) day: a field per time
+    else:
+        yield np.ascontiguousarray(array)
+
+
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
+    """Write ``arrays`` atomically as ``np.savez`` does, without staging copies.
+
+    The same archive as ``np.savez``: a stored (uncompressed) zip64 member
+    ``{name}.npy`` per array, a format-1.0 ``.npy`` header (C order), then the data.
+    ``np.savez`` copies each array through ``tobytes`` in 16 MiB pieces; here contiguous
+    pieces of the caller's arrays go straight to ``zipfile`` (which only adds the CRC).
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle, \
+            zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            array = np.asarray(array)
+            if array.dtype.hasobject:
+                raise InputError(f"array {name!r} has dtype {array.dtype}: only plain "
+                                 "numeric arrays are written")
+            header = np.lib.format.header_data_from_array_1_0(array)
+            header["fortran_order"] = False  # always written in C order below
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array_header_1_0(member, header)
+                for block in _c_order_blocks(array):
+                    member.write(block)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, array)
+        np.save(handle, array)  # a real file: numpy writes the buffer with one tofile
 
 
 def _sha256(data: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(data)).hexdigest()
 
 
 @dataclass
@@ -539,8 +895,7 @@ class _NpzOutput:
         for shard in range(self.plan.num_shards):
             piece = data[shard * sps:(shard + 1) * sps]
             _save_npz(shard_path(self.plan.root, split, day, shard),
-                      {name: np.ascontiguousarray(piece[:, j:j + 1])
-                       for j, name in enumerate(self.plan.names)})
+                      {name: piece[:, j:j + 1] for j, name in enumerate(self.plan.names)})
 
     def finalize(self, stats: dict[str, DayStatistics]) -> None:
         """Rank 0: statistics, climatologies and coordinates."""
@@ -782,6 +1137,13 @@ class PreprocessSummary:
         The root was complete and nothing was done.
     wall_seconds : float
         Wall time on rank 0.
+    stage_seconds : dict of str to float
+        Where rank 0's wall time went: ``mpi`` (start-up of MPI and waiting in
+        collectives), ``inspect`` (layout checks and fingerprint), ``split`` (stage 1,
+        with ``via_chunks``), ``verify`` (checking existing shards), ``read``,
+        ``statistics``, ``write`` (shards), ``finalize`` (statistics files, manifest,
+        chunk removal). The rest (manifest, the statistics tree's gather) is not
+        itemised. Empty for an already complete root.
     """
 
     root: Path
@@ -793,14 +1155,30 @@ class PreprocessSummary:
     days_skipped: int
     already_complete: bool
     wall_seconds: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class _StageClock:
+    """Accumulates wall seconds per named stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
 def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_train_day: int,
                start_val_day: int, start_test_day: int, end_day: int, steps_per_file: int,
                num_shards: int, fmt: str = "npz", comm: Any | None = None, *,
                variable: str = "theta", name: str = "sqg",
-               levels: Sequence[float] | None = None, keep_chunks: bool = False,
-               hook: Hook | None = None) -> PreprocessSummary:
+               levels: Sequence[float] | None = None, via_chunks: bool = False,
+               keep_chunks: bool = False, hook: Hook | None = None) -> PreprocessSummary:
     """Turn a nature run into training shards with statistics; serial or under MPI.
 
     Parameters
@@ -813,7 +1191,8 @@ def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_tr
         Split boundaries in days since the start of output; ``end_day`` exclusive. All
         days used must be complete in the nature run.
     steps_per_file : int
-        Output times per stage-1 chunk file.
+        Output times per stage-1 chunk file (used with ``via_chunks``; recorded in the
+        manifest either way).
     num_shards : int
         Shards per day; must divide the number of output times per day.
     fmt : {"npz", "zarr"}
@@ -826,11 +1205,17 @@ def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_tr
         Output variable prefix: arrays are named ``{name}_{level in m}``.
     levels : sequence of float or None
         ``z`` levels (m) to keep (default all).
+    via_chunks : bool
+        Run stage 1 (:func:`split_nature_run`) and build the shards from its chunk files,
+        the paper's two-stage pipeline. By default (False) each rank reads its own days
+        straight from the nature run, which every rank opens anyway: the data then moves
+        once instead of twice. Both give byte-identical shards and statistics, and a root
+        started one way may be resumed the other.
     keep_chunks : bool
         Keep ``{root}/chunks`` after success (removed by default).
     hook : callable or None
-        ``hook(stage, index)`` after each chunk (``"chunk"``) and day (``"day"``) this
-        rank completes; for progress or fault-injection tests.
+        ``hook(stage, index)`` after each chunk (``"chunk"``, only with ``via_chunks``)
+        and day (``"day"``) this rank completes; for progress or fault-injection tests.
 
     Returns
     -------
@@ -847,8 +1232,12 @@ def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_tr
     ...            steps_per_file=24, num_shards=2)
     """
     start = time.monotonic()
-    comm = get_comm(comm)
+    clock = _StageClock()
+    with clock("mpi"):
+        comm = get_comm(comm)
     rank, size = comm.Get_rank(), comm.Get_size()
+    if not isinstance(via_chunks, (bool, np.bool_)):
+        raise InputError(f"via_chunks={via_chunks!r} must be True or False")
     if fmt not in FORMATS:
         raise InputError(f"fmt={fmt!r} must be one of {', '.join(FORMATS)}")
     _check_positive_int("steps_per_file", steps_per_file)
@@ -857,7 +1246,8 @@ def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_tr
         raise InputError(f"name={name!r} must be a non-empty string without '_' (arrays are "
                          "named {name}_{level})")
     split_days = SplitDays(start_train_day, start_val_day, start_test_day, end_day)
-    info = inspect_nature_run(nature_path, variable, levels)
+    with clock("inspect"):
+        info = inspect_nature_run(nature_path, variable, levels)
     if info.steps_per_day % num_shards:
         raise InputError(f"num_shards={num_shards} must divide the {info.steps_per_day} output "
                          f"times per day (dt = {info.dt_seconds} s)")
@@ -878,7 +1268,8 @@ def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_tr
         if error is None and not complete:
             write_json(root / MANIFEST_NAME, _manifest(settings, info, split_days, "running"))
         verdict = (error, complete)
-    error, complete = comm.bcast(verdict, root=0)
+    with clock("mpi"):
+        error, complete = comm.bcast(verdict, root=0)
     if error is not None:
         raise InputError(error)
     if complete:
@@ -886,40 +1277,59 @@ def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_tr
                                  time.monotonic() - start)
 
     with abort_on_exception(comm):
-        # Stage 1: only the chunks that hold days we use.
-        t_first = first_indices[split_days.start_train_day]
-        t_stop = first_indices[split_days.end_day - 1] + info.steps_per_day
-        needed = range(t_first // steps_per_file, -(-t_stop // steps_per_file))
-        chunk_counts = split_nature_run(nature_path, root, steps_per_file, list(needed), comm,
-                                        info, hook)
+        chunk_counts = {"written": 0, "skipped": 0}
+        if via_chunks:
+            # Stage 1: only the chunks that hold days we use.
+            t_first = first_indices[split_days.start_train_day]
+            t_stop = first_indices[split_days.end_day - 1] + info.steps_per_day
+            needed = range(t_first // steps_per_file, -(-t_stop // steps_per_file))
+            with clock("split"):
+                chunk_counts = split_nature_run(nature_path, root, steps_per_file,
+                                                list(needed), comm, info, hook)
         if rank == 0:
             output.prepare()
-        comm.barrier()  # every chunk and the output template exist before stage 2
+        with clock("mpi"):
+            comm.barrier()  # every chunk and the output template exist before stage 2
 
         # Stage 2: a contiguous block of days per rank; statistics over a fixed tree of days.
         all_days = list(split_days.all_days)
         my_days = {all_days[i] for i in block_range(len(all_days), rank, size)}
-        reader = _ChunkReader(root, info, steps_per_file)
         counts = {"written": 0, "skipped": 0}
+        reader: _ChunkReader | _SourceReader | None = None
+        day_buffer: np.ndarray | None = None  # reused: each day is done before the next
+
+        def day_data(split: str, day: int) -> np.ndarray:
+            nonlocal reader, day_buffer
+            with clock("verify"):
+                data = output.read_verified(split, day)
+            if data is not None:
+                counts["skipped"] += 1
+                return data
+            if reader is None:  # opened on first use: a fully resumed rank never opens it
+                reader = (_ChunkReader(root, info, steps_per_file) if via_chunks
+                          else _SourceReader(nature_path, info))
+                day_buffer = np.empty((info.steps_per_day, len(names), *info.grid_shape),
+                                      dtype=info.dtype)
+            first = first_indices[day]
+            with clock("read"):
+                data = reader.read(first, first + info.steps_per_day, out=day_buffer)
+            with clock("write"):
+                output.write(split, day, data)
+            counts["written"] += 1
+            return data
+
         bar = progress_bar(len(my_days), desc=f"shard (rank 0 of {size})", enabled=rank == 0)
 
         def leaf_for(split: str) -> Callable[[int], DayStatistics]:
             days = split_days.days(split)
 
             def leaf(i: int) -> DayStatistics:
-                day = days[i]
-                data = output.read_verified(split, day)
-                if data is None:
-                    first = first_indices[day]
-                    data = reader.read(first, first + info.steps_per_day)
-                    output.write(split, day, data)
-                    counts["written"] += 1
-                else:
-                    counts["skipped"] += 1
+                data = day_data(split, days[i])
                 if hook is not None:
-                    hook("day", day)
+                    hook("day", days[i])
                 bar.update(1)
-                return DayStatistics.of(data)
+                with clock("statistics"):
+                    return DayStatistics.of(data)
 
             return leaf
 
@@ -933,23 +1343,29 @@ def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_tr
                                            comm, owned=mine)
         finally:
             bar.close()
-        days_written = int(comm.allreduce(counts["written"]))
-        days_skipped = int(comm.allreduce(counts["skipped"]))
+            if reader is not None:
+                reader.close()
+        with clock("mpi"):
+            days_written = int(comm.allreduce(counts["written"]))
+            days_skipped = int(comm.allreduce(counts["skipped"]))
 
-        if rank == 0:
-            output.finalize(stats)
-            manifest = _manifest(settings, info, split_days, "complete")
-            manifest["statistics"] = {
-                "normalize_mean": dict(zip(names, stats["train"].scalar.mean.tolist())),
-                "normalize_std": dict(zip(names, stats["train"].scalar.std().tolist())),
-                "train_values_per_variable": stats["train"].scalar.count,
-            }
-            write_json(root / MANIFEST_NAME, manifest)
-            if not keep_chunks:
-                shutil.rmtree(root / CHUNK_DIR, ignore_errors=True)
-        comm.barrier()
+        with clock("finalize"):
+            if rank == 0:
+                output.finalize(stats)
+                manifest = _manifest(settings, info, split_days, "complete")
+                manifest["statistics"] = {
+                    "normalize_mean": dict(zip(names, stats["train"].scalar.mean.tolist())),
+                    "normalize_std": dict(zip(names, stats["train"].scalar.std().tolist())),
+                    "train_values_per_variable": stats["train"].scalar.count,
+                }
+                write_json(root / MANIFEST_NAME, manifest)
+                if not keep_chunks:
+                    shutil.rmtree(root / CHUNK_DIR, ignore_errors=True)
+        with clock("mpi"):
+            comm.barrier()
     return PreprocessSummary(root, fmt, names, chunk_counts["written"], chunk_counts["skipped"],
-                             days_written, days_skipped, False, time.monotonic() - start)
+                             days_written, days_skipped, False, time.monotonic() - start,
+                             clock.seconds)
 
 
 def _manifest(settings: dict[str, Any], info: NatureRunInfo, split_days: SplitDays,
