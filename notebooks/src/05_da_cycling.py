@@ -18,6 +18,8 @@ N: int = 16  # SQG grid (64 in the papers); ignored when a nature run is given
 nature_run: str = ""  # path of a stage-01 nature run (nature_sqg.nc); empty: truth run on the fly
 spinup_days: float = 20.0  # on-the-fly SQG truth: spin-up before cycle 0, days
 seed: int = 0  # root seed of initial ensemble, observations and filter noise
+ensf_settings: dict = {}  # EnSFConfig field changes over the preset, e.g. a tuned likelihood_weight
+letkf_settings: dict = {}  # LETKFConfig field changes over the preset, e.g. localization_radius
 device: str = "auto"  # "auto", "cpu", "cuda", ...
 
 # %%
@@ -37,6 +39,8 @@ out = Path(out_dir)
 run_device = resolve_device(device)
 settings = get_preset(preset)
 settings = settings.replace(n_cycles=n_cycles, spinup_cycles=spinup_cycles, n_members=n_members)
+settings = settings.with_filter_settings("ensf", ensf_settings)
+settings = settings.with_filter_settings("letkf", letkf_settings)
 truth_trajectory, overrides = None, {}
 if nature_run:
     nature = open_dataset(nature_run)

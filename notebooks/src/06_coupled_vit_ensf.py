@@ -18,6 +18,8 @@ n_members: int = 10  # ensemble size (20 in the paper)
 shocks: bool = True  # jump noise for the physics baselines too (SC24 reports SQG+LETKF with shocks)
 start_index: int = 0  # nature-run time index of cycle 0 (skip the training period, e.g.)
 seed: int = 0  # root seed (initial ensemble, observations, filter noise, shocks)
+ensf_settings: dict = {}  # EnSFConfig field changes over the preset (all EnSF runs)
+letkf_settings: dict = {}  # LETKFConfig field changes over the preset (sqg_letkf)
 device: str = "auto"  # "auto", "cpu", "cuda", ...
 
 # %%
@@ -30,6 +32,7 @@ import numpy as np
 from turbda_kit.device import resolve_device
 from turbda_kit.errors import InputError
 from turbda_kit.experiments.coupled import REPORTED_SC24, run_coupled
+from turbda_kit.experiments.presets import get_preset
 from turbda_kit.experiments.surrogate_model import SurrogateModel
 from turbda_kit.io import open_dataset, write_dataset
 from turbda_kit.viz.plots import rmse_vs_time, save
@@ -47,13 +50,16 @@ if abs(hours - 12.0) > 1e-6:
     raise InputError(f"the coupled experiments cycle every 12 h; {nature_path} is {hours:g}-hourly")
 truth = nature["theta"].isel(time=slice(start_index, None)).values.astype(np.float32)
 surrogate = SurrogateModel.from_files(checkpoint_path, device=run_device) if needs_vit else None
+preset = get_preset("yin2024_sqg_shocks").with_filter_settings("ensf", ensf_settings)
+preset = preset.with_filter_settings("letkf", letkf_settings)
 print(f"truth: {nature_path} {truth.shape}; surrogate: {checkpoint_path if needs_vit else '-'}")
 
 # %%
 results, summary = {}, {}
 for kind in experiments:
     start = time.perf_counter()
-    ds = run_coupled(kind, truth, surrogate=surrogate, n_cycles=n_cycles, n_members=n_members,
+    ds = run_coupled(kind, truth, surrogate=surrogate, preset=preset, n_cycles=n_cycles,
+                     n_members=n_members,
                      spinup_cycles=spinup_cycles, shocks=shocks, seed=seed, device=run_device,
                      out_dir=out / f"checkpoint_{kind}")
     write_dataset(ds, out / f"coupled_{kind}.nc")

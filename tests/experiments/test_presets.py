@@ -51,3 +51,14 @@ def test_truth_trajectory_checks():
 def test_presets_carry_their_reported_scores():
     assert PRESETS["yin2024_sqg_shocks"].reported == {"ensf": 1.05, "letkf": 5.4, "free": 9.6}
     assert PRESETS["sakov2008"].reported["letkf"] == 0.22
+
+
+def test_with_filter_settings_changes_only_the_named_filter():
+    preset = get_preset("bao2024_sqg_linear")
+    tuned = preset.with_filter_settings("letkf", {"localization_radius": 1.5e6})
+    assert tuned.letkf.localization_radius == 1.5e6 and tuned.ensf == preset.ensf
+    assert preset.with_filter_settings("ensf", None) == preset
+    with pytest.raises(InputError, match="unknown EnSFConfig"):
+        preset.with_filter_settings("ensf", {"localisation": 1.0})
+    with pytest.raises(InputError, match="filter settings exist"):
+        preset.with_filter_settings("free", {})

@@ -15,7 +15,6 @@ the mean scores per setting and records runs that diverged instead of stopping.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -31,23 +30,6 @@ from .presets import DAPreset, build_experiment, get_preset
 
 #: The per-cycle variables of the cycling Dataset that a sweep averages after spin-up.
 SCORES = ("rmse_analysis", "rmse_forecast", "spread_analysis", "spread_forecast")
-
-
-def _with_settings(preset: DAPreset, filter_name: str, settings: Mapping[str, Any]
-                   ) -> DAPreset:
-    if filter_name == "ensf":
-        field = "ensf"
-    elif filter_name == "letkf":
-        field = "letkf"
-    else:
-        raise InputError(f"filter_name={filter_name!r}: a sweep tunes 'ensf' or 'letkf'")
-    config = getattr(preset, field)
-    names = {f.name for f in dataclasses.fields(config)}
-    unknown = sorted(set(settings) - names)
-    if unknown:
-        raise InputError(f"unknown {type(config).__name__} field(s) {unknown}; valid: "
-                         f"{', '.join(sorted(names))}")
-    return preset.replace(**{field: dataclasses.replace(config, **settings)})
 
 
 def sweep(preset: DAPreset | str, filter_name: str, settings: Sequence[Mapping[str, Any]], *,
@@ -93,11 +75,13 @@ def sweep(preset: DAPreset | str, filter_name: str, settings: Sequence[Mapping[s
         raise InputError("settings is empty: pass at least one dict of filter-config changes")
     if not 0 <= spinup_cycles < n_cycles:
         raise InputError(f"spinup_cycles={spinup_cycles} must be in [0, n_cycles={n_cycles})")
+    if filter_name not in ("ensf", "letkf"):
+        raise InputError(f"filter_name={filter_name!r}: a sweep tunes 'ensf' or 'letkf'")
     base = dict(base or {})
-    preset = _with_settings(preset, filter_name, base).replace(
+    preset = preset.with_filter_settings(filter_name, base).replace(
         n_cycles=n_cycles, spinup_cycles=spinup_cycles)
     # Validate every setting before the first (long) run starts.
-    presets = [_with_settings(preset, filter_name, s) for s in settings]
+    presets = [preset.with_filter_settings(filter_name, s) for s in settings]
 
     rows: dict[str, list[float]] = {f"mean_{name}": [] for name in SCORES}
     diverged, diverged_cycle, wall, labels = [], [], [], []
