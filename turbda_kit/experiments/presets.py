@@ -124,7 +124,7 @@ class DAPreset:
 # eps_beta = 0 (beta_t^2 = t) diverged in our runs, the filter's defaults did not. The
 # likelihood of 1 K observations of standardised states is stiff: the implicit step keeps
 # it stable, which makes the likelihood weight and RTPS real knobs, chosen by sweeps on
-# 60-cycle runs (docs/letkf.md "Tuning"): weight 10 with RTPS 0.5 for linear observations,
+# 60-cycle runs (docs/tuning.md): weight 10 with RTPS 0.5 for linear observations,
 # weight 1 with RTPS 0.3 for arctan (weight 3 diverged there).
 _SQG_ENSF = EnSFConfig(n_steps=100, normalize=True, likelihood_step="implicit",
                        likelihood_weight=10.0, spread_relaxation=0.5)
