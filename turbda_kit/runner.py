@@ -120,29 +120,39 @@ def notebook_parameters(path: str | os.PathLike) -> dict[str, NotebookParameter]
             for name, p in found.items()}
 
 
+def _yaml_floats(value: Any) -> Any:
+    # YAML 1.1 reads "1e-3" or "1.5e6" as strings; numbers written that way are floats.
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value) if any(c in value.lower() for c in ".e") and value.strip() else value
+        return value
+    if isinstance(value, list):
+        return [_yaml_floats(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _yaml_floats(v) for k, v in value.items()}
+    return value
+
+
 def parse_value(text: str) -> Any:
-    """Parse a command-line parameter value as a YAML scalar or list.
+    """Parse a command-line parameter value as YAML: a scalar, a list or a mapping.
 
     ``"3"`` → 3, ``"1e-3"`` → 0.001, ``"true"`` → True, ``"[1, 2]"`` → [1, 2],
-    ``"abc"`` → "abc".
+    ``"{radius: 1.5e6}"`` → {"radius": 1500000.0} (for ``dict`` parameters such as
+    ``letkf_settings``), ``"abc"`` → "abc". Strings that read as numbers in exponent
+    notation become floats, also inside lists and mappings.
 
     Raises
     ------
     InputError
-        If the text is not valid YAML or is a mapping.
+        If the text is not valid YAML.
     """
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise InputError(f"cannot parse value {text!r}: write a number, true/false, a string "
-                         "or a list like [1, 2] ({})".format(str(err).splitlines()[0])) from err
-    # YAML 1.1 reads "1e-3" as a string; numbers written that way are meant as floats.
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return float(value) if any(c in value.lower() for c in ".e") and value.strip() else value
-    if isinstance(value, dict):
-        raise InputError(f"value {text!r} is a mapping: parameters take scalars or lists")
-    return value
+        first = str(err).splitlines()[0]
+        raise InputError(f"cannot parse value {text!r}: write a number, true/false, a string, "
+                         f"a list like [1, 2] or a mapping like {{a: 1}} ({first})") from err
+    return _yaml_floats(value)
 
 
 def load_parameter_file(path: str | os.PathLike) -> dict[str, Any]:

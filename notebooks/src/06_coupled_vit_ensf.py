@@ -19,6 +19,7 @@ shocks: bool = True  # jump noise for the physics baselines too (SC24 reports SQ
 start_index: int = 0  # nature-run time index of cycle 0 (skip the training period, e.g.)
 seed: int = 0  # root seed (initial ensemble, observations, filter noise, shocks)
 ensf_settings: dict = {}  # EnSFConfig field changes over the preset (all EnSF runs)
+vit_ensf_settings: dict = {"normalize": False, "likelihood_weight": 300.0}  # further EnSF changes for the ViT runs only
 letkf_settings: dict = {}  # LETKFConfig field changes over the preset (sqg_letkf)
 device: str = "auto"  # "auto", "cpu", "cuda", ...
 
@@ -59,7 +60,7 @@ results, summary = {}, {}
 for kind in experiments:
     start = time.perf_counter()
     ds = run_coupled(kind, truth, surrogate=surrogate, preset=preset, n_cycles=n_cycles,
-                     n_members=n_members,
+                     n_members=n_members, vit_ensf_settings=vit_ensf_settings,
                      spinup_cycles=spinup_cycles, shocks=shocks, seed=seed, device=run_device,
                      out_dir=out / f"checkpoint_{kind}")
     write_dataset(ds, out / f"coupled_{kind}.nc")

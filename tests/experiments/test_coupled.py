@@ -96,3 +96,22 @@ def test_bad_input(truth, surrogate):
         run_coupled("vit_ensf", np.zeros((4, 2, 8, 8), np.float32), surrogate=surrogate, n_cycles=2)
     with pytest.raises(InputError, match="covers 5 cycles"):
         run_coupled("vit_ensf", truth, surrogate=surrogate, n_cycles=10)
+
+
+def test_drift_diagnostic_gives_nan_where_sqg_cannot_step_the_state():
+    from turbda_kit.errors import DivergenceError
+    from turbda_kit.experiments.coupled import surrogate_drift_diagnostic
+
+    class Unsteppable:
+        def advance(self, state, steps):
+            raise DivergenceError("CFL number 1.02 exceeds cfl_max = 1.0")
+
+    class Identity:
+        def advance(self, state, steps):
+            return state
+
+    ensemble = torch.zeros(3, 2, N, N)
+    diagnose = surrogate_drift_diagnostic(Identity(), Unsteppable(), 36)
+    assert np.isnan(diagnose(0, ensemble, ensemble, ensemble, ensemble[0])["surrogate_drift"])
+    diagnose = surrogate_drift_diagnostic(Identity(), Identity(), 36)
+    assert diagnose(0, ensemble, ensemble, ensemble, ensemble[0])["surrogate_drift"] == 0.0

@@ -47,8 +47,10 @@ def test_parse_value_reads_yaml_scalars_and_lists():
     assert parse_value("file.nc") == "file.nc"
     with pytest.raises(InputError, match="cannot parse"):
         parse_value("[1, 2")
-    with pytest.raises(InputError, match="mapping"):
-        parse_value("{a: 1}")
+    assert parse_value("[1e-3, 2]") == [pytest.approx(1e-3), 2]
+    assert parse_value('{"radius": 1.5e6, "factor": 0.3, "step": implicit}') == {
+        "radius": 1.5e6, "factor": 0.3, "step": "implicit"}
+    assert parse_value("{}") == {}
 
 
 def test_notebook_parameters_lists_declared_names(ok_notebook):

@@ -218,3 +218,91 @@ def test_sincos_positional_embedding():
     assert torch.unique(pos, dim=0).shape[0] == 16
     with pytest.raises(InputError):
         sincos_pos_embed_2d(4, 18)
+
+
+# --- residual (increment-predicting) option ----------------------------------------------
+
+def test_untrained_residual_model_is_exactly_persistence(small_config):
+    cfg = small_config.replace(residual=True)
+    model = ViT(cfg)
+    fields, lead = _inputs(cfg, 3)
+    for mode in (model.eval, model.train):
+        mode()
+        assert torch.equal(model(fields, lead), fields)
+    # The zeroing comes after the draws: every other weight equals the plain model's.
+    plain = dict(ViT(small_config).named_parameters())
+    for name, param in model.named_parameters():
+        if not name.startswith(f"head.{len(model.head) - 1}."):
+            assert torch.equal(param, plain[name]), name
+
+
+def test_residual_model_learns_and_gradients_flow():
+    cfg = ViTConfig(**SMALL_CONFIGS["tiny"], residual=True)
+    model = ViT(cfg)
+    fields, lead = _inputs(cfg, 2)
+    target = fields.roll(1, -1)
+    last = f"head.{len(model.head) - 1}."
+    loss0 = (model(fields, lead) - target).square().mean()
+    loss0.backward()
+    # At zero init only the output layer has a gradient (its input activations are nonzero) ...
+    for name, param in model.named_parameters():
+        if name.startswith(last):
+            assert param.grad.abs().sum() > 0, name
+    # ... and once it has moved, the gradient reaches every parameter.
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.5)
+    optimiser.step()
+    optimiser.zero_grad()
+    loss1 = (model(fields, lead) - target).square().mean()
+    loss1.backward()
+    assert loss1 < loss0
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_residual_output_is_input_plus_plain_head():
+    # Same weights in both models: residual output minus input == the plain model's output.
+    cfg = ViTConfig(**SMALL_CONFIGS["tiny"])
+    plain = ViT(cfg).eval()
+    residual = ViT(cfg.replace(residual=True)).eval()
+    residual.load_state_dict(plain.state_dict())
+    fields, lead = _inputs(cfg, 2)
+    torch.testing.assert_close(residual(fields, lead) - fields, plain(fields, lead))
+
+
+def test_residual_flag_survives_export_and_load(tmp_path):
+    from turbda_kit.surrogate.vit import load_surrogate, save_surrogate
+
+    cfg = ViTConfig(**SMALL_CONFIGS["tiny"], residual=True)
+    model = ViT(cfg)
+    with torch.no_grad():   # move off zero init so the round trip checks real weights
+        model.head[-1].weight.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(3))
+    path = save_surrogate(cfg, model.state_dict(), tmp_path / "vit.pt", {"step": 1})
+    payload = torch.load(path, weights_only=True)
+    assert payload["config"]["residual"] is True
+    loaded, meta = load_surrogate(path)
+    assert loaded.config.residual and loaded.config == cfg and meta == {"step": 1}
+    fields, lead = _inputs(cfg, 2)
+    torch.testing.assert_close(loaded(fields, lead), model.eval()(fields, lead))
+    # Exports written before the option existed (no "residual" key) load as non-residual.
+    old = {**payload, "config": {k: v for k, v in payload["config"].items() if k != "residual"}}
+    torch.save(old, tmp_path / "old.pt")
+    assert load_surrogate(tmp_path / "old.pt")[0].config.residual is False
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_residual_must_be_a_bool(value):
+    with pytest.raises(InputError, match="residual"):
+        ViTConfig(**SMALL_CONFIGS["tiny"], residual=value)
+    with pytest.raises(InputError, match="residual"):
+        ViTConfig.from_dict({**SMALL_CONFIGS["tiny"], "residual": value})
+
+
+def test_cpu_preset_is_residual_and_paper_presets_are_not():
+    from turbda_kit.surrogate.trainer import load_train_config
+
+    cpu = load_vit_config("sqg_64_cpu")
+    assert cpu.residual is True and cpu.n_tokens == 256
+    assert count_parameters(cpu) == 1_298_080
+    assert load_train_config("sqg_64_cpu").strategy == "none"
+    for name in ("tiny", "sqg_64", "sqg_64_coupled", "sqg_128", "sqg_256"):
+        assert load_vit_config(name).residual is False, name

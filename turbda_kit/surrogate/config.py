@@ -65,6 +65,12 @@ class ViTConfig:
     lead_time_scale_hours : float
         Lead times are divided by this (hours) before the lead-time embedding, so typical
         inputs are O(1).
+    residual : bool
+        Predict the increment: the output is ``input + head(...)`` in normalised units, and
+        the head's output layer starts at zero, so an untrained model is exactly
+        persistence. Meaningful because the input and output channels are the same
+        ``variables``; ``False`` (the default, and every paper preset) predicts the full
+        next state.
     name : str
         Preset name (informational; not part of the architecture).
     """
@@ -81,6 +87,7 @@ class ViTConfig:
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     lead_time_scale_hours: float = 12.0
+    residual: bool = False
     name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -120,6 +127,9 @@ class ViTConfig:
                 and self.lead_time_scale_hours > 0):
             raise InputError(
                 f"lead_time_scale_hours={self.lead_time_scale_hours!r} must be a number > 0")
+        # A strict bool: 0/1 or a quoted "no" would silently mean something else.
+        if not isinstance(self.residual, bool):
+            raise InputError(f"residual={self.residual!r} must be true or false (a bool)")
 
     @property
     def n_vars(self) -> int:

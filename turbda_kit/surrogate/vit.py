@@ -12,7 +12,8 @@ per side, patch side ``p``, ``L = (N/p)**2`` patches, width ``D``):
    :func:`torch.nn.functional.scaled_dot_product_attention`, GELU MLP, dropout, stochastic
    depth);
 5. final LayerNorm, an MLP head to ``V * p * p`` values per patch, unpatchify to
-   ``(B, V, N, N)``.
+   ``(B, V, N, N)``; with ``config.residual`` this is an increment added to the input
+   (the head's output layer starts at zero, so the untrained model is persistence).
 
 The module is pure: it imports nothing from :mod:`torch.distributed`; wrapping for
 DDP/FSDP/DeepSpeed happens in :mod:`turbda_kit.parallel.distributed`.
@@ -256,7 +257,8 @@ class ViT(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """(Re)initialise all weights: truncated normal (std 0.02) for matrices and
-        embeddings, zero biases, unit LayerNorm scales.
+        embeddings, zero biases, unit LayerNorm scales; with ``config.residual`` the head's
+        output layer is then zeroed (so the model starts as the identity map).
 
         Parameters
         ----------
@@ -277,6 +279,12 @@ class ViT(nn.Module):
                 values = torch.empty(param.shape, dtype=torch.float32)
                 nn.init.trunc_normal_(values, std=0.02, a=-0.04, b=0.04, generator=generator)
                 param.copy_(values)
+        # Zeroed after the draws, so every other weight equals the non-residual model's.
+        # Gradients still flow: the output layer's gradient is the (nonzero) hidden
+        # activations, and the rest follow once its weights move off zero.
+        if self.config.residual and self.head[-1].weight.device.type != "meta":
+            self.head[-1].weight.zero_()
+            self.head[-1].bias.zero_()
 
     def forward(self, fields: Tensor, lead_time_hours: Tensor | float) -> Tensor:
         """Forecast the fields ``lead_time_hours`` ahead.
@@ -291,7 +299,8 @@ class ViT(nn.Module):
         Returns
         -------
         Tensor
-            ``(B, V, N, N)`` normalised forecast, same dtype/device as the model output.
+            ``(B, V, N, N)`` normalised forecast, same dtype/device as the model output
+            (with ``config.residual``: ``fields`` plus the predicted increment).
         """
         cfg = self.config
         if fields.ndim != 4 or fields.shape[1:] != (cfg.n_vars, cfg.img_size, cfg.img_size):
@@ -318,7 +327,8 @@ class ViT(nn.Module):
             else:
                 tokens = block(tokens)
         out = self.head(self.norm(tokens))                   # (B, L, V*p*p)
-        return unpatchify(out, cfg.n_vars, cfg.patch_size)
+        out = unpatchify(out, cfg.n_vars, cfg.patch_size)
+        return fields + out if cfg.residual else out
 
 
 EXPORT_FORMAT = "turbda_kit.surrogate.vit/1"

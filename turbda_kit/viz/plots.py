@@ -402,8 +402,9 @@ def scaling_figure(ds, title: str | None = None):
     Returns
     -------
     holoviews.Layout
-        Left: time per cycle (s), log-log, with the ideal (dashed: ``T(p0) p0 / p`` strong,
-        ``T(p0)`` weak); right: efficiency with the perfect value 1 (dashed).
+        Left: time per cycle (s) with the ideal (dashed: ``T(p0) p0 / p`` strong, log-log;
+        ``T(p0)`` weak, linear time axis from 0); right: efficiency with the perfect value
+        1 (dashed).
     """
     hv = _hv()
     mode = str(ds.attrs.get("mode", "strong"))
@@ -433,9 +434,14 @@ def scaling_figure(ds, title: str | None = None):
     if not times:
         raise InputError(f"the {mode}-scaling Dataset has no finite time per cycle")
     ticks = [int(r) for r in ranks]
+    # Weak scaling's ideal is flat: a linear axis from 0 shows a 10% loss as 10%, where a
+    # log axis over a narrow range would magnify it.
+    time_axes = {"logy": True} if mode == "strong" else {
+        "logy": False, "ylim": (0, 1.15 * max(float(np.nanmax(c.dimension_values(1)))
+                                               for c in times))}
     time_plot = _both(hv.Overlay(times), {
-        "title": f"{title}: time per cycle (dashed: ideal)", "logx": True, "logy": True,
-        "show_grid": True, "xticks": ticks, "legend_position": "top_right"},
+        "title": f"{title}: time per cycle (dashed: ideal)", "logx": True, **time_axes,
+        "show_grid": True, "xticks": ticks, "legend_position": "bottom_right"},
         {"aspect": 1.3, "hooks": [_readable_log_ticks, _box_aspect(1.3)]},
         {"width": 460, "height": 360})
     eff_plot = _both(hv.Overlay([*effs, _reference(hv.HLine(1.0))]), {
