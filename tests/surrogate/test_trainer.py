@@ -246,8 +246,9 @@ def test_single_process_run_checkpoints_exports_and_resumes(tiny, tmp_path, one_
     torch.load(full.export_path, weights_only=True)
 
     # resume=True continues from latest.json, here to a longer run.
-    longer = train(model_cfg, cfg.replace(max_steps=9), data, tmp_path / "full", val_data=val,
-                   resume=True, show_progress=False)
+    with pytest.warns(UserWarning, match="different learning-rate schedule"):
+        longer = train(model_cfg, cfg.replace(max_steps=9), data, tmp_path / "full",
+                       val_data=val, resume=True, show_progress=False)
     assert sorted(longer.step_losses) == [8, 9] and longer.step == 9
 
 
@@ -277,6 +278,16 @@ def test_resume_with_a_different_config_is_refused(tiny, tmp_path, one_thread):
         train(tiny, cfg.replace(strategy="deepspeed", max_steps=2), data, tmp_path, resume=True)
     with pytest.raises(InputError, match="does not exist"):
         train(tiny, cfg, data, tmp_path / "elsewhere", resume=True)
+
+
+def test_resume_with_another_schedule_warns_and_continues(tiny, tmp_path, one_thread):
+    data = ShiftDataset(n_samples=4)
+    cfg = TrainConfig(batch_size=4, max_steps=1)
+    train(tiny, cfg, data, tmp_path, show_progress=False)
+    with pytest.warns(UserWarning, match="different learning-rate schedule"):
+        result = train(tiny, cfg.replace(max_steps=2), data, tmp_path, resume=True,
+                       show_progress=False)
+    assert max(result.step_losses) == 2
 
 
 def test_early_stopping_on_validation_loss(tiny, tmp_path, one_thread):

@@ -783,6 +783,15 @@ def _check_resumable(state: dict[str, Any], config: ViTConfig, tc: TrainConfig,
         if state["train_config"][key] != getattr(tc, key):
             raise InputError(f"checkpoint {path} used {key}={state['train_config'][key]!r}, "
                              f"this run {getattr(tc, key)!r}: the data position would not match")
+    # Extending a run (more steps, another schedule) is legitimate, but the result is no
+    # longer the uninterrupted run's: say so rather than let it pass silently.
+    changed = {key: (state["train_config"].get(key), getattr(tc, key))
+               for key in ("max_steps", "max_epochs", "lr", "warmup_steps", "min_lr_ratio")
+               if key in state["train_config"] and state["train_config"][key] != getattr(tc, key)}
+    if changed and env.is_main:
+        warnings.warn(f"resuming {path} with a different learning-rate schedule (saved, now): "
+                      f"{changed}; the run continues, but it will not equal an uninterrupted "
+                      f"run of either schedule", stacklevel=3)
 
 
 class _CheckpointKeeper:
