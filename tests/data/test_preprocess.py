@@ -145,15 +145,21 @@ def test_a_completed_root_is_left_alone(nature, reference):
     assert summary.already_complete
 
 
+def crash_at(stage_name: str, at: int):
+    """A preprocess hook that raises ("killed") after ``stage_name`` item ``at``."""
+
+    def hook(stage, index):
+        if stage == stage_name and index == at:
+            raise RuntimeError("killed")
+
+    return hook
+
+
 def test_a_run_killed_during_the_split_resumes_identically(nature, reference, tmp_path):
     root = tmp_path / "shards"
 
-    def crash_after_two(stage, index):
-        if stage == "chunk" and index == 1:
-            raise RuntimeError("killed")
-
     with pytest.raises(RuntimeError, match="killed"):
-        preprocess(nature, root, **SETTINGS, via_chunks=True, hook=crash_after_two)
+        preprocess(nature, root, **SETTINGS, via_chunks=True, hook=crash_at("chunk", 1))
     assert chunk_path(root, 0).exists() and chunk_meta_path(root, 1).exists()
     assert not chunk_path(root, 2).exists()
     assert json.loads((root / "manifest.json").read_text())["status"] == "running"
@@ -168,12 +174,8 @@ def test_a_run_killed_during_sharding_resumes_and_repairs_bad_files(nature, refe
                                                                     via_chunks):
     root = tmp_path / "shards"
 
-    def crash_on_day_two(stage, index):
-        if stage == "day" and index == 2:
-            raise RuntimeError("killed")
-
     with pytest.raises(RuntimeError, match="killed"):
-        preprocess(nature, root, **SETTINGS, via_chunks=via_chunks, hook=crash_on_day_two)
+        preprocess(nature, root, **SETTINGS, via_chunks=via_chunks, hook=crash_at("day", 2))
     # Damage one finished shard (and one chunk): both must be detected and rewritten.
     (root / "train" / "0_1.npz").write_bytes(b"not a zip file")
     if via_chunks:
@@ -191,12 +193,8 @@ def test_a_run_killed_during_sharding_resumes_and_repairs_bad_files(nature, refe
 def test_a_root_started_through_chunks_resumes_directly(nature, reference, tmp_path):
     root = tmp_path / "shards"
 
-    def crash_on_day_one(stage, index):
-        if stage == "day" and index == 1:
-            raise RuntimeError("killed")
-
     with pytest.raises(RuntimeError, match="killed"):
-        preprocess(nature, root, **SETTINGS, via_chunks=True, hook=crash_on_day_one)
+        preprocess(nature, root, **SETTINGS, via_chunks=True, hook=crash_at("day", 1))
     assert chunk_path(root, 7).exists()
     summary = preprocess(nature, root, **SETTINGS)
     assert (summary.days_skipped, summary.days_written) == (2, 4)

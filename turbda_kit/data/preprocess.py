@@ -266,6 +266,22 @@ def _stored_as_decoded(var: Any) -> bool:
     return kind == "f" and fill.dtype.kind == "f" and bool(np.all(np.isnan(fill)))
 
 
+def _open_netcdf4(path) -> Any:
+    """``netCDF4.Dataset(path)`` for reading, or None when netCDF4 cannot open it (netCDF-3,
+    zarr, HDF5 without netCDF metadata, not netCDF at all): xarray decides those."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    try:
+        import netCDF4
+    except ImportError:  # pragma: no cover - netCDF4 is part of the stack
+        return None
+    try:
+        return netCDF4.Dataset(str(p), "r")
+    except Exception:
+        return None
+
+
 def _layout_netcdf4(path: Path, variable: str) -> _Layout | None:
     """The layout read with netCDF4 alone, when that equals what xarray decodes; else None.
 
@@ -274,15 +290,8 @@ def _layout_netcdf4(path: Path, variable: str) -> _Layout | None:
     pandas and dask, most of the start-up time of a rank; anything else returns None
     and goes through xarray.
     """
-    if not path.is_file():
-        return None
-    try:
-        import netCDF4
-    except ImportError:  # pragma: no cover - netCDF4 is part of the stack
-        return None
-    try:
-        ds = netCDF4.Dataset(str(path), "r")
-    except Exception:  # netCDF-3, zarr, not netCDF at all: xarray decides
+    ds = _open_netcdf4(path)
+    if ds is None:
         return None
     try:
         var = ds.variables.get(variable)
@@ -415,16 +424,8 @@ def _open_raw_netcdf(path: str | os.PathLike, info: NatureRunInfo) -> tuple[Any,
     source order) *and* the raw first and last fields reproduce the fingerprint
     :func:`inspect_nature_run` computed.
     """
-    p = Path(path)
-    if not p.is_file():
-        return None
-    try:
-        import netCDF4
-    except ImportError:  # pragma: no cover - netCDF4 is part of the stack
-        return None
-    try:
-        ds = netCDF4.Dataset(str(p), "r")
-    except Exception:  # netCDF-3, HDF5 without netCDF metadata, ...: xarray reads those
+    ds = _open_netcdf4(path)
+    if ds is None:
         return None
     try:
         var = ds.variables.get(info.variable)
