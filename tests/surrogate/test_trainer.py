@@ -250,6 +250,8 @@ def test_single_process_run_checkpoints_exports_and_resumes(tiny, tmp_path, one_
         longer = train(model_cfg, cfg.replace(max_steps=9), data, tmp_path / "full",
                        val_data=val, resume=True, show_progress=False)
     assert sorted(longer.step_losses) == [8, 9] and longer.step == 9
+    # The best export is reported after a resume too (before a new best replaces it).
+    assert longer.best_export_path and Path(longer.best_export_path).is_file()
 
 
 def test_resume_reproduces_uninterrupted_losses_single_process(tiny, tmp_path, one_thread):

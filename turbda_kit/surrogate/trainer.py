@@ -987,6 +987,10 @@ def train(model_config: ViTConfig, train_config: TrainConfig, train_data: Datase
         if best_step is not None and best_pointer.exists():
             result.best_checkpoint = str(resume_path.parent
                                          / json.loads(best_pointer.read_text())["name"])
+        # The best export of the interrupted run stays valid until a better one replaces it.
+        best_export = out_dir / "export" / "vit_best.pt"
+        if best_step is not None and best_export.exists():
+            result.best_export_path = str(best_export)
 
     def trainer_state() -> dict[str, Any]:
         return {"format": 1, "step": step, "epoch": epoch, "position": position,
