@@ -9,7 +9,8 @@ Usage (one torch thread; each 60-cycle SQG 64² run takes 30-60 s here)::
 
 Every combination of the ``--grid`` values is run (``--base`` adds fixed changes, e.g.
 ``--base likelihood_step=implicit``), on the same truth, observations and seed. The
-result is :func:`turbda_kit.experiments.sweep.sweep`'s Dataset, written atomically; the
+result is :func:`turbda_kit.experiments.sweep.sweep`'s Dataset, written atomically after
+every run (a rerun of the same command skips the settings already in ``--out``); the
 table is printed sorted by mean analysis RMSE.
 """
 
@@ -70,9 +71,10 @@ def main() -> None:
         nature = open_dataset(args.truth)
         truth = nature["theta"].isel(time=slice(args.start_index, None)).values
         truth = truth.astype(np.float32)
+    # Written after every run; rerunning the same command skips the settings already done.
     ds = sweep(args.preset, args.filter, settings, n_cycles=args.cycles,
                spinup_cycles=args.spinup, seed=args.seed, truth_trajectory=truth,
-               base=_pairs(args.base, many=False))
+               base=_pairs(args.base, many=False), out_path=args.out)
     ds.attrs.update(truth=str(args.truth or "model run on the fly"),
                     start_index=args.start_index, grid=json.dumps(grid))
     write_dataset(ds, args.out)

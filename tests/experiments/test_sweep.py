@@ -68,3 +68,27 @@ def test_sweep_tool_writes_and_ranks_the_table(tmp_path):
     rows = [line for line in done.stdout.splitlines() if re.match(r"\s*\d+\.\d+\s", line)]
     means = [float(line.split()[0]) for line in rows]
     assert len(means) == 2 and means == sorted(means)
+
+
+def test_a_sweep_writes_after_each_run_and_skips_finished_settings(tmp_path, monkeypatch):
+    from turbda_kit.experiments import sweep as sweep_module
+
+    out = tmp_path / "sweep.nc"
+    first = sweep(PRESET, "letkf", [{"inflation_factor": 1.02}], n_cycles=10, spinup_cycles=2,
+                  out_path=out)
+    built = []
+    real_build = sweep_module.build_experiment
+
+    def counting_build(preset, *args, **kwargs):
+        built.append(preset.letkf.inflation_factor)
+        return real_build(preset, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "build_experiment", counting_build)
+    second = sweep(PRESET, "letkf", [{"inflation_factor": 1.02}, {"inflation_factor": 1.06}],
+                   n_cycles=10, spinup_cycles=2, out_path=out)
+    assert built == [1.06]            # the finished setting was taken from the file
+    assert second["mean_rmse_analysis"].values[0] == first["mean_rmse_analysis"].values[0]
+    assert second.sizes["setting"] == 2
+    with pytest.raises(InputError, match="other settings"):
+        sweep(PRESET, "letkf", [{"inflation_factor": 1.02}], n_cycles=12, spinup_cycles=2,
+              out_path=out)

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import DivergenceError, InputError
+from ..io import open_dataset, write_dataset
 from ..progress import progress_bar
 from .presets import DAPreset, build_experiment, get_preset
 
@@ -35,7 +38,7 @@ SCORES = ("rmse_analysis", "rmse_forecast", "spread_analysis", "spread_forecast"
 def sweep(preset: DAPreset | str, filter_name: str, settings: Sequence[Mapping[str, Any]], *,
           n_cycles: int, spinup_cycles: int, seed: int = 0, truth_trajectory=None,
           device="cpu", base: Mapping[str, Any] | None = None,
-          **build_kwargs: Any):
+          out_path: str | os.PathLike | None = None, **build_kwargs: Any):
     """Run ``preset`` with ``filter_name`` once per entry of ``settings``.
 
     Parameters
@@ -56,6 +59,10 @@ def sweep(preset: DAPreset | str, filter_name: str, settings: Sequence[Mapping[s
     device : torch.device or str
     base : dict, optional
         Changes applied to the filter config before each setting (shared defaults).
+    out_path : path-like, optional
+        netCDF file rewritten atomically after every run, so a killed sweep loses at most
+        the run in progress. If it already holds a sweep with the same preset, filter,
+        cycles, seed and base, the settings found there are taken from it, not rerun.
     **build_kwargs
         Passed to :func:`~turbda_kit.experiments.presets.build_experiment`.
 
@@ -67,8 +74,6 @@ def sweep(preset: DAPreset | str, filter_name: str, settings: Sequence[Mapping[s
         ``diverged`` (bool; NaN scores), ``diverged_cycle`` (-1 if not), ``wall_s``;
         coordinate ``label`` (the setting as JSON); attrs: preset, filter, cycles, seed.
     """
-    import xarray as xr
-
     if isinstance(preset, str):
         preset = get_preset(preset)
     if not settings:
@@ -83,11 +88,26 @@ def sweep(preset: DAPreset | str, filter_name: str, settings: Sequence[Mapping[s
     # Validate every setting before the first (long) run starts.
     presets = [preset.with_filter_settings(filter_name, s) for s in settings]
 
+    attrs = {"preset": preset.name, "filter": filter_name, "n_cycles": n_cycles,
+             "spinup_cycles": spinup_cycles, "seed": seed,
+             "base": json.dumps(base, sort_keys=True)}
+    done = _finished_rows(out_path, attrs)
     rows: dict[str, list[float]] = {f"mean_{name}": [] for name in SCORES}
     diverged, diverged_cycle, wall, labels = [], [], [], []
     bar = progress_bar(len(settings), f"sweep {preset.name}:{filter_name}", every_seconds=0.0)
     for changes, run_preset in zip(settings, presets):
         label = json.dumps(dict(changes), sort_keys=True)
+        if label in done:
+            row = done[label]
+            for name in SCORES:
+                rows[f"mean_{name}"].append(row[f"mean_{name}"])
+            diverged.append(row["diverged"])
+            diverged_cycle.append(row["diverged_cycle"])
+            wall.append(row["wall_s"])
+            labels.append(label)
+            bar.set_postfix_str(f"{label}: taken from {out_path}")
+            bar.update()
+            continue
         experiment = build_experiment(run_preset, filter_name, seed=seed,
                                       truth_trajectory=truth_trajectory, device=device,
                                       **build_kwargs)
@@ -112,17 +132,42 @@ def sweep(preset: DAPreset | str, filter_name: str, settings: Sequence[Mapping[s
                    else f"mean analysis RMSE {rows['mean_rmse_analysis'][-1]:.3f}")
         bar.set_postfix_str(f"{label}: {outcome}, {wall[-1]:.0f} s")
         bar.update()
+        if out_path is not None:
+            write_dataset(_table(rows, diverged, diverged_cycle, wall, labels, attrs), out_path)
     bar.close()
+    return _table(rows, diverged, diverged_cycle, wall, labels, attrs)
 
-    data = {name: ("setting", np.asarray(values)) for name, values in rows.items()}
-    data["diverged"] = ("setting", np.asarray(diverged))
+
+def _table(rows, diverged, diverged_cycle, wall, labels, attrs):
+    import xarray as xr
+
+    data = {name: ("setting", np.asarray(values, dtype=np.float64))
+            for name, values in rows.items()}
+    data["diverged"] = ("setting", np.asarray(diverged, dtype=bool))
     data["diverged_cycle"] = ("setting", np.asarray(diverged_cycle, dtype=np.int64))
-    data["wall_s"] = ("setting", np.asarray(wall))
-    return xr.Dataset(data, coords={"setting": np.arange(len(settings)),
-                                    "label": ("setting", labels)},
-                      attrs={"preset": preset.name, "filter": filter_name,
-                             "n_cycles": n_cycles, "spinup_cycles": spinup_cycles,
-                             "seed": seed, "base": json.dumps(base, sort_keys=True)})
+    data["wall_s"] = ("setting", np.asarray(wall, dtype=np.float64))
+    return xr.Dataset(data, coords={"setting": np.arange(len(labels)),
+                                    "label": ("setting", list(labels))}, attrs=dict(attrs))
+
+
+def _finished_rows(out_path, attrs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Rows of an earlier run of the same sweep at ``out_path``, by label (else empty)."""
+    if out_path is None or not Path(out_path).exists():
+        return {}
+    old = open_dataset(out_path)
+    try:
+        same = all(str(old.attrs.get(k)) == str(v) for k, v in attrs.items())
+        if not same:
+            raise InputError(f"{out_path} holds a sweep with other settings "
+                             f"({ {k: old.attrs.get(k) for k in attrs} }): choose another "
+                             f"out_path or remove it")
+        return {str(old["label"].values[i]): {
+            **{f"mean_{n}": float(old[f"mean_{n}"].values[i]) for n in SCORES},
+            "diverged": bool(old["diverged"].values[i]),
+            "diverged_cycle": int(old["diverged_cycle"].values[i]),
+            "wall_s": float(old["wall_s"].values[i])} for i in range(old.sizes["setting"])}
+    finally:
+        old.close()
 
 
 def best_setting(results, score: str = "mean_rmse_analysis") -> dict[str, Any]:
