@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from turbda_kit.errors import InputError
+from turbda_kit.errors import DivergenceError, InputError
 from turbda_kit.experiments.presets import PRESETS, build_experiment, get_preset
 
 
@@ -32,6 +32,20 @@ def test_small_sqg_filters_beat_the_free_run(filter_name):
     assert filtered.attrs["mean_rmse_analysis"] < 0.7 * free.attrs["mean_rmse_analysis"]
     assert filtered.attrs["mean_rmse_analysis"] < 1.5  # K, with 1 K observation error
     assert np.isfinite(filtered.crps_analysis).all()
+
+
+def test_small_sqg_arctan_ensf_tracks_the_truth():
+    """The arctan case (error 0.01) with the preset's implicit likelihood step."""
+    preset = get_preset("bao2024_sqg_arctan").replace(n_cycles=8, spinup_cycles=2, n_members=10)
+    kwargs = dict(seed=2, model_overrides={"N": 16}, spinup_days=20)
+    filtered = build_experiment(preset, "ensf", **kwargs).run(show_progress=False)
+    free = build_experiment(preset, "free", **kwargs).run(show_progress=False)
+    assert np.isfinite(filtered.rmse_analysis).all()
+    assert filtered.attrs["mean_rmse_analysis"] < 0.7 * free.attrs["mean_rmse_analysis"]
+    # The authors' explicit Euler step blows the model up here (CFL ~10 at cycle 2).
+    explicit = preset.with_filter_settings("ensf", {"likelihood_step": "explicit"})
+    with pytest.raises(DivergenceError, match="CFL"):
+        build_experiment(explicit, "ensf", **kwargs).run(show_progress=False)
 
 
 def test_truth_trajectory_checks():

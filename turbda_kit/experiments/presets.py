@@ -128,8 +128,7 @@ class DAPreset:
 # weight 1 with RTPS 0.3 for arctan (weight 3 diverged there).
 _SQG_ENSF = EnSFConfig(n_steps=100, normalize=True, likelihood_step="implicit",
                        likelihood_weight=10.0, spread_relaxation=0.5)
-_SQG_ENSF_ARCTAN = EnSFConfig(n_steps=100, normalize=True, likelihood_step="implicit",
-                              likelihood_weight=1.0, spread_relaxation=0.3)
+_SQG_ENSF_ARCTAN = dataclasses.replace(_SQG_ENSF, likelihood_weight=1.0, spread_relaxation=0.3)
 _SQG_COMMON = dict(model="sqg", model_settings={"preset": "bao2024_sqg64"}, steps_per_cycle=36,
                    cycle_seconds=12 * HOURS,
                    n_cycles=300, spinup_cycles=100, n_members=20, initial_spread=2.0,
