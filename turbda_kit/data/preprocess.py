@@ -38,6 +38,7 @@ import shutil
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1142,9 +1143,10 @@ class PreprocessSummary:
         Where rank 0's wall time went: ``mpi`` (start-up of MPI and waiting in
         collectives), ``inspect`` (layout checks and fingerprint), ``split`` (stage 1,
         with ``via_chunks``), ``verify`` (checking existing shards), ``read``,
-        ``statistics``, ``write`` (shards), ``finalize`` (statistics files, manifest,
-        chunk removal). The rest (manifest, the statistics tree's gather) is not
-        itemised. Empty for an already complete root.
+        ``statistics``, ``write`` (shards, in a background thread that overlaps the
+        statistics, so the stages can add up to more than the wall time), ``finalize``
+        (statistics files, manifest, chunk removal). The rest (manifest, the statistics
+        tree's gather) is not itemised. Empty for an already complete root.
     """
 
     root: Path
@@ -1299,13 +1301,23 @@ def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_tr
         reader: _ChunkReader | _SourceReader | None = None
         day_buffer: np.ndarray | None = None  # reused: each day is done before the next
 
-        def day_data(split: str, day: int) -> np.ndarray:
+        # The shards of a day are written in a background thread while the main thread
+        # computes the day's statistics from the same (read-only) buffer: numpy, zlib's CRC
+        # and file writes release the GIL, so the two use both cores. One write at a time,
+        # joined before the buffer is refilled.
+        writer = ThreadPoolExecutor(max_workers=1)
+
+        def timed_write(split: str, day: int, data: np.ndarray) -> None:
+            with clock("write"):
+                output.write(split, day, data)
+
+        def day_data(split: str, day: int) -> tuple[np.ndarray, Future | None]:
             nonlocal reader, day_buffer
             with clock("verify"):
                 data = output.read_verified(split, day)
             if data is not None:
                 counts["skipped"] += 1
-                return data
+                return data, None
             if reader is None:  # opened on first use: a fully resumed rank never opens it
                 reader = (_ChunkReader(root, info, steps_per_file) if via_chunks
                           else _SourceReader(nature_path, info))
@@ -1314,10 +1326,8 @@ def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_tr
             first = first_indices[day]
             with clock("read"):
                 data = reader.read(first, first + info.steps_per_day, out=day_buffer)
-            with clock("write"):
-                output.write(split, day, data)
             counts["written"] += 1
-            return data
+            return data, writer.submit(timed_write, split, day, data)
 
         bar = progress_bar(len(my_days), desc=f"shard (rank 0 of {size})", enabled=rank == 0)
 
@@ -1325,12 +1335,17 @@ def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_tr
             days = split_days.days(split)
 
             def leaf(i: int) -> DayStatistics:
-                data = day_data(split, days[i])
+                data, written = day_data(split, days[i])
+                try:
+                    with clock("statistics"):
+                        day_stats = DayStatistics.of(data)
+                finally:
+                    if written is not None:
+                        written.result()  # re-raises a failed write; frees the buffer
                 if hook is not None:
                     hook("day", days[i])
                 bar.update(1)
-                with clock("statistics"):
-                    return DayStatistics.of(data)
+                return day_stats
 
             return leaf
 
@@ -1343,6 +1358,7 @@ def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_tr
                 stats[split] = tree_reduce(len(days), leaf_for(split), DayStatistics.combine,
                                            comm, owned=mine)
         finally:
+            writer.shutdown(wait=True)
             bar.close()
             if reader is not None:
                 reader.close()
