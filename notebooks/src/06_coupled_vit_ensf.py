@@ -19,7 +19,7 @@ shocks: bool = True  # jump noise for the physics baselines too (SC24 reports SQ
 start_index: int = 0  # nature-run time index of cycle 0 (skip the training period, e.g.)
 seed: int = 0  # root seed (initial ensemble, observations, filter noise, shocks)
 ensf_settings: dict = {}  # EnSFConfig field changes over the preset (all EnSF runs)
-vit_ensf_settings: dict = {"normalize": False, "likelihood_weight": 300.0}  # further EnSF changes for the ViT runs only
+vit_ensf_settings: dict = None  # EnSF changes for the ViT runs only; None: the kit default VIT_ENSF_SETTINGS
 letkf_settings: dict = {}  # LETKFConfig field changes over the preset (sqg_letkf)
 device: str = "auto"  # "auto", "cpu", "cuda", ...
 
