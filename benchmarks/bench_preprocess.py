@@ -7,6 +7,9 @@ temporary directory, then times, in the same run:
   a kernel-side ``sendfile``, no user-space copy at all): the baseline;
 * ``copy via user space``: the same bytes read into a 16 MiB buffer and written back,
   the least any pipeline that looks at the data pays;
+* ``CPU budget``: single-thread seconds of the work no pipeline can skip (read each day,
+  its exact statistics, its CRC-32, write it to a new file), and the wall-time floor that
+  gives on this machine's cores;
 * ``preprocess`` serially and under ``mpiexec -n N`` for each ``--ranks`` entry, in each
   ``--modes`` entry: ``direct`` (the default: every rank reads its days straight from
   the nature run) and ``chunks`` (``via_chunks=True``: split into chunk files first).
@@ -71,6 +74,47 @@ def split_days(n_days: int) -> dict[str, int]:
     val = min(max(1, int(round(0.8 * n_days))), n_days - 2)
     test = min(max(val + 1, int(round(0.9 * n_days))), n_days - 1)
     return dict(start_train_day=0, start_val_day=val, start_test_day=test, end_day=n_days)
+
+
+def cpu_budget(nature: Path, steps_per_day: int, out_dir: Path) -> dict[str, float]:
+    """Single-thread seconds of each unavoidable piece of work, on the whole run.
+
+    Reads every day into one buffer with h5py (as the pipeline does), computes its exact
+    statistics, its CRC-32 and writes it to a new file. The pieces are timed separately
+    (one pass each over all days), so their sum is the CPU time a pipeline needs at least
+    and ``sum / cores`` a floor for its wall time.
+    """
+    import h5py
+
+    from turbda_kit.data.day_pipeline import row_blocks
+    from turbda_kit.data.day_statistics import field_moments
+    from turbda_kit.data.npz import crc32
+
+    seconds = dict.fromkeys(("read", "statistics", "crc", "write"), 0.0)
+    out_dir.mkdir(exist_ok=True)
+    with h5py.File(nature, "r") as handle:
+        theta = handle["theta"]
+        buffer = np.empty((steps_per_day, *theta.shape[1:]), dtype=theta.dtype)
+        mean, m2 = np.empty(buffer.shape[1:]), np.empty(buffer.shape[1:])
+        scratch = np.empty(buffer.size)
+        blocks = row_blocks(buffer.shape[1], buffer.shape[2], 4)  # as the pipeline does
+        for day in range(theta.shape[0] // steps_per_day):
+            start = time.perf_counter()
+            theta.read_direct(buffer, np.s_[day * steps_per_day:(day + 1) * steps_per_day])
+            seconds["read"] += time.perf_counter() - start
+            start = time.perf_counter()
+            for v, rows in blocks:
+                field_moments(buffer[:, v, rows], mean[v, rows], m2[v, rows], scratch)
+            seconds["statistics"] += time.perf_counter() - start
+            start = time.perf_counter()
+            crc32(buffer)
+            seconds["crc"] += time.perf_counter() - start
+            start = time.perf_counter()
+            with open(out_dir / f"{day}.raw", "wb", buffering=0) as target:
+                target.write(buffer)
+            seconds["write"] += time.perf_counter() - start
+    shutil.rmtree(out_dir)
+    return seconds
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -150,6 +194,16 @@ def main() -> None:
         print(f"{'copy via user space':<22}{user_seconds:>10.2f}{size / 1e6 / user_seconds:>8.0f}"
               f"{copy_seconds / user_seconds:>10.2f}   "
               f"(each: {', '.join(f'{c:.2f}' for c in user_copies)})")
+
+        budgets = [cpu_budget(nature, args.steps_per_day, base / "budget")
+                   for _ in range(max(1, args.repeat))]
+        budget = {k: min(b[k] for b in budgets) for k in budgets[0]}
+        total = sum(budget.values())
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        print(f"{'CPU budget, 1 thread':<22}{total:>10.2f}   "
+              + ", ".join(f"{k} {v:.2f}" for k, v in budget.items())
+              + f"; on {cores} cores >= {total / cores:.2f} s ({copy_seconds * cores / total:.2f}"
+              " of ideal at best)")
 
         mpiexec = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}:"
                                                f"{os.environ.get('PATH', '')}")

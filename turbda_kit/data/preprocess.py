@@ -30,15 +30,13 @@ A "day" is ``floor(time / 86400 s)`` with ``time`` in seconds since the start of
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
 import json
 import os
 import shutil
 import time
-import zipfile
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +46,11 @@ import numpy as np
 from .. import __version__
 from ..errors import InputError
 from ..io import atomic_path, open_dataset, write_json
-from ..parallel.mpi import Moments, abort_on_exception, block_range, get_comm, tree_reduce
+from ..parallel.mpi import abort_on_exception, block_range, get_comm, tree_reduce
 from ..progress import progress_bar
+from .day_pipeline import DayPipeline, StageClock
+from .day_statistics import DayStatistics, field_moments  # noqa: F401 (re-exported)
+from .npz import save_npz
 
 SPLITS = ("train", "val", "test")
 SECONDS_PER_DAY = 86400.0
@@ -58,6 +59,8 @@ MANIFEST_NAME = "manifest.json"
 CHUNK_DIR = "chunks"
 ZARR_STORE = "data.zarr"
 FORMATS = ("npz", "zarr")
+# Threads per rank that write shards and compute statistics while the rank reads ahead.
+PIPELINE_WORKERS = 2
 
 Hook = Callable[[str, int], None]
 
@@ -747,45 +750,6 @@ class _ChunkReader:
 # --------------------------------------------------------------------------- statistics
 
 
-@dataclass(frozen=True)
-class DayStatistics:
-    """Partial statistics of some days: per-variable scalar moments and time-mean fields.
-
-    ``scalar.mean`` has shape ``(vars,)`` (moments over time, y, x); ``field.mean`` has
-    shape ``(vars, ny, nx)`` (moments over time: the climatology).
-    """
-
-    scalar: Moments
-    field: Moments
-
-    @classmethod
-    def of(cls, data: np.ndarray) -> DayStatistics:
-        """Statistics of ``data (time, vars, ny, nx)``, in float64."""
-        n_time = data.shape[0]
-        field_mean = data.mean(axis=0, dtype=np.float64)
-        # Squared deviations one output time at a time, into two reused float64 fields: a
-        # float64 copy of the whole day costs more in page faults than the arithmetic.
-        # The sum still runs over time in order, as a whole-day reduction would.
-        field_m2 = np.zeros_like(field_mean)
-        deviation = np.empty_like(field_mean)
-        for step in data:
-            np.subtract(step, field_mean, out=deviation)
-            np.multiply(deviation, deviation, out=deviation)
-            field_m2 += deviation
-        # The scalar moments follow from the per-point ones (law of total variance), which
-        # saves a second pass over the day's data.
-        n_points = field_mean.shape[1] * field_mean.shape[2]
-        scalar_mean = field_mean.mean(axis=(1, 2))
-        spread = field_mean - scalar_mean[:, None, None]
-        scalar_m2 = field_m2.sum(axis=(1, 2)) + n_time * np.einsum("vyx,vyx->v", spread, spread)
-        return cls(Moments(n_time * n_points, scalar_mean, scalar_m2),
-                   Moments(n_time, field_mean, field_m2))
-
-    def combine(self, other: DayStatistics) -> DayStatistics:
-        """Statistics of the union of both sets of days."""
-        return DayStatistics(self.scalar.combine(other.scalar), self.field.combine(other.field))
-
-
 # --------------------------------------------------------------------------- outputs
 
 
@@ -797,40 +761,6 @@ def _check_positive_int(name: str, value: Any) -> None:
 def shard_path(root: str | os.PathLike, split: str, day: int, shard: int) -> Path:
     """``{root}/{split}/{day}_{shard}.npz``."""
     return Path(root) / split / f"{day}_{shard}.npz"
-
-
-def _c_order_blocks(array: np.ndarray) -> Iterator[np.ndarray]:
-    """Contiguous pieces of ``array`` that, in order, are its bytes in C order."""
-    if array.flags.c_contiguous:
-        if array.size:
-            yield array
-    elif array.ndim > 1 and array[0].flags.c_contiguous and array[0].nbytes >= 1 << 16:
-        yield from array  # e.g. one variable of a (time, var, y, x) day: a field per time
-    else:
-        yield np.ascontiguousarray(array)
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` atomically as ``np.savez`` does, without staging copies.
-
-    The same archive as ``np.savez``: a stored (uncompressed) zip64 member
-    ``{name}.npy`` per array, a format-1.0 ``.npy`` header (C order), then the data.
-    ``np.savez`` copies each array through ``tobytes`` in 16 MiB pieces; here contiguous
-    pieces of the caller's arrays go straight to ``zipfile`` (which only adds the CRC).
-    """
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle, \
-            zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for name, array in arrays.items():
-            array = np.asarray(array)
-            if array.dtype.hasobject:
-                raise InputError(f"array {name!r} has dtype {array.dtype}: only plain "
-                                 "numeric arrays are written")
-            header = np.lib.format.header_data_from_array_1_0(array)
-            header["fortran_order"] = False  # always written in C order below
-            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array_header_1_0(member, header)
-                for block in _c_order_blocks(array):
-                    member.write(block)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -893,23 +823,32 @@ class _NpzOutput:
 
     def write(self, split: str, day: int, data: np.ndarray) -> None:
         """Write the day's shards (``data (steps_per_day, vars, ny, nx)``)."""
+        for task in self.write_tasks(split, day, data):
+            task()
+
+    def write_tasks(self, split: str, day: int, data: np.ndarray) -> list[Callable[[], None]]:
+        """One independent callable per shard of the day (for a thread pool)."""
         sps = self.plan.steps_per_shard
-        for shard in range(self.plan.num_shards):
+
+        def task(shard: int) -> Callable[[], None]:
             piece = data[shard * sps:(shard + 1) * sps]
-            _save_npz(shard_path(self.plan.root, split, day, shard),
-                      {name: piece[:, j:j + 1] for j, name in enumerate(self.plan.names)})
+            return functools.partial(
+                save_npz, shard_path(self.plan.root, split, day, shard),
+                {name: piece[:, j:j + 1] for j, name in enumerate(self.plan.names)})
+
+        return [task(shard) for shard in range(self.plan.num_shards)]
 
     def finalize(self, stats: dict[str, DayStatistics]) -> None:
         """Rank 0: statistics, climatologies and coordinates."""
         root, names = self.plan.root, self.plan.names
         train = stats["train"].scalar
         std = train.std()
-        _save_npz(root / "normalize_mean.npz",
+        save_npz(root / "normalize_mean.npz",
                   {n: train.mean[j:j + 1].copy() for j, n in enumerate(names)})
-        _save_npz(root / "normalize_std.npz", {n: std[j:j + 1].copy() for j, n in enumerate(names)})
+        save_npz(root / "normalize_std.npz", {n: std[j:j + 1].copy() for j, n in enumerate(names)})
         for split in SPLITS:
             clim = stats[split].field.mean.astype(self.plan.info.dtype)
-            _save_npz(root / split / "climatology.npz",
+            save_npz(root / split / "climatology.npz",
                       {n: clim[j:j + 1].copy() for j, n in enumerate(names)})
         _save_npy(root / "y.npy", np.asarray(self.plan.info.y))
         _save_npy(root / "x.npy", np.asarray(self.plan.info.x))
@@ -1028,6 +967,10 @@ class _ZarrOutput:
             group[name][region] = data[:, j]
         write_json(self._marker(split, day), {"sha256": _sha256(data)})
 
+    def write_tasks(self, split: str, day: int, data: np.ndarray) -> list[Callable[[], None]]:
+        """The day's write as one callable (its marker must follow all of its chunks)."""
+        return [functools.partial(self.write, split, day, data)]
+
     def finalize(self, stats: dict[str, DayStatistics]) -> None:
         """Rank 0: climatologies, statistics in attrs, then move the store into place."""
         import xarray as xr
@@ -1142,9 +1085,11 @@ class PreprocessSummary:
     stage_seconds : dict of str to float
         Where rank 0's wall time went: ``mpi`` (start-up of MPI and waiting in
         collectives), ``inspect`` (layout checks and fingerprint), ``split`` (stage 1,
-        with ``via_chunks``), ``verify`` (checking existing shards), ``read``,
-        ``statistics``, ``write`` (shards, in a background thread that overlaps the
-        statistics, so the stages can add up to more than the wall time), ``finalize``
+        with ``via_chunks``), ``verify`` (checking existing shards), ``read`` (the
+        next day, while the previous one is processed), ``statistics`` and ``write``
+        (shards): seconds summed over the threads that do them
+        (:class:`~turbda_kit.data.day_pipeline.DayPipeline`), so the stages overlap and
+        can add up to more than the wall time; ``finalize``
         (statistics files, manifest, chunk removal). The rest (manifest, the statistics
         tree's gather) is not itemised. Empty for an already complete root.
     """
@@ -1159,21 +1104,6 @@ class PreprocessSummary:
     already_complete: bool
     wall_seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
-
-
-class _StageClock:
-    """Accumulates wall seconds per named stage."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
 def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_train_day: int,
@@ -1235,7 +1165,7 @@ def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_tr
     ...            steps_per_file=24, num_shards=2)
     """
     start = time.monotonic()
-    clock = _StageClock()
+    clock = StageClock()
     with clock("mpi"):
         comm = get_comm(comm)
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -1299,49 +1229,39 @@ def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_tr
         my_days = {all_days[i] for i in block_range(len(all_days), rank, size)}
         counts = {"written": 0, "skipped": 0}
         reader: _ChunkReader | _SourceReader | None = None
-        day_buffer: np.ndarray | None = None  # reused: each day is done before the next
 
-        # The shards of a day are written in a background thread while the main thread
-        # computes the day's statistics from the same (read-only) buffer: numpy, zlib's CRC
-        # and file writes release the GIL, so the two use both cores. One write at a time,
-        # joined before the buffer is refilled.
-        writer = ThreadPoolExecutor(max_workers=1)
-
-        def timed_write(split: str, day: int, data: np.ndarray) -> None:
-            with clock("write"):
-                output.write(split, day, data)
-
-        def day_data(split: str, day: int) -> tuple[np.ndarray, Future | None]:
-            nonlocal reader, day_buffer
+        def load(split: str, day: int, buffer: np.ndarray) -> tuple[np.ndarray, bool]:
+            nonlocal reader
             with clock("verify"):
                 data = output.read_verified(split, day)
             if data is not None:
                 counts["skipped"] += 1
-                return data, None
+                return data, False
             if reader is None:  # opened on first use: a fully resumed rank never opens it
                 reader = (_ChunkReader(root, info, steps_per_file) if via_chunks
                           else _SourceReader(nature_path, info))
-                day_buffer = np.empty((info.steps_per_day, len(names), *info.grid_shape),
-                                      dtype=info.dtype)
             first = first_indices[day]
-            with clock("read"):
-                data = reader.read(first, first + info.steps_per_day, out=day_buffer)
             counts["written"] += 1
-            return data, writer.submit(timed_write, split, day, data)
+            return reader.read(first, first + info.steps_per_day, out=buffer), True
 
+        owned: dict[str, range] = {}
+        for split in SPLITS:
+            days = split_days.days(split)
+            mine = [i for i, d in enumerate(days) if d in my_days]
+            owned[split] = range(mine[0], mine[-1] + 1) if mine else range(0)
+        # tree_reduce asks for its leaves in increasing order, split after split.
+        order = [(split, split_days.days(split)[i]) for split in SPLITS for i in owned[split]]
+        # Only the training split's spread is used (normalize_std); the others need means.
+        pipeline = DayPipeline(order, load, output.write_tasks, lambda split: split == "train",
+                               (info.steps_per_day, len(names), *info.grid_shape),
+                               info.dtype, clock, workers=PIPELINE_WORKERS)
         bar = progress_bar(len(my_days), desc=f"shard (rank 0 of {size})", enabled=rank == 0)
 
         def leaf_for(split: str) -> Callable[[int], DayStatistics]:
             days = split_days.days(split)
 
             def leaf(i: int) -> DayStatistics:
-                data, written = day_data(split, days[i])
-                try:
-                    with clock("statistics"):
-                        day_stats = DayStatistics.of(data)
-                finally:
-                    if written is not None:
-                        written.result()  # re-raises a failed write; frees the buffer
+                day_stats = pipeline.statistics(split, days[i])
                 if hook is not None:
                     hook("day", days[i])
                 bar.update(1)
@@ -1352,13 +1272,10 @@ def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_tr
         stats: dict[str, DayStatistics] = {}
         try:
             for split in SPLITS:
-                days = split_days.days(split)
-                owned = [i for i, d in enumerate(days) if d in my_days]
-                mine = range(owned[0], owned[-1] + 1) if owned else range(0)
-                stats[split] = tree_reduce(len(days), leaf_for(split), DayStatistics.combine,
-                                           comm, owned=mine)
+                stats[split] = tree_reduce(len(split_days.days(split)), leaf_for(split),
+                                           DayStatistics.combine, comm, owned=owned[split])
         finally:
-            writer.shutdown(wait=True)
+            pipeline.close()
             bar.close()
             if reader is not None:
                 reader.close()
