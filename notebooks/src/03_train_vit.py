@@ -30,6 +30,8 @@ checkpoint_every: int = 0  # steps between resumable checkpoints (0: final and b
 train_dir: str = ""  # trainer output (metrics, checkpoints); empty means {out_dir}/training
 resume: str = "auto"  # auto: continue from train_dir's latest checkpoint when there is one; none: fresh
 rollout_steps: int = 10  # autoregressive steps scored on the test split
+train_rollout_steps: int = 1  # forecast steps per training sample (>1: loss over an autoregressive rollout; trajectory loader)
+init_weights: str = ""  # exported surrogate to fine-tune (e.g. surrogate.pt of an earlier run); empty: fresh weights
 num_threads: int = 0  # torch CPU threads per rank (0: torch's default)
 seed: int = 0  # weights, data order and dropout
 
@@ -109,8 +111,13 @@ tc = load_train_config(config, **chosen)
 if loader == "trajectory":
     train_traj, _ = split_trajectory(catalog, "train")
     val_traj, _ = split_trajectory(catalog, "val")
-    train_data = TrajectoryPairs(train_traj, norm, lead_steps, hours)
-    val_data = TrajectoryPairs(val_traj, norm, lead_steps, hours)
+    train_data = TrajectoryPairs(train_traj, norm, lead_steps, hours,
+                                 rollout_steps=train_rollout_steps)
+    val_data = TrajectoryPairs(val_traj, norm, lead_steps, hours,
+                               rollout_steps=train_rollout_steps)
+elif train_rollout_steps != 1:
+    raise InputError(f"train_rollout_steps={train_rollout_steps} needs loader='trajectory' "
+                     "(in-shard pairs hold one target)")
 elif loader == "shards":
     train_data = ForecastShards(catalog, "train", lead_steps=lead_steps, shuffle=True,
                                 buffer_size=64, seed=seed, rank=env.rank,
@@ -142,7 +149,8 @@ if main:
 # %%
 start = time.perf_counter()
 result = train(cfg, tc, train_data, run_dir, val_data=val_data,
-               resume=None if resume == "none" else resume, denormalise=list(norm.std), env=env)
+               resume=None if resume == "none" else resume, denormalise=list(norm.std), env=env,
+               init_weights=init_weights or None)
 train_seconds = time.perf_counter() - start
 pd.shutdown()  # the rest runs on rank 0 from the exported weights
 if main:

@@ -133,3 +133,27 @@ def test_the_launch_scripts_refuse_unknown_sizes_and_strategies(tmp_path):
             proc = subprocess.run(["bash", str(path)], capture_output=True, text=True,
                                   timeout=60, env=env, cwd=tmp_path)
             assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_the_notebook_fine_tunes_an_export_on_rollouts(shards, tmp_path):
+    from turbda_kit.runner import run_notebook
+    from turbda_kit.surrogate.vit import load_surrogate
+
+    first = tmp_path / "first"
+    assert run_notebook(NOTEBOOK, {"data_root": str(shards), **TINY_RUN, "max_steps": 4},
+                        first, log_output=False).ok
+    tuned = tmp_path / "tuned"
+    result = run_notebook(NOTEBOOK, {"data_root": str(shards), **TINY_RUN, "max_steps": 4,
+                                     "train_rollout_steps": 2,
+                                     "init_weights": str(first / "surrogate.pt")},
+                          tuned, log_output=False)
+    assert result.ok, result.record.get("error")
+    start, _ = load_surrogate(first / "surrogate.pt")
+    end, _ = load_surrogate(tuned / "surrogate.pt")
+    assert end.config == start.config
+    changed = [name for name, value in end.state_dict().items()
+               if not torch.equal(value, start.state_dict()[name])]
+    assert changed  # trained further (that it starts from the export is a trainer test)
+    bad = run_notebook(NOTEBOOK, {"data_root": str(shards), **TINY_RUN, "loader": "shards",
+                                  "train_rollout_steps": 2}, tmp_path / "bad", log_output=False)
+    assert not bad.ok and "needs loader='trajectory'" in str(bad.record.get("error"))

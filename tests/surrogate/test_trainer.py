@@ -20,6 +20,7 @@ from turbda_kit.surrogate.trainer import (
     TrainConfig,
     build_deepspeed_config,
     load_train_config,
+    rollout_loss,
     train,
     warmup_cosine,
 )
@@ -29,7 +30,7 @@ from ..conftest import run_mpi
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
-from synthetic_data import ShiftDataset, ShiftStream  # noqa: E402
+from synthetic_data import ShiftDataset, ShiftRollouts, ShiftStream  # noqa: E402
 
 TORCH_CASES = ["ddp", "fsdp:FULL_SHARD", "fsdp:SHARD_GRAD_OP+ac", "fsdp:HYBRID_SHARD",
                "fsdp:FULL_SHARD+bf16"]
@@ -92,6 +93,18 @@ def single_process_reference(tmp_path_factory) -> list[float]:
     result = train(load_vit_config("tiny"), cfg, ShiftDataset(n_samples=4, seed=0), out,
                    show_progress=False)
     return [result.step_losses[s] for s in sorted(result.step_losses)]
+
+
+ROLLOUT_CASES = ["ddp", "fsdp:FULL_SHARD", "deepspeed:1"]
+
+
+@pytest.fixture(scope="module")
+def rollout_strategies(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("rollout_strategies")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", str(SCRIPTS / "train_strategies.py"), "--out", str(out),
+               "--cases", ",".join(ROLLOUT_CASES), "--rollout", "3"]
+    return _launch(command, out)["cases"]
 
 
 def _case(results: dict, case: str) -> dict:
@@ -406,3 +419,139 @@ def test_compiled_blocks_train_like_eager(tiny, tmp_path, one_thread):
     assert compiled.step_losses == pytest.approx(eager.step_losses, rel=1e-4)
     # Compilation must not rename parameters: the export loads into a plain ViT.
     load_surrogate(compiled.export_path)
+
+
+# ----------------------------------------------------------------------------- rollouts
+
+
+def test_rollout_loss_is_the_mean_of_the_autoregressive_step_losses(tiny, one_thread):
+    from turbda_kit.surrogate.vit import ViT
+
+    model = ViT(tiny, generator=torch.Generator().manual_seed(0))
+    data = ShiftRollouts(n_samples=3, seed=0, steps=2)
+    inputs = torch.stack([data[i][0] for i in range(3)])
+    targets = torch.stack([data[i][1] for i in range(3)])
+    leads = torch.tensor([float(data[i][2]) for i in range(3)])
+    loss = rollout_loss(model, inputs, targets, leads)
+    first = model(inputs, leads)
+    second = model(first, leads)
+    manual = (torch.nn.functional.mse_loss(first, targets[:, 0])
+              + torch.nn.functional.mse_loss(second, targets[:, 1])) / 2
+    torch.testing.assert_close(loss, manual, rtol=0, atol=0)
+    # One step stacked as (B, 1, V, N, N) is the plain loss.
+    one = rollout_loss(model, inputs, targets[:, :1], leads)
+    plain = rollout_loss(model, inputs, targets[:, 0], leads)
+    assert one.item() == plain.item()
+    # The gradient runs through the whole rollout: the second step changes it.
+    grad_roll = torch.autograd.grad(loss, model.head[-1].weight)[0]
+    grad_first = torch.autograd.grad(rollout_loss(model, inputs, targets[:, 0], leads) / 2,
+                                     model.head[-1].weight)[0]
+    assert not torch.allclose(grad_roll, grad_first)
+
+
+def test_training_on_one_step_rollouts_equals_plain_training(tiny, tmp_path, one_thread):
+    class Stacked(torch.utils.data.Dataset):
+        variables = ShiftDataset.variables
+
+        def __init__(self, base):
+            self.base = base
+
+        def __len__(self):
+            return len(self.base)
+
+        def __getitem__(self, i):
+            x, y, lead = self.base[i]
+            return x, y[None], lead
+
+    cfg = TrainConfig(batch_size=4, lr=3e-3, log_every=1, max_steps=4, seed=1, eval_every=2)
+    data, val = ShiftDataset(n_samples=8, seed=0), ShiftDataset(n_samples=5, seed=2)
+    plain = train(tiny, cfg, data, tmp_path / "plain", val_data=val, show_progress=False)
+    stacked = train(tiny, cfg, Stacked(data), tmp_path / "stacked", val_data=Stacked(val),
+                    show_progress=False)
+    assert stacked.step_losses == plain.step_losses
+    def val_rows(result):
+        return [{k: v for k, v in r.items() if k != "wall_time"}
+                for r in result.history if r["kind"] == "val"]
+
+    assert val_rows(stacked) == val_rows(plain)
+
+
+def test_rollout_training_learns_and_validates(tiny, tmp_path, one_thread):
+    cfg = TrainConfig(batch_size=4, lr=3e-3, log_every=1, max_steps=8, seed=1, eval_every=4,
+                      shuffle=False)
+    data = ShiftRollouts(n_samples=4, seed=0, steps=3)
+    result = train(tiny, cfg, data, tmp_path / "run", val_data=ShiftRollouts(5, seed=2, steps=3),
+                   show_progress=False, denormalise=[2.0, 3.0])
+    losses = [result.step_losses[s] for s in sorted(result.step_losses)]
+    assert losses[-1] < 0.98 * losses[0]
+    val = [r for r in result.history if r["kind"] == "val"]
+    assert len(val) >= 2 and all(math.isfinite(r["val_loss"]) for r in val)
+    assert val[-1]["val_rmse_sqg_0_K"] == pytest.approx(2.0 * val[-1]["val_rmse_sqg_0"])
+
+
+def test_fine_tuning_starts_from_the_given_weights(tiny, tmp_path, one_thread):
+    cfg = TrainConfig(batch_size=4, lr=3e-3, log_every=1, max_steps=3, seed=1, shuffle=False)
+    data = ShiftDataset(n_samples=4, seed=0)
+    first = train(tiny, cfg, data, tmp_path / "first", show_progress=False)
+    model, _ = load_surrogate(first.export_path)
+    inputs = torch.stack([data[i][0] for i in range(4)])
+    targets = torch.stack([data[i][1] for i in range(4)])
+    leads = torch.tensor([float(data[i][2]) for i in range(4)])
+    with torch.no_grad():
+        expected = torch.nn.functional.mse_loss(model(inputs, leads), targets).item()
+    tuned = train(tiny, cfg.replace(seed=5), data, tmp_path / "tuned", show_progress=False,
+                  init_weights=first.export_path)
+    # The first step's loss is computed before the update: from the exported weights.
+    assert tuned.step_losses[1] == pytest.approx(expected, rel=1e-6)
+    assert tuned.step_losses[1] < first.step_losses[1]  # not the fresh start
+    with pytest.raises(InputError, match="embed_dim"):
+        train(tiny.replace(embed_dim=tiny.embed_dim * 2), cfg, data, tmp_path / "bad",
+              show_progress=False, init_weights=first.export_path)
+
+
+def test_rollout_items_of_a_trajectory():
+    from turbda_kit.surrogate.rollout import TrajectoryPairs
+
+    class Identity:
+        variables = ("sqg_0", "sqg_10000")
+
+        def normalise(self, x):
+            return x
+
+    trajectory = torch.arange(10 * 2 * 4 * 4, dtype=torch.float32).reshape(10, 2, 4, 4)
+    pairs = TrajectoryPairs(trajectory, Identity(), lead_steps=2, rollout_steps=3)
+    assert len(pairs) == 10 - 6
+    x, y, lead = pairs[1]
+    assert torch.equal(x, trajectory[1]) and y.shape == (3, 2, 4, 4)
+    assert all(torch.equal(y[j], trajectory[1 + 2 * (j + 1)]) for j in range(3))
+    assert float(lead) == 24.0
+    assert torch.equal(pairs[-1][1][-1], trajectory[9])
+    with pytest.raises(InputError, match="at least 7"):
+        TrajectoryPairs(trajectory[:6], Identity(), lead_steps=2, rollout_steps=3)
+    with pytest.raises(InputError, match="rollout_steps"):
+        TrajectoryPairs(trajectory, Identity(), rollout_steps=0)
+
+
+def test_rollout_targets_of_the_wrong_shape_are_refused(tiny, tmp_path):
+    class Bad(ShiftRollouts):
+        def __getitem__(self, i):
+            x, y, lead = super().__getitem__(i)
+            return x, y[:, :1], lead
+
+    with pytest.raises(InputError, match="steps, vars, N, N"):
+        train(tiny, TrainConfig(batch_size=2, max_steps=1), Bad(4, steps=2), tmp_path,
+              show_progress=False)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("case", ROLLOUT_CASES)
+def test_rollout_training_on_two_ranks_equals_one_process(rollout_strategies, case, tmp_path,
+                                                          one_thread):
+    cfg = TrainConfig(strategy="none", batch_size=4, lr=3e-3, warmup_steps=0, log_every=1,
+                      seed=3, max_steps=8, shuffle=False)
+    reference = train(load_vit_config("tiny"), cfg, ShiftRollouts(n_samples=4, seed=0, steps=3),
+                      tmp_path, show_progress=False)
+    expected = [reference.step_losses[s] for s in sorted(reference.step_losses)]
+    losses = _case(rollout_strategies, case)["fixed_losses"]
+    assert losses == pytest.approx(expected, rel=1e-4)
+    assert losses[-1] < 0.99 * losses[0]

@@ -114,9 +114,10 @@ class DayPipeline:
     Notes
     -----
     Two day buffers: day k+1 is read into one while day k's work uses the other, and a
-    buffer is refilled only after all work on its day has finished. The work of day k
-    is submitted when its statistics are asked for, so nothing of day k+1 is written
-    before day k's statistics have been returned.
+    buffer is refilled only after all work on its day has finished. A day's statistics
+    start as soon as it is read (they have no side effects); its shards are written only
+    when its statistics are asked for, so nothing of day k+1 is written before day k's
+    statistics have been returned and a crash leaves whole days behind.
     """
 
     def __init__(self, order: Sequence[Key], load: Callable, write_tasks: Callable,

@@ -459,6 +459,10 @@ def split_trajectory(root: Any, split: str = "test", variables: Sequence[str] | 
 class TrajectoryPairs(Dataset):
     """Every ``(state, state lead steps later)`` pair of one trajectory, normalised.
 
+    With ``rollout_steps = k > 1`` the target is the next ``k`` states at multiples of
+    the lead, for training on autoregressive rollouts (see
+    :func:`turbda_kit.surrogate.trainer.rollout_loss`).
+
     Training shards pair states within a shard only, as ClimaX does; with one shard per
     day of 12-hourly output that keeps one 12-h pair per day out of two. This map-style
     dataset takes every pair of a contiguous trajectory (e.g. from
@@ -476,19 +480,26 @@ class TrajectoryPairs(Dataset):
         Spacing of the trajectory, hours.
     variables : sequence of str, optional
         Channel names (default ``normaliser.variables``), checked by the trainer.
+    rollout_steps : int
+        Forecast steps per target (1: a single state).
 
-    Items are ``(input (V, N, N), target (V, N, N), lead_time_hours 0-d)`` float32 tensors,
-    the item format of :func:`turbda_kit.surrogate.trainer.train`.
+    Items are ``(input (V, N, N), target, lead_time_hours 0-d)`` float32 tensors, the item
+    format of :func:`turbda_kit.surrogate.trainer.train`; the target is ``(V, N, N)`` for
+    one rollout step and ``(rollout_steps, V, N, N)`` otherwise.
     """
 
     def __init__(self, trajectory: Tensor, normaliser: Normalising, lead_steps: int = 1,
-                 hours_per_step: float = 12.0, variables: Sequence[str] | None = None):
+                 hours_per_step: float = 12.0, variables: Sequence[str] | None = None,
+                 rollout_steps: int = 1):
         trajectory = _check_fields("trajectory", trajectory, 4, "(T, V, N, N)")
         self.lead_steps = _check_positive_int("lead_steps", lead_steps)
+        self.rollout_steps = _check_positive_int("rollout_steps", rollout_steps)
         self.hours_per_step = _check_lead(hours_per_step)
-        if trajectory.shape[0] <= self.lead_steps:
-            raise InputError(f"trajectory has {trajectory.shape[0]} states: a lead of "
-                             f"{self.lead_steps} steps needs at least {self.lead_steps + 1}")
+        span = self.lead_steps * self.rollout_steps
+        if trajectory.shape[0] <= span:
+            raise InputError(f"trajectory has {trajectory.shape[0]} states: {self.rollout_steps}"
+                             f" rollout step(s) at a lead of {self.lead_steps} steps need at "
+                             f"least {span + 1}")
         self.fields = normaliser.normalise(trajectory.float()).contiguous()
         names = variables if variables is not None else getattr(normaliser, "variables", None)
         if names is not None:
@@ -496,13 +507,17 @@ class TrajectoryPairs(Dataset):
         self.lead_time = torch.tensor(self.lead_steps * self.hours_per_step)
 
     def __len__(self) -> int:
-        return self.fields.shape[0] - self.lead_steps
+        return self.fields.shape[0] - self.lead_steps * self.rollout_steps
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
         if not -len(self) <= i < len(self):
             raise IndexError(f"pair {i} out of range for {len(self)} pairs")
         i = i % len(self)
-        return self.fields[i], self.fields[i + self.lead_steps], self.lead_time
+        if self.rollout_steps == 1:
+            return self.fields[i], self.fields[i + self.lead_steps], self.lead_time
+        stop = i + self.lead_steps * self.rollout_steps + 1
+        return self.fields[i], self.fields[i + self.lead_steps:stop:self.lead_steps], \
+            self.lead_time
 
 
 def normaliser_from_metadata(metadata: dict[str, Any]):

@@ -68,7 +68,7 @@ from ..parallel import distributed as pd
 from ..progress import progress_bar
 from .config import ViTConfig, read_config_file
 from .flops import achieved_tflops
-from .vit import Block, ViT, save_surrogate
+from .vit import Block, ViT, load_surrogate, save_surrogate
 
 __all__ = ["TrainConfig", "TrainResult", "train", "warmup_cosine", "check_dataset",
            "build_deepspeed_config", "load_train_config", "DS_CONFIG_PATH"]
@@ -298,6 +298,44 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def rollout_loss(forward: Callable[[Tensor, Tensor], Tensor], inputs: Tensor, targets: Tensor,
+                 leads: Tensor) -> Tensor:
+    """Mean squared error of a forecast, or of an autoregressive rollout, against targets.
+
+    Parameters
+    ----------
+    forward : callable
+        ``forward(fields (B, V, N, N), leads (B,)) -> (B, V, N, N)``, normalised units.
+    inputs : Tensor, shape (B, V, N, N)
+        Initial states.
+    targets : Tensor, shape (B, V, N, N) or (B, k, V, N, N)
+        The state one lead later, or the states 1..k leads later.
+    leads : Tensor, shape (B,)
+        Lead time per sample, hours.
+
+    Returns
+    -------
+    Tensor, 0-d, float32
+        With k targets, the mean over the k steps of each step's MSE, each step forecast
+        from the previous forecast (gradients flow through the whole rollout). One
+        target gives the plain one-step MSE.
+
+    Notes
+    -----
+    Training on rollouts penalises the growth of errors that a one-step loss never sees:
+    a model trained on one step can be accurate at 12 h and still drift away over many
+    steps.
+    """
+    if targets.ndim == inputs.ndim:
+        return F.mse_loss(forward(inputs, leads).float(), targets)
+    state, total = inputs, None
+    for j in range(targets.shape[1]):
+        state = forward(state, leads).float()
+        loss = F.mse_loss(state, targets[:, j])
+        total = loss if total is None else total + loss
+    return total / targets.shape[1]
+
+
 def check_dataset(data: Dataset, config: ViTConfig, name: str = "train_data",
                   min_samples: int = 1) -> None:
     """Check that ``data`` yields samples this model can learn from; raise InputError if not.
@@ -338,9 +376,13 @@ def check_dataset(data: Dataset, config: ViTConfig, name: str = "train_data",
                          f"{type(item).__name__}")
     for label, value in (("input", item[0]), ("target", item[1])):
         shape = tuple(getattr(value, "shape", ()))
-        if shape != expected:
+        # A target may also be a rollout: (steps, vars, N, N), see rollout_loss.
+        rollout = label == "target" and len(shape) == 4 and shape[1:] == expected and shape[0]
+        if shape != expected and not rollout:
             raise InputError(f"{name} {label} has shape {shape} but the model config "
-                             f"{config.name or ''} expects (vars, N, N) = {expected}")
+                             f"{config.name or ''} expects (vars, N, N) = {expected}"
+                             + (" or, for a rollout target, (steps, vars, N, N)"
+                                if label == "target" else ""))
     lead = item[2]
     if not (isinstance(lead, int | float) or (isinstance(lead, Tensor) and lead.numel() == 1)):
         raise InputError(f"{name} lead time must be a number of hours, got {lead!r}")
@@ -522,7 +564,7 @@ class _TorchRunner:
         sync = last or self.tc.strategy == "none"
         context = contextlib.nullcontext() if sync else self.model.no_sync()
         with context:
-            loss = F.mse_loss(self.forward(inputs, leads).float(), targets)
+            loss = rollout_loss(self.forward, inputs, targets, leads)
             self.scaler.scale(loss / self.tc.grad_accum_steps).backward()
         return loss.detach()
 
@@ -613,7 +655,7 @@ class _DeepSpeedRunner:
         return self.engine(inputs.to(self.input_dtype), leads.to(self.input_dtype))
 
     def micro_step(self, inputs: Tensor, targets: Tensor, leads: Tensor, last: bool) -> Tensor:
-        loss = F.mse_loss(self.forward(inputs, leads).float(), targets)
+        loss = rollout_loss(self.forward, inputs, targets, leads)
         self.engine.backward(loss)  # scales by 1/grad_accum itself
         self.engine.step()          # optimiser + scheduler step at the accumulation boundary
         return loss.detach()
@@ -695,16 +737,22 @@ def _evaluate(runner: Any, data: Dataset, config: ViTConfig, batch_size: int, en
             batch = (torch.zeros(1, n_vars, n, n), torch.zeros(1, n_vars, n, n), torch.zeros(1))
             weight = 0.0
         inputs, targets, leads = (t.to(device, non_blocking=True) for t in batch)
-        pred = runner.forward(inputs, leads).float()
-        sq = (pred - targets).square().sum(dim=(0, 2, 3), dtype=torch.float64)
-        if callable(denormalise):
-            sq_phys = (denormalise(pred) - denormalise(targets)).square().sum(
-                dim=(0, 2, 3), dtype=torch.float64)
-        else:
-            sq_phys = sq
-        sums[:n_vars] += weight * sq
-        sums[n_vars:2 * n_vars] += weight * sq_phys
-        sums[-1] += weight * inputs.shape[0] * n * n
+        if targets.ndim == inputs.ndim:
+            targets = targets[:, None]
+        # Rollout targets (B, k, V, N, N): every step's error is pooled, as in rollout_loss.
+        pred = inputs
+        for j in range(targets.shape[1]):
+            pred = runner.forward(pred, leads).float()
+            truth = targets[:, j]
+            sq = (pred - truth).square().sum(dim=(0, 2, 3), dtype=torch.float64)
+            if callable(denormalise):
+                sq_phys = (denormalise(pred) - denormalise(truth)).square().sum(
+                    dim=(0, 2, 3), dtype=torch.float64)
+            else:
+                sq_phys = sq
+            sums[:n_vars] += weight * sq
+            sums[n_vars:2 * n_vars] += weight * sq_phys
+            sums[-1] += weight * inputs.shape[0] * n * n
     if pd.is_distributed():
         torch.distributed.all_reduce(sums)
     count = sums[-1].clamp_min(1.0)
@@ -891,7 +939,8 @@ def train(model_config: ViTConfig, train_config: TrainConfig, train_data: Datase
           out_dir: str | os.PathLike, *, val_data: Dataset | None = None,
           resume: bool | str | os.PathLike | None = None,
           denormalise: Sequence[float] | Callable[[Tensor], Tensor] | None = None,
-          env: pd.DistEnv | None = None, show_progress: bool | None = None) -> TrainResult:
+          env: pd.DistEnv | None = None, show_progress: bool | None = None,
+          init_weights: str | os.PathLike | None = None) -> TrainResult:
     """Train the ViT surrogate; every rank of a parallel launch calls this.
 
     Parameters
@@ -901,8 +950,10 @@ def train(model_config: ViTConfig, train_config: TrainConfig, train_data: Datase
     train_config : TrainConfig
         Hyperparameters and distribution strategy.
     train_data : Dataset
-        Map-style or iterable; items ``(input (V, N, N), target (V, N, N), lead_time_hours)``,
-        normalised.
+        Map-style or iterable; items ``(input (V, N, N), target, lead_time_hours)``,
+        normalised. The target is ``(V, N, N)``, or ``(k, V, N, N)`` to train on
+        autoregressive rollouts of ``k`` steps (:func:`rollout_loss`; e.g.
+        :class:`~turbda_kit.surrogate.rollout.TrajectoryPairs` with ``rollout_steps``).
     out_dir : path-like
         Where metrics, checkpoints and exports go (shared by all ranks).
     val_data : Dataset, optional
@@ -920,6 +971,11 @@ def train(model_config: ViTConfig, train_config: TrainConfig, train_data: Datase
         :func:`turbda_kit.parallel.distributed.shutdown` at the end of the driver).
     show_progress : bool or None
         Progress lines/bar; None reports on rank 0 only.
+    init_weights : path-like or None
+        Start from the weights of an export (:func:`~turbda_kit.surrogate.vit.save_surrogate`,
+        e.g. ``vit_best.pt`` of an earlier run) instead of a fresh initialisation, to
+        fine-tune it. Its architecture must equal ``model_config``. Ignored when resuming
+        (the checkpoint holds the weights).
 
     Returns
     -------
@@ -952,6 +1008,19 @@ def train(model_config: ViTConfig, train_config: TrainConfig, train_data: Datase
         total_steps = tc.max_epochs * (micro_per_epoch // tc.grad_accum_steps)
     else:
         total_steps = tc.max_steps
+    initial_state = None
+    if init_weights is not None:
+        initial_model, _ = load_surrogate(init_weights)
+        # Regularisation may change for a fine-tune; what the weights mean may not.
+        free = {"name", "drop_rate", "attn_drop_rate", "drop_path_rate"}
+        have = {k: v for k, v in initial_model.config.to_dict().items() if k not in free}
+        want = {k: v for k, v in cfg.to_dict().items() if k not in free}
+        if have != want:
+            differ = sorted(k for k in want if have.get(k) != want[k])
+            raise InputError(f"init_weights {init_weights} holds a model that differs from "
+                             f"model_config in {differ} ({[have.get(k) for k in differ]} vs "
+                             f"{[want[k] for k in differ]}): fine-tune the same architecture")
+        initial_state = initial_model.state_dict()
     resume_path = _resolve_resume(resume, out_dir)
     saved: dict[str, Any] | None = None
     if resume_path is not None:
@@ -962,7 +1031,10 @@ def train(model_config: ViTConfig, train_config: TrainConfig, train_data: Datase
     if tc.strategy != "none":
         pd.init_distributed(env)
     torch.manual_seed(tc.seed + 7919 * env.rank)   # dropout / drop-path streams per rank
-    model = ViT(cfg, generator=torch.Generator().manual_seed(tc.seed)).to(device)
+    model = ViT(cfg, generator=torch.Generator().manual_seed(tc.seed))
+    if initial_state is not None and saved is None:
+        model.load_state_dict(initial_state)
+    model = model.to(device)
     runner_type = _DeepSpeedRunner if tc.strategy == "deepspeed" else _TorchRunner
     runner = runner_type(model, tc, env, device, total_steps)
     keeper = _CheckpointKeeper(out_dir / "checkpoints", env, tc.keep_checkpoints)

@@ -77,3 +77,32 @@ class ShiftStream(IterableDataset):
     def __iter__(self):
         for i in range(len(self.data)):
             yield self.data[i]
+
+
+class ShiftRollouts(Dataset):
+    """:class:`ShiftDataset` samples with ``steps`` targets: the map applied 1..steps times.
+
+    Items are ``(input (V, N, N), targets (steps, V, N, N), lead_time_hours)``, the
+    rollout item format of the trainer.
+    """
+
+    variables = VARIABLES
+
+    def __init__(self, n_samples: int = 16, img_size: int = 32, seed: int = 0, steps: int = 2,
+                 lead_times: tuple[float, ...] = (6.0, 12.0)):
+        self.data = ShiftDataset(n_samples, img_size, seed, lead_times)
+        mix = torch.tensor([[0.8, 0.2], [-0.3, 0.9]])
+        targets = []
+        for x, lead in zip(self.data.inputs, self.data.leads):
+            state, sequence = x, []
+            for _ in range(steps):
+                state = torch.einsum("vw,wyx->vyx", mix, torch.roll(state, int(lead // 6), dims=-1))
+                sequence.append(state)
+            targets.append(torch.stack(sequence))
+        self.targets = torch.stack(targets)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        return self.data.inputs[i], self.targets[i], self.data.leads[i]

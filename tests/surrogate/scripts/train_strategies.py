@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synthetic_data import ShiftDataset  # noqa: E402
+from synthetic_data import ShiftDataset, ShiftRollouts  # noqa: E402
 
 from turbda_kit.parallel import distributed as pd  # noqa: E402
 from turbda_kit.surrogate.config import load_vit_config  # noqa: E402
@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--cases", required=True, help="comma-separated")
     parser.add_argument("--resume", default="", help="comma-separated cases to resume-test")
+    parser.add_argument("--rollout", type=int, default=1,
+                        help="train on rollouts of this many steps (targets (k, V, N, N))")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -59,7 +61,8 @@ def main() -> None:
     world = env.world_size
     model_cfg = load_vit_config("tiny")
     dropout_cfg = model_cfg.replace(drop_rate=0.1, drop_path_rate=0.1)
-    fixed = ShiftDataset(n_samples=PER_RANK_BATCH * world, seed=0)
+    fixed = (ShiftDataset(n_samples=PER_RANK_BATCH * world, seed=0) if args.rollout == 1 else
+             ShiftRollouts(n_samples=PER_RANK_BATCH * world, seed=0, steps=args.rollout))
     shuffled = ShiftDataset(n_samples=3 * PER_RANK_BATCH * world, seed=1)
     val = ShiftDataset(n_samples=5, seed=2)      # uneven over 2 ranks on purpose
     probe = ShiftDataset(n_samples=3, seed=4)
