@@ -17,6 +17,7 @@ start_test_day: int = 5  # first test day
 end_day: int = 6  # end of the test days (exclusive)
 steps_per_file: int = 4  # output times per chunk file of the split stage
 via_chunks: bool = False  # run the split stage (chunk files) before sharding; off reads days directly
+workers: int = 2  # threads per rank writing shards and computing statistics (the output does not depend on it)
 num_shards: int = 2  # shards per day (must divide the output times per day)
 fmt: str = "npz"  # "npz" (ClimaX layout) or "zarr" (one chunked store)
 shards_dir: str = "shards"  # output root, relative to out_dir unless absolute
@@ -54,7 +55,7 @@ if not source.exists():
 # %%
 summary = preprocess(source, root, start_train_day, start_val_day, start_test_day, end_day,
                      steps_per_file=steps_per_file, num_shards=num_shards, fmt=fmt, comm=comm,
-                     via_chunks=via_chunks)
+                     via_chunks=via_chunks, workers=workers)
 if rank == 0:
     print(summary)
 

@@ -227,6 +227,7 @@ def test_other_settings_in_the_same_root_are_refused(nature, reference, tmp_path
     (dict(start_train_day=-1), "start_train_day=-1 must be >= 0"),
     (dict(num_shards=3), "num_shards=3 must divide the 4"),
     (dict(steps_per_file=0), "steps_per_file=0"),
+    (dict(workers=0), "workers=0 must be an integer >= 1"),
     (dict(fmt="hdf5"), "fmt='hdf5'"),
     (dict(variable="pv"), "variable='pv' is not in"),
     (dict(levels=[5000.0]), "level 5000.0 m is not in"),
@@ -235,6 +236,13 @@ def test_bad_input_is_refused_with_a_clear_message(nature, tmp_path, changes, me
     with pytest.raises(InputError, match=message):
         preprocess(nature, tmp_path / "out", **{**SETTINGS, **changes})
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_the_number_of_worker_threads_does_not_change_a_byte(nature, reference, tmp_path,
+                                                             workers):
+    preprocess(nature, tmp_path / "out", **SETTINGS, workers=workers)
+    assert_same_arrays(tmp_path / "out", reference)
 
 
 def test_missing_file_and_irregular_times_are_refused(tmp_path):

@@ -59,7 +59,7 @@ MANIFEST_NAME = "manifest.json"
 CHUNK_DIR = "chunks"
 ZARR_STORE = "data.zarr"
 FORMATS = ("npz", "zarr")
-# Threads per rank that write shards and compute statistics while the rank reads ahead.
+# Default threads per rank that write shards and compute statistics while the rank reads.
 PIPELINE_WORKERS = 2
 
 Hook = Callable[[str, int], None]
@@ -1111,7 +1111,8 @@ def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_tr
                num_shards: int, fmt: str = "npz", comm: Any | None = None, *,
                variable: str = "theta", name: str = "sqg",
                levels: Sequence[float] | None = None, via_chunks: bool = False,
-               keep_chunks: bool = False, hook: Hook | None = None) -> PreprocessSummary:
+               keep_chunks: bool = False, hook: Hook | None = None,
+               workers: int = PIPELINE_WORKERS) -> PreprocessSummary:
     """Turn a nature run into training shards with statistics; serial or under MPI.
 
     Parameters
@@ -1146,6 +1147,11 @@ def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_tr
         started one way may be resumed the other.
     keep_chunks : bool
         Keep ``{root}/chunks`` after success (removed by default).
+    workers : int
+        Threads per rank that write the shards and compute the statistics while the
+        rank reads the next day (:class:`~turbda_kit.data.day_pipeline.DayPipeline`).
+        The output does not depend on it. 2 suits 2 cores per rank; give more where
+        ranks have more cores (e.g. ``srun -c 7``).
     hook : callable or None
         ``hook(stage, index)`` after each chunk (``"chunk"``, only with ``via_chunks``)
         and day (``"day"``) this rank completes; for progress or fault-injection tests.
@@ -1175,6 +1181,7 @@ def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_tr
         raise InputError(f"fmt={fmt!r} must be one of {', '.join(FORMATS)}")
     _check_positive_int("steps_per_file", steps_per_file)
     _check_positive_int("num_shards", num_shards)
+    _check_positive_int("workers", workers)
     if not isinstance(name, str) or not name or "_" in name:
         raise InputError(f"name={name!r} must be a non-empty string without '_' (arrays are "
                          "named {name}_{level})")
@@ -1254,7 +1261,7 @@ def preprocess(nature_path: str | os.PathLike, root: str | os.PathLike, start_tr
         # Only the training split's spread is used (normalize_std); the others need means.
         pipeline = DayPipeline(order, load, output.write_tasks, lambda split: split == "train",
                                (info.steps_per_day, len(names), *info.grid_shape),
-                               info.dtype, clock, workers=PIPELINE_WORKERS)
+                               info.dtype, clock, workers=workers)
         bar = progress_bar(len(my_days), desc=f"shard (rank 0 of {size})", enabled=rank == 0)
 
         def leaf_for(split: str) -> Callable[[int], DayStatistics]:
