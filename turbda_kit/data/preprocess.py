@@ -23,7 +23,10 @@ Two stages, as in the paper's pair of MPI scripts, run by :func:`preprocess`:
 Every file is written atomically (:mod:`turbda_kit.io`) and verified before it is
 skipped, so a killed run is resumed by running it again. Statistics are reduced over a
 fixed tree of days (:func:`turbda_kit.parallel.mpi.tree_reduce`), so serial and parallel
-runs give bit-identical shards *and* statistics.
+runs give bit-identical shards *and* statistics. Within a rank, days flow through
+:class:`~turbda_kit.data.day_pipeline.DayPipeline`: the next day is read while worker
+threads write the shards (:func:`turbda_kit.data.npz.save_npz`) and reduce the day
+(:mod:`turbda_kit.data.day_statistics`).
 
 A "day" is ``floor(time / 86400 s)`` with ``time`` in seconds since the start of output.
 """
@@ -747,9 +750,6 @@ class _ChunkReader:
         """Nothing held open."""
 
 
-# --------------------------------------------------------------------------- statistics
-
-
 # --------------------------------------------------------------------------- outputs
 
 
@@ -821,13 +821,9 @@ class _NpzOutput:
             parts.append(np.concatenate(arrays, axis=1))
         return np.concatenate(parts, axis=0)
 
-    def write(self, split: str, day: int, data: np.ndarray) -> None:
-        """Write the day's shards (``data (steps_per_day, vars, ny, nx)``)."""
-        for task in self.write_tasks(split, day, data):
-            task()
-
     def write_tasks(self, split: str, day: int, data: np.ndarray) -> list[Callable[[], None]]:
-        """One independent callable per shard of the day (for a thread pool)."""
+        """Callables that write the day's shards (``data (steps_per_day, vars, ny, nx)``),
+        one per shard, independent of each other (for a thread pool)."""
         sps = self.plan.steps_per_shard
 
         def task(shard: int) -> Callable[[], None]:
