@@ -70,7 +70,7 @@ from .config import ViTConfig, read_config_file
 from .flops import achieved_tflops
 from .vit import Block, ViT, load_surrogate, save_surrogate
 
-__all__ = ["TrainConfig", "TrainResult", "train", "warmup_cosine", "check_dataset",
+__all__ = ["TrainConfig", "TrainResult", "train", "warmup_cosine", "check_dataset", "rollout_loss",
            "build_deepspeed_config", "load_train_config", "DS_CONFIG_PATH"]
 
 DS_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "ds_config.json"
