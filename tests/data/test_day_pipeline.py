@@ -51,6 +51,17 @@ def test_blocks_do_not_change_the_bits_at_a_real_grid_size():
         assert_bit_equal(DayStatistics.from_fields(24, mean, m2), whole)
 
 
+def test_a_scratch_buffer_too_small_is_refused():
+    from turbda_kit.errors import InputError
+
+    data = days(1)[0]
+    out = np.empty(SHAPE[1:])
+    with pytest.raises(InputError, match="at least 756 values"):
+        field_moments(data, out, out.copy(), np.empty(10))
+    with pytest.raises(InputError, match="float64"):
+        field_moments(data, out, None, np.empty(data.size, dtype=np.float32))
+
+
 def test_row_blocks_cover_every_row_of_every_variable_once():
     for n_vars, ny, pieces in ((2, 9, 4), (1, 5, 8), (3, 256, 4), (4, 3, 2), (1, 1, 1)):
         seen = np.zeros((n_vars, ny), dtype=int)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
 from ..parallel.mpi import Moments
 
 __all__ = ["DayStatistics", "field_moments"]
@@ -47,6 +48,9 @@ def field_moments(data: np.ndarray, mean_out: np.ndarray, m2_out: np.ndarray | N
     """
     if scratch is None:
         scratch = np.empty(data.size)
+    elif scratch.dtype != np.float64 or scratch.ndim != 1 or scratch.size < data.size:
+        raise InputError(f"scratch must be a 1-d float64 array of at least {data.size} "
+                         f"values, got {scratch.dtype} of shape {scratch.shape}")
     values = scratch[:data.size].reshape(data.shape)
     np.copyto(values, data)
     np.add.reduce(values, axis=0, out=mean_out)
