@@ -31,6 +31,16 @@ DEFAULT_VARIABLES = ("sqg_0", "sqg_10000")
 """SQG potential temperature at z=0 and at the lid z=H=10 km, named ``{name}_{level in m}``
 as :mod:`turbda_kit.data.preprocess` names the training shards' variables."""
 
+POS_EMBEDS = ("sincos", "learned")
+"""Allowed values of :attr:`ViTConfig.pos_embed`."""
+
+LEAD_TIME_CONVENTIONS = ("kit", "seed")
+"""Allowed values of :attr:`ViTConfig.lead_time_convention`."""
+
+SEED_LEAD_TIME_DIVISOR = 100.0
+"""The paper code divides ``hrs_each_step * predict_range`` by 100 before its lead-time
+embedding (``Forecast`` in jqyin/sqg_vit ``src/sqg/model/dataset.py``)."""
+
 
 @dataclass(frozen=True)
 class ViTConfig:
@@ -63,14 +73,27 @@ class ViTConfig:
         Stochastic-depth probability of the last block (linearly increasing from 0 over the
         blocks), in [0, 1).
     lead_time_scale_hours : float
-        Lead times are divided by this (hours) before the lead-time embedding, so typical
-        inputs are O(1).
+        Hours of one lead-time unit. With ``lead_time_convention="kit"`` lead times are
+        divided by this before the lead-time embedding, so typical inputs are O(1). With
+        ``"seed"`` it is the hours of one step of the training data (the seed's
+        ``predict_range`` unit: 12 for its 12-hourly 64x64 data).
     residual : bool
         Predict the increment: the output is ``input + head(...)`` in normalised units, and
         the head's output layer starts at zero, so an untrained model is exactly
         persistence. Meaningful because the input and output channels are the same
         ``variables``; ``False`` (the default, and every paper preset) predicts the full
         next state.
+    pos_embed : {"sincos", "learned"}
+        Positional embedding of the ``L`` tokens. ``"sincos"`` (the default): the fixed 2-D
+        sin-cos table, a buffer that is not trained or saved. ``"learned"``: a trainable
+        ``(1, L, D)`` parameter initialised to that same table, as in the paper's code
+        (jqyin/sqg_vit); it adds ``L * D`` parameters and no FLOPs of note.
+    lead_time_convention : {"kit", "seed"}
+        What the linear lead-time embedding sees for a lead of ``t`` hours. ``"kit"`` (the
+        default): ``t / lead_time_scale_hours``. ``"seed"``: the paper code's
+        ``hrs_each_step * predict_range / 100`` with ``hrs_each_step = 1`` (all its configs)
+        and ``predict_range = t / lead_time_scale_hours`` data steps, i.e.
+        ``(t / lead_time_scale_hours) / 100``: 0.01 for one step.
     name : str
         Preset name (informational; not part of the architecture).
     """
@@ -88,6 +111,8 @@ class ViTConfig:
     drop_path_rate: float = 0.0
     lead_time_scale_hours: float = 12.0
     residual: bool = False
+    pos_embed: str = "sincos"
+    lead_time_convention: str = "kit"
     name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -130,6 +155,14 @@ class ViTConfig:
         # A strict bool: 0/1 or a quoted "no" would silently mean something else.
         if not isinstance(self.residual, bool):
             raise InputError(f"residual={self.residual!r} must be true or false (a bool)")
+        if self.pos_embed not in POS_EMBEDS:
+            raise InputError(f"pos_embed={self.pos_embed!r} is not one of {list(POS_EMBEDS)}: "
+                             "'sincos' is the fixed table, 'learned' a trained parameter")
+        if self.lead_time_convention not in LEAD_TIME_CONVENTIONS:
+            raise InputError(
+                f"lead_time_convention={self.lead_time_convention!r} is not one of "
+                f"{list(LEAD_TIME_CONVENTIONS)}: 'kit' feeds hours / lead_time_scale_hours, "
+                "'seed' the paper code's data steps / 100")
 
     @property
     def n_vars(self) -> int:

@@ -2,7 +2,8 @@
 
 Counts follow :class:`turbda_kit.surrogate.vit.ViT` exactly (a test checks
 ``count_parameters(cfg) == sum(p.numel() for p in ViT(cfg).parameters())``), so the big
-presets (1.2B, 2.5B parameters) can be sized on a laptop.
+presets (1.2B, 2.4B parameters) can be sized on a laptop. Print the table of every preset
+with ``python -m turbda_kit.surrogate.flops``.
 
 FLOPs convention (the one of the scaling literature and of :mod:`torch.utils.flop_counter`):
 only matrix products and convolutions are counted, a multiply-add is 2 FLOPs; LayerNorm,
@@ -15,22 +16,24 @@ paper.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
-from .config import ViTConfig
+from .config import ViTConfig, available_vit_configs, load_vit_config
 
 __all__ = ["ParameterBreakdown", "parameter_breakdown", "count_parameters", "forward_flops",
-           "training_flops", "achieved_tflops"]
+           "training_flops", "achieved_tflops", "preset_table"]
 
 
 @dataclass(frozen=True)
 class ParameterBreakdown:
-    """Parameters per component of the ViT (all trainable; the positional embedding is a
-    fixed buffer and not counted)."""
+    """Parameters per component of the ViT (all trainable). ``pos_embed`` is ``L * D`` for
+    ``pos_embed="learned"`` and 0 for the fixed sin-cos table (a buffer)."""
 
     patch_embed: int
     var_embed: int
     var_agg: int
+    pos_embed: int
     lead_time_embed: int
     blocks: int
     norm: int
@@ -39,8 +42,8 @@ class ParameterBreakdown:
     @property
     def total(self) -> int:
         """Sum over the components."""
-        return (self.patch_embed + self.var_embed + self.var_agg + self.lead_time_embed
-                + self.blocks + self.norm + self.head)
+        return (self.patch_embed + self.var_embed + self.var_agg + self.pos_embed
+                + self.lead_time_embed + self.blocks + self.norm + self.head)
 
 
 def _linear(n_in: int, n_out: int) -> int:
@@ -67,6 +70,7 @@ def parameter_breakdown(config: ViTConfig) -> ParameterBreakdown:
         patch_embed=v * d * p * p + v * d,
         var_embed=v * d,
         var_agg=d + _linear(d, d) + _linear(d, 2 * d) + _linear(d, d),  # query, q, kv, out
+        pos_embed=config.n_tokens * d if config.pos_embed == "learned" else 0,
         lead_time_embed=_linear(1, d),
         blocks=config.depth * block,
         norm=2 * d,
@@ -90,7 +94,9 @@ def forward_flops(config: ViTConfig) -> int:
     -------
     int
         FLOPs per sample. Dominant term ``depth * (24 L D^2 + 4 L^2 D)`` for
-        ``mlp_ratio = 4`` (``L`` tokens, ``D`` width).
+        ``mlp_ratio = 4`` (``L`` tokens, ``D`` width), so the patch size sets the cost:
+        halving it quadruples ``L``. The positional embedding (fixed or learned) and the
+        lead-time convention add no matmul FLOPs (one addition per token value).
     """
     d, v, p = config.embed_dim, config.n_vars, config.patch_size
     length, hidden = config.n_tokens, config.mlp_hidden_dim
@@ -129,3 +135,43 @@ def achieved_tflops(config: ViTConfig, samples_per_second: float, n_devices: int
         ``training_flops(config) * samples_per_second / n_devices / 1e12``.
     """
     return training_flops(config) * samples_per_second / max(n_devices, 1) / 1e12
+
+
+def preset_table(names: list[str] | None = None) -> str:
+    """A plain-text table of the presets' sizes: tokens, parameters, forward GFLOP.
+
+    Parameters
+    ----------
+    names : list of str, optional
+        Preset names; all shipped presets (:func:`available_vit_configs`) when omitted.
+
+    Returns
+    -------
+    str
+        One line per preset, exact parameter counts with thousands separators.
+    """
+    lines = [f"{'preset':<16}{'N':>5}{'p':>3}{'tokens':>8}{'D':>6}{'depth':>6}{'mlp':>5}"
+             f"{'pos':>9}{'parameters':>15}{'GFLOP/fwd':>11}"]
+    for name in names or available_vit_configs():
+        cfg = load_vit_config(name)
+        lines.append(f"{name:<16}{cfg.img_size:>5}{cfg.patch_size:>3}{cfg.n_tokens:>8}"
+                     f"{cfg.embed_dim:>6}{cfg.depth:>6}{cfg.mlp_ratio:>5g}{cfg.pos_embed:>9}"
+                     f"{count_parameters(cfg):>15,}{_gflop(forward_flops(cfg)):>11}")
+    return "\n".join(lines)
+
+
+def _gflop(flops: int) -> str:
+    gflop = flops / 1e9
+    return f"{gflop:,.0f}" if gflop >= 1000 else f"{gflop:.4g}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m turbda_kit.surrogate.flops [PRESET ...]``: print :func:`preset_table`."""
+    parser = argparse.ArgumentParser(description="Parameter counts and forward FLOPs of the "
+                                                 "ViT presets (analytic, nothing is built).")
+    parser.add_argument("presets", nargs="*", help="preset names (default: all)")
+    print(preset_table(parser.parse_args(argv).presets or None))
+
+
+if __name__ == "__main__":
+    main()

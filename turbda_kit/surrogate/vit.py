@@ -7,7 +7,9 @@ per side, patch side ``p``, ``L = (N/p)**2`` patches, width ``D``):
    variable) -> ``(B, V, L, D)``, plus a learned embedding per variable;
 2. variable aggregation: at every patch, one cross-attention with a learned query over the
    ``V`` variable tokens -> ``(B, L, D)``;
-3. fixed 2-D sin-cos positional embedding and a linear lead-time embedding are added;
+3. a 2-D positional embedding (the fixed sin-cos table, or with ``pos_embed="learned"`` a
+   trained parameter starting from it) and a linear lead-time embedding are added (its
+   input follows ``config.lead_time_convention``: see :func:`lead_time_input`);
 4. ``depth`` pre-norm transformer blocks (multi-head self-attention through
    :func:`torch.nn.functional.scaled_dot_product_attention`, GELU MLP, dropout, stochastic
    depth);
@@ -36,10 +38,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import InputError
-from .config import ViTConfig
+from .config import SEED_LEAD_TIME_DIVISOR, ViTConfig
 
-__all__ = ["ViT", "Block", "sincos_pos_embed_2d", "patchify", "unpatchify", "save_surrogate",
-           "load_surrogate"]
+__all__ = ["ViT", "Block", "sincos_pos_embed_2d", "lead_time_input", "patchify", "unpatchify",
+           "save_surrogate", "load_surrogate"]
 
 
 def sincos_pos_embed_2d(grid_patches: int, embed_dim: int, dtype: torch.dtype = torch.float32,
@@ -73,6 +75,31 @@ def sincos_pos_embed_2d(grid_patches: int, embed_dim: int, dtype: torch.dtype = 
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
     return torch.cat([encode(gx), encode(gy)], dim=1).to(dtype)
+
+
+def lead_time_input(lead_time_hours: Tensor, config: ViTConfig) -> Tensor:
+    """The scalar the lead-time embedding sees for each lead time.
+
+    Parameters
+    ----------
+    lead_time_hours : Tensor
+        ``(B,)`` lead times, hours.
+    config : ViTConfig
+        ``lead_time_convention`` and ``lead_time_scale_hours`` are read.
+
+    Returns
+    -------
+    Tensor
+        ``(B,)``, same dtype: ``t / lead_time_scale_hours`` ("kit"), or
+        ``(t / lead_time_scale_hours) / 100`` ("seed": the paper code's
+        ``hrs_each_step * predict_range / 100`` with ``hrs_each_step = 1``; for a whole
+        number of steps both round the same way, so one 12-h step of 12-hourly data gives
+        the float nearest 0.01 exactly as the seed's integer ``1 / 100`` does).
+    """
+    steps = lead_time_hours / config.lead_time_scale_hours
+    if config.lead_time_convention == "seed":
+        return steps / SEED_LEAD_TIME_DIVISOR
+    return steps
 
 
 def patchify(fields: Tensor, patch_size: int) -> Tensor:
@@ -236,9 +263,13 @@ class ViT(nn.Module):
                                      groups=n_vars)
         self.var_embed = nn.Parameter(torch.zeros(1, n_vars, 1, dim))
         self.var_agg = VariableAggregation(dim, config.num_heads)
-        self.register_buffer(
-            "pos_embed", sincos_pos_embed_2d(config.grid_patches, dim).unsqueeze(0),
-            persistent=False)
+        if config.pos_embed == "learned":
+            # Filled with the sin-cos table by reset_parameters (the seed's initialisation).
+            self.pos_embed = nn.Parameter(torch.zeros(1, config.n_tokens, dim))
+        else:
+            self.register_buffer(
+                "pos_embed", sincos_pos_embed_2d(config.grid_patches, dim).unsqueeze(0),
+                persistent=False)
         self.lead_time_embed = nn.Linear(1, dim)
         self.pos_drop = nn.Dropout(config.drop_rate)
         # Python floats, not torch.linspace: construction must also work on the meta device.
@@ -257,8 +288,10 @@ class ViT(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """(Re)initialise all weights: truncated normal (std 0.02) for matrices and
-        embeddings, zero biases, unit LayerNorm scales; with ``config.residual`` the head's
-        output layer is then zeroed (so the model starts as the identity map).
+        embeddings, zero biases, unit LayerNorm scales; a learned positional embedding
+        starts as the 2-D sin-cos table (no draws, so every other weight equals the sin-cos
+        model's); with ``config.residual`` the head's output layer is then zeroed (so the
+        model starts as the identity map).
 
         Parameters
         ----------
@@ -271,7 +304,10 @@ class ViT(nn.Module):
         for name, param in self.named_parameters():
             if param.device.type == "meta":
                 continue
-            if name.endswith("bias"):
+            if name == "pos_embed":
+                param.copy_(sincos_pos_embed_2d(self.config.grid_patches, self.config.embed_dim)
+                            .unsqueeze(0))
+            elif name.endswith("bias"):
                 param.zero_()
             elif ".norm" in f".{name}" and name.endswith("weight"):
                 param.fill_(1.0)
@@ -317,8 +353,9 @@ class ViT(nn.Module):
         tokens = self.patch_embed(fields)                    # (B, V*D, h, h)
         tokens = tokens.reshape(b, cfg.n_vars, cfg.embed_dim, cfg.n_tokens).transpose(2, 3)
         tokens = self.var_agg(tokens + self.var_embed)        # (B, L, D)
-        lead_embed = self.lead_time_embed((lead / cfg.lead_time_scale_hours).unsqueeze(-1))
-        # The fixed buffer follows the activations' dtype (DeepSpeed bf16 casts only params).
+        lead_embed = self.lead_time_embed(lead_time_input(lead, cfg).unsqueeze(-1))
+        # The fixed buffer follows the activations' dtype (DeepSpeed bf16 casts only params);
+        # for a learned (parameter) table this is a no-op or a differentiable cast.
         pos_embed = self.pos_embed.to(tokens.dtype)
         tokens = self.pos_drop(tokens + pos_embed + lead_embed.unsqueeze(1))
         for block in self.blocks:
