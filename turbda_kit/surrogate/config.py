@@ -1,9 +1,13 @@
 """Configuration of the ViT surrogate: a frozen dataclass, YAML presets, validation.
 
 Presets live in ``turbda_kit/configs/vit/<name>.yaml`` and are named after their use
-(``tiny`` for tests and the quickstart, ``sqg_64`` ... ``sqg_256`` for the paper's scaling
-runs, ``sqg_64_coupled`` for the coupled ViT+EnSF experiments). A YAML file holds the model
-keys at top level and, optionally, a ``train:`` mapping of training defaults that the
+(``tiny`` for tests and the quickstart, ``sqg_64_cpu`` for CPU training, ``sqg_64`` ...
+``sqg_256`` for the paper's scaling runs, ``sqg_64_coupled`` for the coupled ViT+EnSF
+experiments). The four paper presets are the architectures of the paper's code (github
+jqyin/sqg_vit, ``configs/<name>.yaml``), with its learned positional embedding and
+lead-time input, so its checkpoints load
+(:func:`turbda_kit.surrogate.seed_checkpoint.load_seed_checkpoint`). A YAML file holds the
+model keys at top level and, optionally, a ``train:`` mapping of training defaults that the
 trainer reads (see :class:`turbda_kit.surrogate.trainer.TrainConfig`).
 
 Example
