@@ -255,6 +255,15 @@ def test_bare_state_dicts_with_or_without_prefix_load(tmp_path):
     assert torch.equal(first, load_seed_checkpoint(tmp_path / "prefixed.pt", cfg)(fields, 12.0))
 
 
+def test_half_precision_weights_load_as_float32(tmp_path):
+    cfg = CONFIGS["two_vars_patch_2"]
+    state = {k: t.half() for k, t in seed_layout_state(cfg).items()}
+    torch.save(lightning_checkpoint(state), tmp_path / "fp16.ckpt")
+    model = load_seed_checkpoint(tmp_path / "fp16.ckpt", cfg)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert torch.equal(model.pos_embed.detach(), state["pos_embed"].float())
+
+
 def test_released_coupled_layout_fits_its_preset_on_meta():
     # The released checkpoint (configs/sqg_64_coupled.yaml: patch 2, 1024 wide, 8 blocks,
     # mlp_ratio 4) maps key for key and shape for shape onto the preset: 108.1M parameters.
