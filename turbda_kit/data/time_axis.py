@@ -25,6 +25,7 @@ Examples
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -114,8 +115,10 @@ def _reference_date(units: str) -> np.datetime64 | None:
         return None
     text = since[1]
     try:
-        return np.datetime64(text.replace(" ", "T", 1), "ns")
-    except ValueError:
+        with warnings.catch_warnings():  # numpy only warns about a time zone: pandas below
+            warnings.simplefilter("error")
+            return np.datetime64(text.replace(" ", "T", 1), "ns")
+    except (ValueError, UserWarning, DeprecationWarning):
         pass
     try:  # time zones, unpadded fields, ...: pandas is loaded whenever xarray decoded dates
         import pandas as pd
