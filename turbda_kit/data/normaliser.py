@@ -64,7 +64,7 @@ def denormalise(x: ArrayLike, mean: ArrayLike, std: ArrayLike) -> ArrayLike:
     return x * _stats_like(x, std) + _stats_like(x, mean)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Normaliser:
     """Per-variable mean and std of the training split, with the two transforms.
 
@@ -93,6 +93,15 @@ class Normaliser:
         object.__setattr__(self, "variables", variables)
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Normaliser):
+            return NotImplemented
+        return (self.variables == other.variables and np.array_equal(self.mean, other.mean)
+                and np.array_equal(self.std, other.std))
+
+    def __hash__(self) -> int:
+        return hash((self.variables, self.mean.tobytes(), self.std.tobytes()))
 
     def normalise(self, x: ArrayLike) -> ArrayLike:
         """See :func:`normalise`."""

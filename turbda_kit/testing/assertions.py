@@ -90,7 +90,8 @@ def assert_datasets_identical(actual: Any, expected: Any, *, check_attrs: bool =
                 if count:
                     where = tuple(int(i) for i in np.argwhere(differ)[0])
                     problems.append(f"{name}: {count} of {va.size} values differ, first at "
-                                    f"{dict(zip(a.dims, where))}: {va[where]!r} vs {vb[where]!r}")
+                                    f"{dict(zip(a.dims, where))}: {va[where].item()!r} vs "
+                                    f"{vb[where].item()!r}")
                 else:
                     problems.append(f"{name}: values equal but not bit for bit (NaN payloads)")
         if check_attrs:
@@ -144,7 +145,8 @@ def assert_ensembles_close(actual: Any, expected: Any, *, rtol: float = 1e-7,
         f"ensembles differ beyond rtol={rtol:g}, atol={atol:g} in {len(members)} of {len(a)} "
         f"members {members[:10]}{' ...' if len(members) > 10 else ''}: "
         f"{int((~close).sum())} values, worst at member {worst[0]}, index {worst[1:]}: "
-        f"{a64[worst]!r} vs {b64[worst]!r} (|diff| {abs(a64[worst] - b64[worst]):.3g})")
+        f"{a64[worst].item()!r} vs {b64[worst].item()!r} "
+        f"(|diff| {abs(a64[worst] - b64[worst]):.3g})")
 
 
 def _time_is_decodable(time: Any) -> str | None:
