@@ -156,9 +156,13 @@ def test_a_run_killed_during_sharding_resumes_and_repairs_bad_files(nature, refe
         preprocess(nature, root, **SETTINGS, via_chunks=via_chunks, hook=crash_at("day", 2))
     # Damage one finished shard (and one chunk): both must be detected and rewritten.
     (root / "train" / "0_1.npz").write_bytes(b"not a zip file")
+    stale = root / "test" / ".4_0.npz.tmp-123-456-abcdef.npz"  # a write cut off by the kill
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"PK\x03\x04 half an archive")
     if via_chunks:
         chunk_path(root, 7).write_bytes(b"garbage")
     summary = preprocess(nature, root, **SETTINGS, via_chunks=via_chunks, keep_chunks=True)
+    assert not stale.exists()  # a finished root holds no temporaries
     expected_chunks = (1, 7) if via_chunks else (0, 0)
     assert (summary.chunks_written, summary.chunks_skipped) == expected_chunks
     assert summary.days_skipped == 2 and summary.days_written == 4  # days 1 and 2 (day 0 damaged)

@@ -25,6 +25,7 @@ Example
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import re
@@ -336,7 +337,7 @@ def open_shards(root: str | os.PathLike, variables: Sequence[str] | None = None,
     return ShardCatalog(root, variables, hours_per_step, normaliser)
 
 
-_MOVED = {"Normaliser": "normaliser", "normalise": "normaliser", "denormalise": "normaliser",
+_MOVED = {"normalise": "normaliser", "denormalise": "normaliser",
           "ForecastShards": "datasets", "ForecastSamples": "datasets", "partition": "datasets"}
 
 
@@ -344,8 +345,6 @@ def __getattr__(name: str) -> Any:
     # The datasets and the normaliser moved to their own modules; importable from here for a
     # while so that callers can move at their own pace.
     if name in _MOVED:
-        import importlib
-
         module = f"turbda_kit.data.{_MOVED[name]}"
         warnings.warn(f"turbda_kit.data.shards.{name} moved to {module}.{name} (also exported "
                       "by turbda_kit.data)", DeprecationWarning, stacklevel=2)

@@ -160,8 +160,12 @@ class NpzShardWriter:
         return [task(shard) for shard in range(self.plan.num_shards)]
 
     def finalize(self, stats: dict[str, DayStatistics]) -> None:
-        """Rank 0: statistics, climatologies and coordinates."""
+        """Rank 0, every shard written: statistics, climatologies and coordinates; the
+        temporary files of a run killed mid-write are removed."""
         root, names = self.plan.root, self.plan.names
+        for folder in (root, *(root / split for split in SPLITS)):
+            for stale in folder.glob(".*.tmp-*"):  # turbda_kit.io.atomic_path's names
+                stale.unlink(missing_ok=True)
         train = stats["train"].scalar
         std = train.std()
         save_npz(root / "normalize_mean.npz",

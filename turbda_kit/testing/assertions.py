@@ -199,9 +199,16 @@ def assert_cf_complete(ds: Any, *, require_time: bool = True) -> None:
     _fail(problems, "dataset is not CF-complete")
 
 
+def _array_files(root: Path) -> list[Path]:
+    """The ``.npy``/``.npz`` files of a root, without hidden ones (the temporaries of
+    :func:`turbda_kit.io.atomic_path` that a killed writer leaves)."""
+    return sorted(p for p in root.rglob("*.np[yz]")
+                  if not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
 def _arrays_of(root: Path) -> dict[str, np.ndarray]:
     found = {}
-    for path in sorted(root.rglob("*.np[yz]")):
+    for path in _array_files(root):
         rel = str(path.relative_to(root))
         if path.suffix == ".npy":
             found[rel] = np.load(path, allow_pickle=False)
@@ -215,6 +222,8 @@ def assert_shard_roots_identical(actual: str | os.PathLike, expected: str | os.P
                                  exclude: Iterable[str] = (), check_files: bool = True
                                  ) -> None:
     """Assert two shard roots hold the same arrays, bit for bit, and the same ``.np[yz]`` files.
+
+    Hidden files (a killed writer's temporaries) are not part of a root and are left out.
 
     Parameters
     ----------
@@ -247,7 +256,7 @@ def assert_shard_roots_identical(actual: str | os.PathLike, expected: str | os.P
             problems.append(f"{key}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}, "
                             f"{'values' if a.shape == b.shape else 'shapes'} differ")
     if check_files and not problems:
-        files = sorted(str(p.relative_to(a_root)) for p in a_root.rglob("*.np[yz]"))
+        files = [str(p.relative_to(a_root)) for p in _array_files(a_root)]
         for rel in (f for f in files if kept(f)):
             if (a_root / rel).read_bytes() != (b_root / rel).read_bytes():
                 problems.append(f"{rel}: same arrays, different file bytes")

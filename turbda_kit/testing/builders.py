@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from ..data.preprocess import preprocess
 from ..data.splits import SECONDS_PER_DAY, SPLITS, SplitDays, variable_names
 from ..data.time_axis import time_attrs
 from ..data.validation import check_positive_int
 from ..errors import InputError
+from ..io import write_dataset
 
 __all__ = ["small_ensemble", "synthetic_nature_run", "synthetic_shard_root"]
 
@@ -110,8 +112,6 @@ def synthetic_shard_root(root: str | os.PathLike, *, layout: str = "kit",
     Path
         ``root``.
     """
-    from ..io import write_dataset
-
     if layout not in LAYOUTS:
         raise InputError(f"layout={layout!r} must be one of {', '.join(LAYOUTS)}")
     days = SplitDays(*(int(d) for d in split_days))
@@ -121,8 +121,6 @@ def synthetic_shard_root(root: str | os.PathLike, *, layout: str = "kit",
     root = Path(root)
     nature = synthetic_nature_run(days.end_day, steps_per_day, grid, seed=seed, dtype=dtype)
     if layout == "kit":
-        from ..data.preprocess import preprocess
-
         if tuple(splits) != SPLITS:
             raise InputError("the kit layout always holds train, val and test: leave splits")
         source = root.with_name(f"{root.name}_nature.nc")
