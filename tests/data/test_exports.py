@@ -10,6 +10,15 @@ import pytest
 import turbda_kit.data as data
 
 
+def test_every_modules_public_names_are_exported():
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(data.__path__):
+        names = getattr(importlib.import_module(f"turbda_kit.data.{module.name}"), "__all__", [])
+        assert set(names) <= set(data.__all__), (module.name, set(names) - set(data.__all__))
+
+
 def test_every_exported_name_resolves():
     for name in data.__all__:
         assert getattr(data, name) is not None, name
