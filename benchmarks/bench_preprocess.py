@@ -45,6 +45,7 @@ def make_nature_run(path: Path, size_gb: float, grid: int, steps_per_day: int) -
     """Write a synthetic nature run of about ``size_gb`` GB; returns the number of days."""
     import xarray as xr
 
+    from turbda_kit.data.time_axis import time_attrs
     from turbda_kit.io import write_dataset
 
     bytes_per_day = steps_per_day * 2 * grid * grid * 4
@@ -60,7 +61,7 @@ def make_nature_run(path: Path, size_gb: float, grid: int, steps_per_day: int) -
     dt = 86400.0 / steps_per_day
     ds = xr.Dataset(
         {"theta": (("time", "z", "y", "x"), theta, {"units": "K"})},
-        coords={"time": ("time", dt * np.arange(n_time), {"units": "s"}),
+        coords={"time": ("time", dt * np.arange(n_time), time_attrs("time since time zero")),
                 "z": ("z", [0.0, 10000.0], {"units": "m"}),
                 "y": ("y", 20000.0 * np.arange(grid), {"units": "m"}),
                 "x": ("x", 20000.0 * np.arange(grid), {"units": "m"})})

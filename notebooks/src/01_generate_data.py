@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from turbda_kit.data.nature import sqg_nature_run
+from turbda_kit.data import sqg_nature_run, time_seconds
 from turbda_kit.device import resolve_device
 from turbda_kit.errors import InputError
 from turbda_kit.io import open_dataset
@@ -63,7 +63,7 @@ print(f"theta: {theta.shape[0]} times, range {float(theta.min()):.1f} .. "
 # %%
 last = theta.isel(time=-1)
 x_km, y_km = ds["x"].values / 1e3, ds["y"].values / 1e3
-hours = float(ds["time"][-1]) / 3600.0
+hours = float(time_seconds(ds)[-1]) / 3600.0  # time decodes to dates from a nominal 2000-01-01
 plot = fields({f"surface (z = 0), t = {hours:.0f} h": last.sel(z=0.0).values,
                f"lid (z = H), t = {hours:.0f} h": last.isel(z=1).values},
               x_km=x_km, y_km=y_km, units="theta (K)")

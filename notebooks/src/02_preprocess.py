@@ -2,7 +2,7 @@
 # # 02 — preprocess: nature run → training shards
 # Reads the SQG nature run day by day (optionally through chunk files first, the split
 # stage) and writes the training / validation / test shards in the ClimaX layout (`{split}/{day}_{shard}.npz`, `normalize_mean.npz`,
-# `normalize_std.npz`, `{split}/climatology.npz`, `y.npy`, `x.npy`) or one zarr store,
+# `normalize_std.npz`, `{split}/climatology.npz`, `y.npy`, `x.npy`, and `lat.npy`/`lon.npy` for the seed's loader) or one zarr store,
 # with statistics from the training days only. Launched with `mpiexec`/`srun`, every rank
 # takes a share of the days (and chunks); the result is bit-identical to a serial run.
 # Re-running into the same directory resumes an interrupted run.
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from turbda_kit.data.preprocess import preprocess, synthetic_nature_run
-from turbda_kit.data.shards import ForecastSamples, open_shards
+from turbda_kit.data import ForecastSamples, open_shards, preprocess
 from turbda_kit.errors import InputError
 from turbda_kit.io import write_dataset
 from turbda_kit.parallel.mpi import get_comm
+from turbda_kit.testing import synthetic_nature_run
 
 comm = get_comm()  # COMM_WORLD when launched by mpiexec/srun, else a serial stand-in
 rank, size = comm.Get_rank(), comm.Get_size()

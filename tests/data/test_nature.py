@@ -10,11 +10,15 @@ import torch
 import xarray as xr
 
 from turbda_kit.data.nature import nature_paths, sqg_nature_run
+from turbda_kit.data.time_axis import TIME_UNITS, time_seconds
 from turbda_kit.errors import DivergenceError, InputError
 from turbda_kit.models.sqg import SQGModel, bao2024_sqg64, pv_to_theta, random_initial_state
+from turbda_kit.testing import assert_cf_complete, assert_datasets_identical
 
 DAY = 86400.0
 INTERVAL = 43200.0
+# Attributes that record when a run happened, which differ between equal runs.
+PROVENANCE_TIMES = ("finished_utc", "provenance_created_utc")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -70,10 +74,19 @@ def test_output_schema(reference_runs, fmt):
     assert ds.theta.dims == ("time", "z", "y", "x")
     assert ds.theta.shape == (7, 2, 16, 16) and ds.theta.dtype == np.float32
     assert ds.theta.attrs["units"] == "K" and "long_name" in ds.theta.attrs
-    for name, units in (("time", "s"), ("z", "m"), ("y", "m"), ("x", "m")):
-        assert ds[name].attrs["units"] == units and ds[name].attrs["long_name"]
-    assert ds.time.dtype == np.float64
-    np.testing.assert_array_equal(ds.time.values, np.arange(7) * INTERVAL)
+    for name in ("z", "y", "x"):
+        assert ds[name].attrs["units"] == "m" and ds[name].attrs["long_name"]
+    assert_cf_complete(ds)
+    # CF time: decoded to dates from the nominal time zero; seconds since the first output.
+    assert ds.time.encoding["units"] == TIME_UNITS == "seconds since 2000-01-01 00:00:00"
+    assert ds.time.encoding["calendar"] == "proleptic_gregorian"
+    assert str(ds.time.values[1])[:19] == "2000-01-01T12:00:00"
+    np.testing.assert_array_equal(time_seconds(ds), np.arange(7) * INTERVAL)
+    engine = "zarr" if fmt == "zarr" else "netcdf4"
+    with xr.open_dataset(ds.attrs["_path"], engine=engine, decode_times=False) as raw:
+        assert raw.time.dtype == np.float64  # stored as before: float64 seconds
+        np.testing.assert_array_equal(raw.time.values, np.arange(7) * INTERVAL)
+        assert raw.time.attrs["long_name"] and raw.time.attrs["axis"] == "T"
     np.testing.assert_array_equal(ds.z.values, [0.0, p.H])
     np.testing.assert_allclose(ds.x.values, np.arange(16) * p.dx)
     np.testing.assert_allclose(ds.y.values, np.arange(16) * p.dx)
@@ -125,8 +138,8 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, reference_runs, fmt, kil
         assert load(path).attrs["complete"] == "false"
     resumed = load(run(path))
     assert resumed.attrs["complete"] == "true" and "resumed_utc" in resumed.attrs
-    np.testing.assert_array_equal(resumed.theta.values, reference_runs[fmt].theta.values)
-    np.testing.assert_array_equal(resumed.time.values, reference_runs[fmt].time.values)
+    assert_datasets_identical(resumed, reference_runs[fmt],
+                              ignore_attrs=PROVENANCE_TIMES + ("resumed_utc", "_path"))
     assert not paths["checkpoint"].exists() and not paths["parts"].exists()
 
 

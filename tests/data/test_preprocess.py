@@ -14,22 +14,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from turbda_kit.data.preprocess import (
+from turbda_kit.data.chunking import (
     CHUNK_DIR,
-    SplitDays,
-    _layout_netcdf4,
-    _layout_xarray,
-    _SourceReader,
     chunk_is_valid,
     chunk_meta_path,
     chunk_path,
-    inspect_nature_run,
-    preprocess,
     split_nature_run,
-    synthetic_nature_run,
 )
+from turbda_kit.data.preprocess import preprocess
+from turbda_kit.data.readers import (
+    NatureRunReader,
+    _layout_netcdf4,
+    _layout_xarray,
+    inspect_nature_run,
+)
+from turbda_kit.data.splits import SplitDays
 from turbda_kit.errors import InputError
 from turbda_kit.io import write_dataset
+from turbda_kit.testing import assert_shard_roots_identical, synthetic_nature_run
 
 from ..conftest import run_mpi
 
@@ -60,33 +62,6 @@ def theta(nature: Path) -> np.ndarray:
 
     with xr.open_dataset(nature) as ds:
         return ds.theta.transpose("time", "z", "y", "x").values
-
-
-def arrays_of(root: Path) -> dict[str, np.ndarray]:
-    """Every array under ``root`` (npz members and npy files), keyed by relative path."""
-    found = {}
-    for path in sorted(root.rglob("*.np[yz]")):
-        rel = str(path.relative_to(root))
-        if path.suffix == ".npy":
-            found[rel] = np.load(path)
-        else:
-            with np.load(path) as npz:
-                found.update({f"{rel}:{k}": npz[k] for k in npz.files})
-    return found
-
-
-def assert_same_arrays(a: Path, b: Path) -> None:
-    left, right = arrays_of(a), arrays_of(b)
-    assert sorted(left) == sorted(right)
-    for key in left:
-        assert left[key].dtype == right[key].dtype, key
-        assert left[key].shape == right[key].shape, key
-        assert left[key].tobytes() == right[key].tobytes(), key
-    # The npz writer stamps a fixed date, so equal arrays also give equal files.
-    files = sorted(p.relative_to(a) for p in a.rglob("*.np[yz]"))
-    assert files == sorted(p.relative_to(b) for p in b.rglob("*.np[yz]"))
-    for rel in files:
-        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
 
 def test_layout_matches_climax(reference):
@@ -168,7 +143,7 @@ def test_a_run_killed_during_the_split_resumes_identically(nature, reference, tm
     assert json.loads((root / "manifest.json").read_text())["status"] == "running"
     summary = preprocess(nature, root, **SETTINGS, via_chunks=True)
     assert (summary.chunks_skipped, summary.chunks_written) == (2, 6)
-    assert_same_arrays(root, reference)  # the reference was made without chunks
+    assert_shard_roots_identical(root, reference)  # the reference was made without chunks
     assert not (root / CHUNK_DIR).exists()
 
 
@@ -181,16 +156,17 @@ def test_a_run_killed_during_sharding_resumes_and_repairs_bad_files(nature, refe
         preprocess(nature, root, **SETTINGS, via_chunks=via_chunks, hook=crash_at("day", 2))
     # Damage one finished shard (and one chunk): both must be detected and rewritten.
     (root / "train" / "0_1.npz").write_bytes(b"not a zip file")
+    stale = root / "test" / ".4_0.npz.tmp-123-456-abcdef.npz"  # a write cut off by the kill
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"PK\x03\x04 half an archive")
     if via_chunks:
         chunk_path(root, 7).write_bytes(b"garbage")
     summary = preprocess(nature, root, **SETTINGS, via_chunks=via_chunks, keep_chunks=True)
+    assert not stale.exists()  # a finished root holds no temporaries
     expected_chunks = (1, 7) if via_chunks else (0, 0)
     assert (summary.chunks_written, summary.chunks_skipped) == expected_chunks
     assert summary.days_skipped == 2 and summary.days_written == 4  # days 1 and 2 (day 0 damaged)
-    arrays = {k: v for k, v in arrays_of(root).items() if not k.startswith(CHUNK_DIR)}
-    reference_arrays = arrays_of(reference)
-    assert sorted(arrays) == sorted(reference_arrays)
-    assert all(arrays[k].tobytes() == reference_arrays[k].tobytes() for k in arrays)
+    assert_shard_roots_identical(root, reference, exclude=(CHUNK_DIR,))
 
 
 def test_a_root_started_through_chunks_resumes_directly(nature, reference, tmp_path):
@@ -203,7 +179,7 @@ def test_a_root_started_through_chunks_resumes_directly(nature, reference, tmp_p
     assert (summary.days_skipped, summary.days_written) == (2, 4)
     assert (summary.chunks_written, summary.chunks_skipped) == (0, 0)
     assert not (root / CHUNK_DIR).exists()  # leftovers removed with the chunk directory
-    assert_same_arrays(root, reference)
+    assert_shard_roots_identical(root, reference)
 
 
 def test_other_settings_in_the_same_root_are_refused(nature, reference, tmp_path):
@@ -242,7 +218,7 @@ def test_bad_input_is_refused_with_a_clear_message(nature, tmp_path, changes, me
 def test_the_number_of_worker_threads_does_not_change_a_byte(nature, reference, tmp_path,
                                                              workers):
     preprocess(nature, tmp_path / "out", **SETTINGS, workers=workers)
-    assert_same_arrays(tmp_path / "out", reference)
+    assert_shard_roots_identical(tmp_path / "out", reference)
 
 
 def test_missing_file_and_irregular_times_are_refused(tmp_path):
@@ -323,10 +299,7 @@ def test_the_chunk_pipeline_equals_the_direct_one_byte_for_byte(nature, referenc
     assert (summary.chunks_written, summary.chunks_skipped) == (8, 0)
     assert chunk_path(root, 0).name == "chunk_00000.npy"
     assert np.array_equal(np.load(chunk_path(root, 1)), theta(nature)[3:6])  # all levels
-    arrays = {k: v for k, v in arrays_of(root).items() if not k.startswith(CHUNK_DIR)}
-    reference_arrays = arrays_of(reference)
-    assert sorted(arrays) == sorted(reference_arrays)
-    assert all(arrays[k].tobytes() == reference_arrays[k].tobytes() for k in arrays)
+    assert_shard_roots_identical(root, reference, exclude=(CHUNK_DIR,))
     a = json.loads((root / "manifest.json").read_text())
     b = json.loads((reference / "manifest.json").read_text())
     assert a["settings"] == b["settings"] and a["statistics"] == b["statistics"]
@@ -372,7 +345,7 @@ def test_netcdf4_and_xarray_describe_a_nature_run_alike(nature, tmp_path):
     for name in ("seconds", "z", "y", "x", "first", "last"):
         a, b = getattr(fast, name), getattr(slow, name)
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), name
-    with _SourceReader(nature, inspect_nature_run(nature)) as reader:
+    with NatureRunReader(nature, inspect_nature_run(nature)) as reader:
         assert reader.raw
         assert np.array_equal(reader.read(5, 9), theta(nature)[5:9])
     # Other order of dims, packed integers, a zarr store: xarray reads those.
@@ -392,7 +365,7 @@ def test_compressed_sources_and_level_orders_read_exactly(nature, tmp_path):
     source = theta(nature)
     for path in (nature, compressed):
         info = inspect_nature_run(path, levels=[10000.0, 0.0])  # reversed: not a slice
-        with _SourceReader(path, info) as reader:
+        with NatureRunReader(path, info) as reader:
             assert reader.raw
             assert np.array_equal(reader.read(3, 11), source[3:11][:, [1, 0]])
             out = np.empty((2, 2, GRID, GRID), dtype=np.float32)
@@ -406,7 +379,7 @@ def test_compressed_sources_and_level_orders_read_exactly(nature, tmp_path):
         summary = preprocess(compressed, roots[-1], **SETTINGS, levels=[10000.0, 0.0],
                              via_chunks=via_chunks)
         assert summary.variables == ["sqg_10000", "sqg_0"]
-    assert_same_arrays(*roots)
+    assert_shard_roots_identical(*roots)
     with np.load(roots[0] / "test" / "5_0.npz") as npz:
         assert np.array_equal(npz["sqg_0"][:, 0], source[20:22, 0])
 
@@ -422,7 +395,7 @@ def test_packed_and_reordered_sources_are_decoded_through_xarray(tmp_path):
     write_dataset(ds.transpose("time", "y", "x", "z"), reordered)
     for path in (packed, reordered):
         info = inspect_nature_run(path)
-        with _SourceReader(path, info) as reader:
+        with NatureRunReader(path, info) as reader:
             assert not reader.raw
         root = tmp_path / f"shards_{path.stem}"
         preprocess(path, root, **SETTINGS)
@@ -452,7 +425,7 @@ def test_two_ranks_write_byte_identical_shards_and_statistics(nature, reference,
     assert proc.returncode == 0, proc.stderr
     assert "chunks_written=0" in proc.stdout and "days_written=6" in proc.stdout
     if fmt == "npz":
-        assert_same_arrays(root, reference)
+        assert_shard_roots_identical(root, reference)
         return
     import zarr
 
@@ -508,7 +481,7 @@ def test_two_ranks_via_chunks_equal_the_serial_direct_run(nature, reference, tmp
     proc = run_mpi(2, [modes_script(tmp_path), str(nature), str(root), "chunks"], timeout=240)
     assert proc.returncode == 0, proc.stderr
     assert "chunks_written=8" in proc.stdout and "days_written=6" in proc.stdout
-    assert_same_arrays(root, reference)
+    assert_shard_roots_identical(root, reference)
 
 
 @pytest.mark.mpi
@@ -525,7 +498,7 @@ def test_a_crash_on_one_rank_aborts_the_job_and_a_rerun_resumes(nature, referenc
     assert resumed.returncode == 0, resumed.stderr
     skipped = "chunks_skipped=" if mode == "chunks" else "days_skipped="
     assert skipped in resumed.stdout and f"{skipped}0" not in resumed.stdout, resumed.stdout
-    assert_same_arrays(root, reference)
+    assert_shard_roots_identical(root, reference)
 
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,18 +10,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from turbda_kit.data.preprocess import preprocess, synthetic_nature_run
-from turbda_kit.data.shards import (
-    ForecastSamples,
-    ForecastShards,
-    Normaliser,
-    denormalise,
-    normalise,
-    open_shards,
-    partition,
-)
+from turbda_kit.data.datasets import ForecastSamples, ForecastShards, partition
+from turbda_kit.data.normaliser import Normaliser, denormalise, normalise
+from turbda_kit.data.preprocess import preprocess
+from turbda_kit.data.shards import open_shards
 from turbda_kit.errors import InputError
 from turbda_kit.io import write_dataset
+from turbda_kit.testing import synthetic_nature_run
 
 STEPS_PER_DAY, GRID = 8, 8  # 3-hourly output
 SETTINGS = dict(start_train_day=0, start_val_day=4, start_test_day=5, end_day=7,

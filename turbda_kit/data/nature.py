@@ -5,8 +5,10 @@ scored against. :func:`sqg_nature_run` writes it as an xarray Dataset
 
 * ``theta (time, z, y, x)`` float32, K: boundary potential temperature anomaly
   (``pv * scalefact``) at the surface (``z = 0``) and the lid (``z = H``);
-* coordinates ``time`` (s since the first output, which is the spun-up state), ``z``,
-  ``y``, ``x`` (m), with CF ``units``/``long_name``;
+* coordinates ``time`` (float64 seconds since the first output, which is the spun-up
+  state, in the CF units ``"seconds since 2000-01-01 00:00:00"``: xarray decodes them to
+  dates, see :mod:`turbda_kit.data.time_axis`), ``z``, ``y``, ``x`` (m), with CF
+  ``units``/``long_name``;
 * ``attrs``: the model parameters (``sqg_*``), the run settings, provenance
   (``provenance_*``), a ``run_fingerprint`` and ``complete = "true"`` once finished.
 
@@ -57,6 +59,7 @@ from ..errors import DivergenceError, InputError
 from ..io import atomic_path, write_dataset
 from ..models.sqg import SQGModel, SQGParams, pv_to_theta, random_initial_state
 from ..progress import progress_bar
+from .time_axis import time_attrs
 
 __all__ = ["sqg_nature_run", "nature_paths", "FORMAT_SUFFIXES"]
 
@@ -64,6 +67,7 @@ DAY_SECONDS = 86400.0
 FORMAT_SUFFIXES = {"nc": ".nc", "zarr": ".zarr"}
 _CHECKPOINT_VERSION = 1
 _PART_RE = re.compile(r"^part-(\d{8})\.nc$")
+_TIME_ATTRS = time_attrs("time since the first output (the spun-up state)")
 
 
 def nature_paths(path: str | os.PathLike) -> dict[str, Path]:
@@ -344,8 +348,7 @@ def _coords(plan: dict[str, Any], start: int, count: int) -> dict[str, Any]:
     n, dx = params["N"], params["L"] / params["N"]
     time = (np.arange(start, start + count, dtype=np.float64) * plan["output_interval_s"])
     return {
-        "time": ("time", time, {"units": "s", "long_name": "time since the first output "
-                                "(the spun-up state)", "axis": "T"}),
+        "time": ("time", time, _TIME_ATTRS),
         "z": ("z", np.array([0.0, params["H"]]), {"units": "m", "long_name": "height of the "
                                                   "boundary (0: surface, H: lid)",
                                                   "positive": "up", "axis": "Z"}),
@@ -463,9 +466,13 @@ class _NetCDFParts:
         if starts != expected:
             raise RuntimeError(f"nature-run parts in {self.parts} do not cover the run "
                                f"(found starts {starts}, expected {expected})")
+        # Times stay the stored float64 seconds (no decoding round trip); their attributes
+        # are today's, also for parts an older version wrote before a resume.
         with xr.open_mfdataset(files, combine="nested", concat_dim="time",
                                data_vars="minimal", coords="minimal", compat="override",
-                               join="override", decode_timedelta=False) as ds:
+                               join="override", decode_times=False,
+                               decode_timedelta=False) as parts:
+            ds = parts.assign_coords(time=("time", parts["time"].values, dict(_TIME_ATTRS)))
             ds.attrs = {**attrs, "complete": "true", "finished_utc": provenance.utc_now()}
             n = self.plan["params"]["N"]
             encoding = {"theta": {"dtype": "float32", "chunksizes": (1, 2, n, n)}}
@@ -519,6 +526,7 @@ class _ZarrAppender:
         import zarr
 
         group = zarr.open_group(str(self.final), mode="r+")
+        group["time"].attrs.update(_TIME_ATTRS)  # also when an older version began the store
         group.attrs.update({**{k: v for k, v in attrs.items()},
                             "finished_utc": provenance.utc_now()})
         group.attrs["complete"] = "true"  # last: marks the store finished

@@ -1,4 +1,4 @@
-"""Writing ``.npz`` archives at the speed of the disk.
+"""Writing ``.npz`` archives at the speed of the disk, and reading them with clear errors.
 
 An ``.npz`` file is a zip archive with one stored (uncompressed) member ``{name}.npy`` per
 array. :func:`save_npz` writes the same members as :func:`numpy.savez`, byte for byte, but
@@ -11,6 +11,11 @@ the data; then the central directory and the zip64 end records. Any zip reader r
 
 The archive carries a fixed timestamp (1980-01-01), so the same arrays always give the
 same bytes: runs can be compared file by file.
+
+:func:`read_npz` and :func:`npz_member_shape` read shards, statistics and climatologies
+(the kit's or a published ClimaX set's) without pickles, and turn a truncated or garbled
+archive into an :class:`~turbda_kit.errors.InputError` naming the file, what it should
+be and how to fix it.
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ from __future__ import annotations
 import io
 import os
 import struct
-from collections.abc import Iterator, Mapping
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
 from ..io import atomic_path
+from .validation import unreadable_file
 
 try:  # pragma: no branch - which one depends on the environment
     from zlib_ng.zlib_ng import crc32 as _crc32
@@ -35,7 +42,8 @@ except ImportError:  # pragma: no cover - zlib-ng is a declared dependency
 
     CRC_SOURCE = "zlib"
 
-__all__ = ["CRC_SOURCE", "crc32", "save_npz"]
+__all__ = ["CRC_SOURCE", "crc32", "npz_member_shape", "npz_members", "read_npz", "save_npy",
+           "save_npz"]
 
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 _CENTRAL_HEADER = struct.Struct("<IHHHHHHIIIHHHHHII")
@@ -168,3 +176,115 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
         handle.write(_END.pack(0x06054B50, 0, 0, min(count, 0xFFFF), min(count, 0xFFFF),
                                min(directory_size, _MASK32), min(directory_offset, _MASK32),
                                0))
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` as ``.npy`` (what :func:`numpy.save` writes), atomically."""
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)  # a real file: numpy writes the buffer with one tofile
+
+
+def _require_file(path: Path, expected: str, fix: str) -> None:
+    if not path.is_file():
+        raise InputError(f"{path} is missing: expected {expected} there. To fix: {fix}")
+
+
+def read_npz(path: str | os.PathLike, names: Sequence[str] | None = None, *,
+             expected: str = "an .npz archive of arrays",
+             fix: str = "write or copy the file again") -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file, read in full (so every member's CRC is checked).
+
+    Parameters
+    ----------
+    path : path-like
+        The archive.
+    names : sequence of str or None
+        Members to read (default all), in this order.
+    expected : str
+        What the file should be, for the error message.
+    fix : str
+        How to repair it, for the error message.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+
+    Raises
+    ------
+    InputError
+        The file is missing, is not a readable archive of plain arrays (truncated,
+        garbled, a pickle, a lone ``.npy``), or lacks one of ``names``.
+    """
+    path = Path(path)
+    _require_file(path, expected, fix)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):  # pragma: no cover - np.load
+                raise ValueError("a single .npy array, not an .npz archive")
+            wanted = list(archive.files if names is None else names)
+            missing = [name for name in wanted if name not in archive.files]
+            if missing:
+                raise InputError(f"{path} lacks {missing}: it holds {archive.files}; expected "
+                                 f"{expected}. To fix: {fix}")
+            return {name: archive[name] for name in wanted}
+    except InputError:
+        raise
+    except Exception as err:  # zipfile, numpy and the OS raise many unrelated types
+        raise unreadable_file(path, expected, fix, err) from err
+
+
+def npz_member_shape(path: str | os.PathLike, name: str, *,
+                     expected: str = "an .npz archive of arrays",
+                     fix: str = "write or copy the file again") -> tuple[int, ...]:
+    """Shape of member ``name`` of an ``.npz`` file, from its ``.npy`` header only.
+
+    Parameters
+    ----------
+    path : path-like
+    name : str
+        Member name without ``.npy``.
+    expected, fix : str
+        For the error message, as in :func:`read_npz`.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_npz`.
+    """
+    path = Path(path)
+    _require_file(path, expected, fix)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if f"{name}.npy" not in archive.namelist():
+                raise InputError(f"{path} lacks {name!r}: it holds "
+                                 f"{[n.removesuffix('.npy') for n in archive.namelist()]}; "
+                                 f"expected {expected}. To fix: {fix}")
+            with archive.open(f"{name}.npy") as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, _ = np.lib.format.read_array_header_1_0(member)
+                else:
+                    shape, _, _ = np.lib.format.read_array_header_2_0(member)
+        return tuple(shape)
+    except InputError:
+        raise
+    except Exception as err:  # zipfile and numpy raise many unrelated types
+        raise unreadable_file(path, expected, fix, err) from err
+
+
+def npz_members(path: str | os.PathLike, *, expected: str = "an .npz archive of arrays",
+                fix: str = "write or copy the file again") -> list[str]:
+    """Names of the arrays of an ``.npz`` file (from its zip directory only).
+
+    Raises
+    ------
+    InputError
+        As :func:`read_npz`.
+    """
+    path = Path(path)
+    _require_file(path, expected, fix)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return [n.removesuffix(".npy") for n in archive.namelist()]
+    except Exception as err:  # zipfile raises many unrelated types
+        raise unreadable_file(path, expected, fix, err) from err

@@ -39,8 +39,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
+from ..data.datasets import TrajectoryPairs
 from ..errors import InputError
 
 __all__ = ["Forecaster", "Normalising", "iter_rollout", "rollout", "trajectory_windows",
@@ -456,70 +456,6 @@ def split_trajectory(root: Any, split: str = "test", variables: Sequence[str] | 
     return torch.from_numpy(data), float(catalog.hours_per_step)
 
 
-class TrajectoryPairs(Dataset):
-    """Every ``(state, state lead steps later)`` pair of one trajectory, normalised.
-
-    With ``rollout_steps = k > 1`` the target is the next ``k`` states at multiples of
-    the lead, for training on autoregressive rollouts (see
-    :func:`turbda_kit.surrogate.trainer.rollout_loss`).
-
-    Training shards pair states within a shard only, as ClimaX does; with one shard per
-    day of 12-hourly output that keeps one 12-h pair per day out of two. This map-style
-    dataset takes every pair of a contiguous trajectory (e.g. from
-    :func:`split_trajectory`), held in memory.
-
-    Parameters
-    ----------
-    trajectory : Tensor, shape (T, V, N, N)
-        Consecutive states in physical units.
-    normaliser : Normalising
-        Applied to inputs and targets.
-    lead_steps : int
-        Trajectory steps between an input and its target.
-    hours_per_step : float
-        Spacing of the trajectory, hours.
-    variables : sequence of str, optional
-        Channel names (default ``normaliser.variables``), checked by the trainer.
-    rollout_steps : int
-        Forecast steps per target (1: a single state).
-
-    Items are ``(input (V, N, N), target, lead_time_hours 0-d)`` float32 tensors, the item
-    format of :func:`turbda_kit.surrogate.trainer.train`; the target is ``(V, N, N)`` for
-    one rollout step and ``(rollout_steps, V, N, N)`` otherwise.
-    """
-
-    def __init__(self, trajectory: Tensor, normaliser: Normalising, lead_steps: int = 1,
-                 hours_per_step: float = 12.0, variables: Sequence[str] | None = None,
-                 rollout_steps: int = 1):
-        trajectory = _check_fields("trajectory", trajectory, 4, "(T, V, N, N)")
-        self.lead_steps = _check_positive_int("lead_steps", lead_steps)
-        self.rollout_steps = _check_positive_int("rollout_steps", rollout_steps)
-        self.hours_per_step = _check_lead(hours_per_step)
-        span = self.lead_steps * self.rollout_steps
-        if trajectory.shape[0] <= span:
-            raise InputError(f"trajectory has {trajectory.shape[0]} states: {self.rollout_steps}"
-                             f" rollout step(s) at a lead of {self.lead_steps} steps need at "
-                             f"least {span + 1}")
-        self.fields = normaliser.normalise(trajectory.float()).contiguous()
-        names = variables if variables is not None else getattr(normaliser, "variables", None)
-        if names is not None:
-            self.variables = tuple(str(v) for v in names)
-        self.lead_time = torch.tensor(self.lead_steps * self.hours_per_step)
-
-    def __len__(self) -> int:
-        return self.fields.shape[0] - self.lead_steps * self.rollout_steps
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"pair {i} out of range for {len(self)} pairs")
-        i = i % len(self)
-        if self.rollout_steps == 1:
-            return self.fields[i], self.fields[i + self.lead_steps], self.lead_time
-        stop = i + self.lead_steps * self.rollout_steps + 1
-        return self.fields[i], self.fields[i + self.lead_steps:stop:self.lead_steps], \
-            self.lead_time
-
-
 def normaliser_from_metadata(metadata: dict[str, Any]):
     """The :class:`~turbda_kit.data.shards.Normaliser` stored in a surrogate export.
 
@@ -533,7 +469,7 @@ def normaliser_from_metadata(metadata: dict[str, Any]):
     -------
     Normaliser
     """
-    from ..data.shards import Normaliser
+    from ..data.normaliser import Normaliser
 
     missing = [k for k in ("variables", "normalize_mean", "normalize_std") if k not in metadata]
     if missing:
