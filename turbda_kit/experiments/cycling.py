@@ -78,7 +78,8 @@ class CyclingConfig:
     n_cycles : int
         Number of analysis cycles (≥ 1).
     steps_per_cycle : int
-        Model steps between analyses (cycle length = steps_per_cycle · model.dt).
+        Model steps between analyses (cycle length = steps_per_cycle · model.dt ·
+        model.time_unit_seconds seconds).
     spinup_cycles : int
         Leading cycles excluded from the summary scores and the rank histogram.
     obs_error_std : float
