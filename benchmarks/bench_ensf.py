@@ -38,8 +38,8 @@ import torch
 
 from turbda_kit.filters.ensf import EnSFConfig, ensf_analysis
 from turbda_kit.models.lorenz96 import L96Workspace, Lorenz96
-from turbda_kit.obs.noise import indexed_blocks, indexed_normal_
 from turbda_kit.obs.operators import Arctan, Identity, inverse_variance
+from turbda_kit.random_streams import indexed_blocks, indexed_normal_
 
 # Array streams (reads + writes, in units of one ensemble array) per Euler step.
 # Tiled loop (paired score, elementwise operator): x is read and written and the prior read

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import holoviews as hv
 
+from turbda_kit.experiments.results import as_json, default_run_dirs, find_scaling
 from turbda_kit.io import write_json
 from turbda_kit.viz.plots import save, scaling_figure
-from turbda_kit.viz.results import as_json, default_run_dirs, find_scaling
 
 out = Path(out_dir)
 dirs = default_run_dirs(run_dirs, out) if run_dirs or not files else []

@@ -26,9 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from turbda_kit.errors import InputError
-from turbda_kit.io import write_json
-from turbda_kit.viz.plots import field_panels, run_style, save
-from turbda_kit.viz.results import (
+from turbda_kit.experiments.results import (
     MEANS_VARIABLES,
     as_json,
     default_run_dirs,
@@ -37,6 +35,8 @@ from turbda_kit.viz.results import (
     load_runs,
     select_cycles,
 )
+from turbda_kit.io import write_json
+from turbda_kit.viz.plots import field_panels, run_style, save
 
 out = Path(out_dir)
 dirs = default_run_dirs(run_dirs, out) if run_dirs or not files else []

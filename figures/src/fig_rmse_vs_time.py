@@ -26,15 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from turbda_kit.errors import InputError
-from turbda_kit.io import write_json
-from turbda_kit.viz.plots import rmse_figure, run_style, save
-from turbda_kit.viz.results import (
+from turbda_kit.experiments.results import (
     as_json,
     default_run_dirs,
     find_runs,
     load_runs,
     spinup_cycles,
 )
+from turbda_kit.io import write_json
+from turbda_kit.viz.plots import rmse_figure, run_style, save
 
 if variable not in ("rmse_analysis", "rmse_forecast"):
     raise InputError(f"variable={variable!r}: choose rmse_analysis or rmse_forecast")

@@ -31,9 +31,7 @@ html: bool = True  # also write the interactive HTML (bokeh)
 from pathlib import Path
 
 from turbda_kit.errors import InputError
-from turbda_kit.io import write_json
-from turbda_kit.viz.plots import rank_histograms, run_style, save, spread_rmse_vs_time, spread_skill
-from turbda_kit.viz.results import (
+from turbda_kit.experiments.results import (
     as_json,
     default_run_dirs,
     find_runs,
@@ -41,6 +39,8 @@ from turbda_kit.viz.results import (
     rank_histogram_summary,
     spread_skill_summary,
 )
+from turbda_kit.io import write_json
+from turbda_kit.viz.plots import rank_histograms, run_style, save, spread_rmse_vs_time, spread_skill
 
 if kind not in ("analysis", "forecast"):
     raise InputError(f"kind={kind!r}: choose analysis or forecast")

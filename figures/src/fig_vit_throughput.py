@@ -21,9 +21,14 @@ from pathlib import Path
 
 import holoviews as hv
 
+from turbda_kit.experiments.results import (
+    as_json,
+    default_run_dirs,
+    find_training_runs,
+    throughput_table,
+)
 from turbda_kit.io import write_json
 from turbda_kit.viz.plots import save, throughput
-from turbda_kit.viz.results import as_json, default_run_dirs, find_training_runs, throughput_table
 
 out = Path(out_dir)
 training_runs = find_training_runs(default_run_dirs(run_dirs, out))

@@ -4,8 +4,8 @@
 # chosen filter on one shared truth — the nature run of stage 01 when given, else a truth
 # run on the fly — and the same observations (every random draw is named by seed, cycle
 # and purpose). Writes one Dataset per filter (`cycling_<filter>.nc`: RMSE, spread, CRPS,
-# innovations, timings per cycle; rank histogram; settings and provenance in attrs), then
-# plots RMSE against time and a field snapshot.
+# innovations, timings per cycle; rank histogram; settings and provenance in attrs) and
+# `summary.json`, then plots RMSE against time and a field snapshot.
 
 # %% [parameters]
 out_dir: str = "."  # run directory (set by `turbda run`)
@@ -23,73 +23,43 @@ letkf_settings: dict = {}  # LETKFConfig field changes over the preset, e.g. loc
 device: str = "auto"  # "auto", "cpu", "cuda", ...
 
 # %%
-import json
-import time
 from pathlib import Path
 
-import numpy as np
-
 from turbda_kit.device import resolve_device
-from turbda_kit.errors import DivergenceError
-from turbda_kit.experiments.presets import build_experiment, get_preset
-from turbda_kit.io import open_dataset, write_dataset
+from turbda_kit.experiments import build_experiment, get_preset, run_comparison, truth_every
+from turbda_kit.io import open_dataset
 from turbda_kit.viz.plots import fields, rmse_vs_time, save
 
 out = Path(out_dir)
 run_device = resolve_device(device)
-settings = get_preset(preset)
-settings = settings.replace(n_cycles=n_cycles, spinup_cycles=spinup_cycles, n_members=n_members)
+settings = get_preset(preset).replace(n_cycles=n_cycles, spinup_cycles=spinup_cycles,
+                                      n_members=n_members)
 settings = settings.with_filter_settings("ensf", ensf_settings)
 settings = settings.with_filter_settings("letkf", letkf_settings)
-truth_trajectory, overrides = None, {}
+truth, stride, overrides = None, 1, {"N": N} if settings.model == "sqg" else None
 if nature_run:
     nature = open_dataset(nature_run)
-    truth_trajectory = nature["theta"]
-    hours = float(nature["time"][1] - nature["time"][0]) / 3600.0
-    stride = round(12.0 / hours)
+    truth, stride = nature["theta"], truth_every(nature, settings.cycle_seconds / 3600.0)
     overrides = {"N": int(nature.sizes["x"])}
-    print(f"truth: {nature_run} ({nature.sizes['time']} times every {hours:g} h, stride {stride})")
-elif settings.model == "sqg":
-    overrides, stride = {"N": N}, 1
-else:
-    stride = 1
+    print(f"truth: {nature_run} ({nature.sizes['time']} times, {stride} per cycle)")
 print(settings)
 
 # %%
-results, wall, diverged = {}, {}, {}
-for name in filters:
-    start = time.perf_counter()
-    experiment = build_experiment(settings, name, truth_trajectory=truth_trajectory,
-                                  truth_stride=stride, seed=seed, device=run_device,
-                                  model_overrides=overrides or None, spinup_days=spinup_days,
-                                  save_means=True)
-    try:
-        ds = experiment.run(out_dir=out / f"checkpoint_{name}")
-    except DivergenceError as err:  # a filter losing track is a result, not a crash
-        diverged[name] = {"cycle": err.cycle, "message": str(err)}
-        print(f"{name:>6}: DIVERGED — {err}")
-        continue
-    write_dataset(ds, out / f"cycling_{name}.nc")
-    results[name], wall[name] = ds, time.perf_counter() - start
-    print(f"{name:>6}: mean analysis RMSE {ds.attrs['mean_rmse_analysis']:.3f}, spread "
-          f"{ds.attrs['mean_spread_analysis']:.3f}, {wall[name]:.1f} s, real-time x"
-          f"{ds.attrs['realtime_factor']:.3g}")
-
-summary = {name: {"mean_rmse_analysis": ds.attrs["mean_rmse_analysis"],
-                  "mean_spread_analysis": ds.attrs["mean_spread_analysis"],
-                  "reported_rmse": settings.reported.get(name), "wall_seconds": wall[name]}
-           for name, ds in results.items()}
-summary.update({name: {"diverged_at_cycle": d["cycle"], "message": d["message"]}
-                for name, d in diverged.items()})
-(out / "summary.json").write_text(json.dumps(summary, indent=2))
+comparison = run_comparison(
+    filters, lambda name: build_experiment(
+        settings, name, truth_trajectory=truth, truth_stride=stride, seed=seed,
+        device=run_device, model_overrides=overrides, spinup_days=spinup_days,
+        save_means=True),
+    out, prefix="cycling")
+results = comparison.results
+assert results, f"every filter diverged: {comparison.diverged}"
 
 # %% [markdown]
 # ## RMSE against time
 
 # %%
 units = "K" if settings.model == "sqg" else ""
-plot = rmse_vs_time({name: ds for name, ds in results.items()}, units=units,
-                    title=f"{preset}: analysis RMSE")
+plot = rmse_vs_time(results, units=units, title=f"{preset}: analysis RMSE")
 save(plot, out / "rmse_vs_time")
 plot  # noqa: B018
 
@@ -97,14 +67,12 @@ plot  # noqa: B018
 # ## Fields at the last cycle (surface level)
 
 # %%
-last = next(iter(results.values()))
 if settings.model == "sqg":
-    panels = {"truth": last.truth.isel(cycle=-1, z=0).values}
-    for name, ds in results.items():
-        panels[f"{name} analysis mean"] = ds.analysis_mean.isel(cycle=-1, z=0).values
-        panels[f"{name} error"] = (ds.analysis_mean - ds.truth).isel(cycle=-1, z=0).values
+    last = {name: ds.isel(cycle=-1, z=0) for name, ds in results.items()}
+    panels = {"truth": next(iter(last.values())).truth.values}
+    for name, ds in last.items():
+        panels[f"{name} analysis mean"] = ds.analysis_mean.values
+        panels[f"{name} error"] = (ds.analysis_mean - ds.truth).values
     snapshot = fields(panels, units="K")
     save(snapshot, out / "fields_last_cycle", html=False)
     snapshot  # noqa: B018
-assert results, f"every filter diverged: {diverged}"
-assert all(np.isfinite(ds.rmse_analysis.values).all() for ds in results.values())

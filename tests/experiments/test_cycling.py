@@ -13,13 +13,13 @@ from turbda_kit.experiments.cycling import (
     CHECKPOINT_NAME,
     DIVERGED_NAME,
     TIMING_VARIABLES,
-    ArrayTruth,
     CyclingConfig,
-    ModelTruth,
     run_cycling,
 )
 from turbda_kit.experiments.initial import ensemble_around_truth
-from turbda_kit.models.lorenz96 import Lorenz96
+from turbda_kit.experiments.truth import ArrayTruth, ModelTruth, truth_every
+from turbda_kit.filters import as_filter
+from turbda_kit.models.lorenz96 import LORENZ96_TIME_UNIT_SECONDS, Lorenz96
 from turbda_kit.obs.operators import Identity
 
 N_VARS, N_MEMBERS = 40, 10
@@ -30,10 +30,13 @@ def _truth(model):
     return model.advance(x0, 500)  # onto the attractor
 
 
-def nudging_analysis(forecast, obs, operator, obs_error_std, generator):
+def _nudge(forecast, obs, operator, obs_error_std, generator):
     """A stand-in filter: pull every member half-way to the (fully observed) obs, plus noise."""
     noise = torch.empty_like(forecast).normal_(generator=generator)
     return 0.5 * forecast + 0.5 * obs.reshape(forecast.shape[1:]) + 0.1 * noise
+
+
+nudging_analysis = as_filter(_nudge, "nudging")
 
 
 @pytest.fixture
@@ -74,6 +77,10 @@ def test_filter_beats_free_run_and_records_everything(setup):
     np.testing.assert_allclose(np.sqrt((err ** 2).mean("i")), ds.rmse_analysis, rtol=1e-5)
     assert int(ds.rank_histogram.sum()) == 25 * N_VARS
     assert ds.attrs["realtime_factor"] > 0 and "provenance_git_revision" in ds.attrs
+    assert ds.attrs["filter"] == "nudging" and free.attrs["filter"] == "free"
+    # model time from the protocol's time unit: 30 cycles of 0.05 MTU, 5 days per MTU
+    assert ds.time_hours.values[-1] == pytest.approx(30 * 0.05 * LORENZ96_TIME_UNIT_SECONDS
+                                                     / 3600)
 
 
 def test_killed_run_resumes_to_identical_dataset(setup, tmp_path):
@@ -118,9 +125,11 @@ def test_divergence_stops_and_saves_last_good_state(setup, tmp_path):
 
     calls = []
 
-    def exploding(forecast, obs, operator, std, generator):
+    def explode_at_3(forecast, obs, operator, std, generator):
         calls.append(1)
         return forecast * math.inf if len(calls) == 3 else forecast
+
+    exploding = as_filter(explode_at_3, "exploding")
 
     cfg = CyclingConfig(n_cycles=10, steps_per_cycle=1, obs_error_std=0.5)
     with pytest.raises(DivergenceError, match="diverged at cycle 3") as err:
@@ -161,7 +170,10 @@ def test_model_blow_up_is_a_divergence_with_the_state_saved(setup, tmp_path):
     model, x_true, ensemble = setup
 
     class Exploding:
-        state_shape, dt = model.state_shape, model.dt
+        state_shape, dt, time_unit_seconds = model.state_shape, model.dt, 1.0
+
+        def step(self, state):
+            return self.advance(state, 1)
 
         def advance(self, state, n_steps):
             if Exploding.calls == 2:
@@ -177,3 +189,82 @@ def test_model_blow_up_is_a_divergence_with_the_state_saved(setup, tmp_path):
     assert err.value.cycle == 3
     saved = torch.load(tmp_path / DIVERGED_NAME, weights_only=True)
     assert saved["cycle"] == 2 and np.isfinite(saved["records"]["rmse_analysis"][:2].numpy()).all()
+
+
+def test_filter_blow_up_is_a_divergence_naming_the_cycle(setup, tmp_path):
+    model, x_true, ensemble = setup
+
+    def give_up_at_2(forecast, obs, operator, std, generator):
+        if give_up_at_2.calls == 1:
+            raise DivergenceError("EnSF analysis is not finite after 100 steps")
+        give_up_at_2.calls += 1
+        return forecast
+
+    give_up_at_2.calls = 0
+    cfg = CyclingConfig(n_cycles=4, steps_per_cycle=1, obs_error_std=0.5)
+    with pytest.raises(DivergenceError, match="cycle 2: the filter stopped: EnSF") as err:
+        run_cycling(model, as_filter(give_up_at_2, "giving-up"), Identity((N_VARS,)),
+                    ModelTruth(model, x_true, 1), ensemble, cfg, out_dir=tmp_path,
+                    show_progress=False)
+    assert err.value.cycle == 2
+    assert torch.load(tmp_path / DIVERGED_NAME, weights_only=True)["cycle"] == 1
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "other_payload"])
+def test_a_damaged_checkpoint_is_an_input_error_naming_the_file(setup, tmp_path, damage):
+    model, x_true, ensemble = setup
+    cfg = CyclingConfig(n_cycles=4, steps_per_cycle=1, obs_error_std=0.5, checkpoint_every=2)
+    run_cycling(model, nudging_analysis, Identity((N_VARS,)), ModelTruth(model, x_true, 1),
+                ensemble, cfg, out_dir=tmp_path, show_progress=False)
+    path = tmp_path / CHECKPOINT_NAME
+    data = path.read_bytes()
+    if damage == "truncate":   # a kill during a copy, a full disk
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not a checkpoint at all")
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        torch.save({"something": torch.zeros(1)}, path)
+    with pytest.raises(InputError) as err:
+        run_cycling(model, nudging_analysis, Identity((N_VARS,)), ModelTruth(model, x_true, 1),
+                    ensemble, cfg, out_dir=tmp_path, show_progress=False)
+    message = str(err.value)
+    assert str(path) in message and "not a readable cycling checkpoint" in message
+    assert "Delete it to restart" in message
+    # deleting it, as the message says, restarts the run
+    path.unlink()
+    ds = run_cycling(model, nudging_analysis, Identity((N_VARS,)), ModelTruth(model, x_true, 1),
+                     ensemble, cfg, out_dir=tmp_path, show_progress=False)
+    assert ds.sizes["cycle"] == 4
+
+
+def test_model_and_filter_must_fit_the_protocols(setup):
+    model, x_true, ensemble = setup
+    cfg = CyclingConfig(n_cycles=2, steps_per_cycle=1, obs_error_std=0.5)
+
+    class NoTimeUnit:
+        state_shape, dt = model.state_shape, model.dt
+        step, advance = model.step, model.advance
+
+    with pytest.raises(InputError, match="not a ForecastModel .missing: time_unit_seconds"):
+        run_cycling(NoTimeUnit(), None, Identity((N_VARS,)), ModelTruth(model, x_true, 1),
+                    ensemble, cfg, show_progress=False)
+    with pytest.raises(InputError, match="not a Filter"):
+        run_cycling(model, _nudge, Identity((N_VARS,)), ModelTruth(model, x_true, 1), ensemble,
+                    cfg, show_progress=False)
+
+
+def test_truth_every_reads_the_stride_from_the_output_interval():
+    import xarray as xr
+
+    six_hourly = xr.Dataset(coords={"time": np.arange(9) * 6 * 3600.0})
+    assert truth_every(six_hourly, 12.0) == 2 and truth_every(six_hourly, 6.0) == 1
+    with pytest.raises(InputError, match="not a whole number"):
+        truth_every(six_hourly, 9.0)
+    with pytest.raises(InputError, match="not equally spaced"):
+        truth_every(xr.Dataset(coords={"time": [0.0, 3600.0, 9000.0]}), 1.0)
+    with pytest.raises(InputError, match="at least two"):
+        truth_every(xr.Dataset(coords={"time": [0.0]}), 12.0)
+    with pytest.raises(InputError, match="cycle_hours"):
+        truth_every(six_hourly, 0.0)

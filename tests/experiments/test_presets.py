@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from turbda_kit.errors import DivergenceError, InputError
-from turbda_kit.experiments.presets import PRESETS, build_experiment, get_preset
+from turbda_kit.experiments import (
+    PRESETS,
+    Experiment,
+    available_models,
+    build_experiment,
+    get_preset,
+    model_setup,
+)
+from turbda_kit.filters import LETKF, EnSF
+from turbda_kit.models import ForecastModel, Lorenz96, SQGModel, bao2024_at_resolution
 
 
 def test_sakov2008_letkf_reaches_dapper_score():
@@ -56,7 +65,7 @@ def test_truth_trajectory_checks():
     with pytest.raises(InputError, match="does not match the model grid"):
         build_experiment(preset, "free", truth_trajectory=np.zeros((5, 2, 8, 8)),
                          model_overrides={"N": 16})
-    with pytest.raises(InputError, match="unknown filter"):
+    with pytest.raises(InputError, match="unknown filter 'kalman'; choose from ensf, letkf.*free"):
         build_experiment(preset, "kalman")
     with pytest.raises(InputError, match="unknown preset"):
         get_preset("nope")
@@ -76,3 +85,42 @@ def test_with_filter_settings_changes_only_the_named_filter():
         preset.with_filter_settings("ensf", {"localisation": 1.0})
     with pytest.raises(InputError, match="filter settings exist"):
         preset.with_filter_settings("free", {})
+
+
+def test_the_builder_assembles_every_part_by_name():
+    preset = get_preset("bao2024_sqg_linear").replace(n_cycles=2, spinup_cycles=0, n_members=3)
+    experiment = build_experiment(preset, "letkf", model_overrides={"N": 16}, spinup_days=0)
+    assert isinstance(experiment, Experiment) and experiment.name == "bao2024_sqg_linear:letkf"
+    assert isinstance(experiment.model, SQGModel) and experiment.model.state_units == "K"
+    assert isinstance(experiment.analysis, LETKF) and experiment.analysis.config == preset.letkf
+    assert experiment.preset.steps_per_cycle == experiment.config.steps_per_cycle == 9  # 12 h
+    assert experiment.initial_ensemble.shape == (3, 2, 16, 16)
+    l96 = build_experiment(get_preset("sakov2008"), "ensf")
+    assert isinstance(l96.model, Lorenz96) and isinstance(l96.analysis, EnSF)
+    assert l96.initial_ensemble.dtype.is_floating_point and l96.analysis.config == PRESETS[
+        "sakov2008"].ensf
+    assert build_experiment(preset, "free", model_overrides={"N": 16}, spinup_days=0).analysis \
+        is None
+    assert set(available_models()) >= {"sqg", "lorenz96", "vit"}
+    assert isinstance(model_setup(get_preset("hoteit2015")).model, ForecastModel)
+
+
+def test_builder_refuses_models_that_do_not_fit_the_preset():
+    vit = get_preset("sc24_vit_ensf").replace(n_cycles=2, spinup_cycles=0)
+    with pytest.raises(InputError, match="pass build_experiment.*model="):
+        build_experiment(vit, "ensf")
+    with pytest.raises(InputError, match="builds its own lorenz96 model"):
+        build_experiment("sakov2008", "letkf", model=Lorenz96(40))
+    with pytest.raises(InputError, match="unknown model 'gcm'"):
+        build_experiment(get_preset("sakov2008").replace(model="gcm"), "letkf")
+    with pytest.raises(InputError, match="unknown observation operator 'radar'"):
+        build_experiment(get_preset("sakov2008").replace(obs="radar"), "letkf")
+    # a surrogate of the right grid but no stored truth: nothing to run on the fly
+    sqg = SQGModel(bao2024_at_resolution(16), state_units="K")
+
+    class TwelveHours:
+        state_shape, dt, time_unit_seconds = (2, 16, 16), 43200.0, 1.0
+        step, advance = sqg.step, sqg.advance
+
+    with pytest.raises(InputError, match="cannot run a truth on the fly"):
+        build_experiment(vit, "ensf", model=TwelveHours(), model_overrides={"N": 16})

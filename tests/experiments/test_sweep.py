@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from turbda_kit.errors import InputError
-from turbda_kit.experiments.presets import build_experiment, get_preset
+from turbda_kit.experiments import build_experiment, get_preset
 from turbda_kit.experiments.sweep import best_setting, sweep
 
 PRESET = get_preset("sakov2008")

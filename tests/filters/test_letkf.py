@@ -11,12 +11,11 @@ import torch
 
 from turbda_kit.errors import InputError
 from turbda_kit.filters.letkf import (
+    LETKF,
     LETKFConfig,
-    analysis,
     ensemble_transforms,
     etkf_analysis,
     letkf_analysis,
-    plan_localization,
 )
 from turbda_kit.filters.localization import (
     gaspari_cohn,
@@ -25,6 +24,7 @@ from turbda_kit.filters.localization import (
     half_width_for_taper,
     pairwise_distances,
     periodic_difference,
+    plan_localization,
     sqg_positions,
 )
 from turbda_kit.models.lorenz96 import Lorenz96
@@ -371,7 +371,7 @@ def test_float32_input_gives_float32_output_close_to_float64(device):
     torch.testing.assert_close(result32.cpu().double(), result64, rtol=0, atol=1e-4)
 
 
-def test_operator_contract_wrapper_maps_grid_locations_to_positions():
+def test_letkf_filter_maps_grid_locations_to_positions_and_reuses_its_plan():
     prob = _sqg_like_problem()
     picks = torch.arange(0, 32, 3)
     positions = prob["state_pos"].reshape(-1, 3)
@@ -386,12 +386,27 @@ def test_operator_contract_wrapper_maps_grid_locations_to_positions():
 
     y = torch.zeros(picks.numel(), dtype=F64)
     config = LETKFConfig(localization_radius=1.3)
-    got = analysis(prob["forecast"], y, Subset(), 0.7, torch.Generator(), config=config,
-                   state_positions=prob["state_pos"], domain_lengths=prob["lengths"])
+    letkf = LETKF(config, prob["state_pos"], prob["lengths"])
+    operator = Subset()
+    got = letkf(prob["forecast"], y, operator, 0.7, torch.Generator())
     expected = letkf_analysis(prob["forecast"], Subset()(prob["forecast"]), y, 0.7,
                               config=config, state_positions=prob["state_pos"],
                               obs_positions=positions[picks], domain_lengths=prob["lengths"])
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    plan = letkf.plan_for(operator, prob["forecast"])
+    torch.testing.assert_close(letkf(prob["forecast"], y, operator, 0.7, None), expected,
+                               rtol=0, atol=0)
+    assert letkf.plan_for(operator, prob["forecast"]) is plan        # same network: reused
+    assert letkf.plan_for(Subset(), prob["forecast"]) is not plan    # a new network: rebuilt
+    # flat positions (n_state, n_dims) work as well
+    flat = LETKF(config, positions, prob["lengths"])(prob["forecast"], y, operator, 0.7, None)
+    torch.testing.assert_close(flat, expected, rtol=0, atol=0)
+    with pytest.raises(InputError, match="needs state_positions"):
+        LETKF(config)(prob["forecast"], y, operator, 0.7, None)
+    # without localisation no geometry is needed: the global ETKF
+    torch.testing.assert_close(
+        LETKF(LETKFConfig())(prob["forecast"], y, operator, 0.7, None),
+        etkf_analysis(prob["forecast"], operator(prob["forecast"]), y, 0.7), rtol=0, atol=0)
     torch.testing.assert_close(grid_point_positions(prob["state_pos"], Subset.locations),
                                positions[picks], rtol=0, atol=0)
     with pytest.raises(InputError, match="whole grid indices"):

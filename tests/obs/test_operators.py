@@ -188,3 +188,17 @@ def test_gauss_newton_diagonal_unavailable_for_composed_and_user_operators():
     assert not op.has_gauss_newton_diagonal
     with pytest.raises(InputError, match="Gauss-Newton"):
         op.gauss_newton_diagonal(torch.zeros(4), 1.0)
+
+
+def test_operators_by_name():
+    from turbda_kit.obs.operators import available_operators, make_operator, register_operator
+
+    assert set(available_operators()) >= {"identity", "arctan"}
+    state = torch.linspace(-2, 2, 12, dtype=torch.float64).reshape(2, 6)
+    torch.testing.assert_close(make_operator("identity", (2, 6))(state), state.reshape(-1))
+    torch.testing.assert_close(make_operator("arctan", (2, 6), scale=2.0)(state),
+                               Arctan((2, 6), scale=2.0)(state))
+    with pytest.raises(InputError, match="unknown observation operator 'radar'; known: arctan"):
+        make_operator("radar", (2, 6))
+    with pytest.raises(InputError, match="already registered"):
+        register_operator("identity", Identity)

@@ -105,7 +105,7 @@ _CYCLING_VARIABLES = ("rmse_forecast", "rmse_analysis", "spread_forecast", "spre
 
 def cycling_case() -> dict[str, np.ndarray]:
     """Short SQG cycling runs (N=16, float64, 4 cycles) of every filter of two presets."""
-    from turbda_kit.experiments.presets import build_experiment, get_preset
+    from turbda_kit.experiments import build_experiment, get_preset
 
     out: dict[str, np.ndarray] = {}
     for preset_name in ("bao2024_sqg_linear", "yin2024_sqg_shocks"):

@@ -1,4 +1,4 @@
-"""Figure inputs (turbda_kit.viz.results) and plot builders (turbda_kit.viz.plots).
+"""Figure inputs (turbda_kit.experiments.results) and plot builders (turbda_kit.viz.plots).
 
 The result files are made by the real writers where that is cheap: cycling Datasets by
 :func:`run_cycling` on a toy model, scaling Datasets by :func:`run_scaling` (one rank);
@@ -20,11 +20,8 @@ import torch
 
 from turbda_kit import metrics
 from turbda_kit.errors import InputError
-from turbda_kit.experiments.cycling import ArrayTruth, CyclingConfig, run_cycling
-from turbda_kit.io import write_dataset, write_json
-from turbda_kit.obs.operators import Identity
-from turbda_kit.viz import plots
-from turbda_kit.viz.results import (
+from turbda_kit.experiments.cycling import CyclingConfig, run_cycling
+from turbda_kit.experiments.results import (
     as_json,
     default_run_dirs,
     find_runs,
@@ -39,6 +36,11 @@ from turbda_kit.viz.results import (
     spread_skill_summary,
     throughput_table,
 )
+from turbda_kit.experiments.truth import ArrayTruth
+from turbda_kit.filters import as_filter
+from turbda_kit.io import write_dataset, write_json
+from turbda_kit.obs.operators import Identity
+from turbda_kit.viz import plots
 
 GRID = (2, 8, 8)
 TWELVE_HOURS = 43200.0
@@ -53,6 +55,10 @@ class ToyModel:
 
     state_shape = GRID
     dt = TWELVE_HOURS
+    time_unit_seconds = 1.0
+
+    def step(self, state: torch.Tensor) -> torch.Tensor:
+        return self.advance(state, 1)
 
     def advance(self, state: torch.Tensor, n_steps: int) -> torch.Tensor:
         for _ in range(n_steps):
@@ -66,7 +72,7 @@ def _nudging(weight: float):
         target = obs.reshape(forecast.shape[1:])
         return (1 - weight) * forecast + weight * target + 0.3 * noise
 
-    return analysis
+    return as_filter(analysis, "nudging")
 
 
 def make_run(name: str, weight: float | None, n_cycles: int = 5, save_means: bool = True,

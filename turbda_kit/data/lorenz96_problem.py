@@ -13,7 +13,7 @@ forcing, time step, observation interval, operators, noise, seed) and generated 
 * coordinates ``time`` (model time units since the end of the burn-in), ``i``, ``i_obs``;
   the problem's fields and provenance in ``attrs``.
 
-Every random number is drawn by global index (:func:`turbda_kit.obs.noise.indexed_normal_`
+Every random number is drawn by global index (:func:`turbda_kit.random_streams.indexed_normal_`
 keyed by the seed): the initial condition of the ring and the observation noise at
 ``(cycle, i)`` do not depend on how the ring is split, so a distributed run can draw its
 slab of the same problem without reading the file.
@@ -43,9 +43,9 @@ from .. import provenance
 from ..errors import InputError
 from ..io import write_dataset
 from ..models.lorenz96 import L96Workspace, Lorenz96
-from ..obs.noise import indexed_normal_
 from ..obs.operators import Arctan, Identity, ObsOperator
 from ..progress import progress
+from ..random_streams import indexed_normal_
 
 __all__ = [
     "Lorenz96Problem",

@@ -1,20 +1,26 @@
 """The cycling DA engine: forecast → observe → analyse → record, for any model and filter.
 
 One loop serves every pairing (SQG, Lorenz-96 or the ViT surrogate; EnSF, LETKF or no
-filter). The maths lives elsewhere: models in :mod:`turbda_kit.models`, analyses in
-:mod:`turbda_kit.filters`, scores in :mod:`turbda_kit.metrics`.
+filter): the model is any :class:`~turbda_kit.models.base.ForecastModel` and the filter
+any :class:`~turbda_kit.filters.base.Filter`. The maths lives elsewhere: models in
+:mod:`turbda_kit.models`, analyses in :mod:`turbda_kit.filters`, scores in
+:mod:`turbda_kit.metrics`; the truth comes from :mod:`turbda_kit.experiments.truth`.
 
-All units are those of the truth and the ensemble (K for SQG experiments, whose models
-are wrapped by :class:`turbda_kit.experiments.adapters.KelvinModel`).
+All units are those of the truth and the ensemble (K for SQG experiments, whose model
+steps temperatures: ``SQGModel(params, state_units="K")``).
 
 Reliability
 -----------
 * Every random draw comes from a generator named by ``(seed, cycle, stream)``
-  (:mod:`turbda_kit.experiments.randomness`), so a run resumed from a checkpoint gives
-  the same Dataset as an uninterrupted run (timings aside).
-* A checkpoint is written atomically every ``checkpoint_every`` cycles into ``out_dir``.
-* NaN/inf or an RMSE above ``divergence_rmse`` stops the run with
-  :class:`~turbda_kit.errors.DivergenceError`, after saving the last good ensemble.
+  (:func:`turbda_kit.random_streams.cycle_generator`), so a run resumed from a checkpoint
+  gives the same Dataset as an uninterrupted run (timings aside).
+* A checkpoint is written atomically every ``checkpoint_every`` cycles into ``out_dir``;
+  one that cannot be read is refused with an :class:`~turbda_kit.errors.InputError`
+  naming the file.
+* NaN/inf, an RMSE above ``divergence_rmse``, or a model or filter that gives up with
+  its own :class:`~turbda_kit.errors.DivergenceError` (SQG's CFL check, a non-finite EnSF
+  analysis) stops the run with a :class:`~turbda_kit.errors.DivergenceError` naming the
+  cycle (``error.cycle``), after saving the last good ensemble.
 """
 
 from __future__ import annotations
@@ -24,45 +30,43 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
+import xarray as xr
 from torch import Tensor
 
 from .. import metrics, provenance
 from ..device import synchronize
 from ..errors import DivergenceError, InputError
+from ..filters.base import Filter
 from ..io import atomic_path
+from ..models.base import ForecastModel
+from ..obs.noise import ShockProcess
 from ..progress import progress_bar
-from .randomness import cycle_generator
+from ..random_streams import cycle_generator
+from .truth import TruthSource
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "DIVERGED_NAME",
+    "PER_CYCLE_VARIABLES",
+    "TIMING_VARIABLES",
+    "CyclingConfig",
+    "ObsNetwork",
+    "cycle_observations",
+    "run_cycling",
+]
 
 CHECKPOINT_NAME = "cycling_checkpoint.pt"
 DIVERGED_NAME = "diverged_state.pt"
-
-
-class AnalysisFn(Protocol):
-    """A filter's analysis step as the engine calls it.
-
-    ``analysis(forecast_ensemble (member, *state_shape), obs (n_obs,), obs_operator,
-    obs_error_std, generator) -> analysis_ensemble (member, *state_shape)``
-    """
-
-    def __call__(self, forecast_ensemble: Tensor, obs: Tensor, obs_operator: Any,
-                 obs_error_std: float, generator: torch.Generator) -> Tensor: ...
-
-
-class SteppingModel(Protocol):
-    """What the engine needs of a model: ``state_shape``, ``dt`` and ``advance``."""
-
-    state_shape: tuple[int, ...]
-    dt: float
-
-    def advance(self, state: Tensor, n_steps: int) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,8 @@ class CyclingConfig:
     n_cycles : int
         Number of analysis cycles (≥ 1).
     steps_per_cycle : int
-        Model steps between analyses (cycle length = steps_per_cycle · model.dt).
+        Model steps between analyses (cycle length = steps_per_cycle · model.dt ·
+        model.time_unit_seconds seconds).
     spinup_cycles : int
         Leading cycles excluded from the summary scores and the rank histogram.
     obs_error_std : float
@@ -114,80 +119,6 @@ class CyclingConfig:
             raise InputError(f"divergence_rmse must be > 0, got {self.divergence_rmse}")
 
 
-class TruthSource(Protocol):
-    """The true state at each cycle: ``state(cycle) -> (*state_shape)``; cycle 0 is the start."""
-
-    def state(self, cycle: int) -> Tensor: ...
-
-
-class ArrayTruth:
-    """Truth read from a stored trajectory (e.g. a nature run's ``theta``).
-
-    Parameters
-    ----------
-    trajectory : Tensor or array-like, shape (n_times, *state_shape)
-        States at equally spaced times.
-    stride : int
-        Stored times per cycle (1 when the output interval equals the cycle length).
-    offset : int
-        Stored time index of cycle 0.
-    device, dtype
-        Where and how states are returned.
-    """
-
-    def __init__(self, trajectory, stride: int = 1, offset: int = 0,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        self.trajectory = trajectory
-        self.stride, self.offset = stride, offset
-        self.device, self.dtype = torch.device(device), dtype
-        if stride < 1 or offset < 0:
-            raise InputError(f"stride must be ≥ 1 and offset ≥ 0, got {stride}, {offset}")
-
-    def n_cycles_available(self) -> int:
-        """How many cycles (after cycle 0) the trajectory covers."""
-        return (len(self.trajectory) - 1 - self.offset) // self.stride
-
-    def state(self, cycle: int) -> Tensor:
-        index = self.offset + cycle * self.stride
-        if index >= len(self.trajectory):
-            raise InputError(f"the truth trajectory has {len(self.trajectory)} times; cycle "
-                             f"{cycle} needs index {index}: use fewer cycles or a longer run")
-        value = self.trajectory[index]
-        if not isinstance(value, Tensor):
-            value = torch.as_tensor(np.asarray(getattr(value, "values", value)))  # xarray/numpy
-        return value.to(device=self.device, dtype=self.dtype)
-
-
-class ModelTruth:
-    """Truth generated on the fly by running ``model`` from ``initial_state``.
-
-    States are computed in order and cached for the current cycle only, so memory stays
-    one state; the state is part of the engine's checkpoint.
-    """
-
-    def __init__(self, model: SteppingModel, initial_state: Tensor, steps_per_cycle: int):
-        self.model = model
-        self.steps_per_cycle = steps_per_cycle
-        self._cycle = 0
-        self._state = initial_state.clone()
-
-    def state(self, cycle: int) -> Tensor:
-        if cycle < self._cycle:
-            raise InputError("ModelTruth advances forward only; recreate it to go back")
-        while self._cycle < cycle:
-            self._state = self.model.advance(self._state, self.steps_per_cycle)
-            self._cycle += 1
-        return self._state
-
-    def get_state(self) -> dict[str, Any]:
-        """Checkpointable state."""
-        return {"cycle": self._cycle, "state": self._state}
-
-    def set_state(self, saved: dict[str, Any]) -> None:
-        """Restore from :meth:`get_state`."""
-        self._cycle, self._state = int(saved["cycle"]), saved["state"]
-
-
 ObsNetwork = Callable[[int, torch.Generator], Any]
 """A per-cycle observation operator: ``network(cycle, generator) -> obs operator``."""
 
@@ -197,6 +128,67 @@ PER_CYCLE_VARIABLES = (
     "shock_std", "time_forecast_s", "time_analysis_s",
 )
 TIMING_VARIABLES = ("time_forecast_s", "time_analysis_s")
+
+
+def cycle_observations(obs_operator, true_state: Tensor, obs_error_std: float, seed: int,
+                       cycle: int) -> Tensor:
+    """The synthetic observations of one cycle: ``H(truth) + obs_error_std * xi``.
+
+    ``xi`` is standard normal from the ``(seed, cycle, "obs_noise")`` stream, so every run
+    of an experiment (any filter, resumed or not) sees the same observations.
+
+    Parameters
+    ----------
+    obs_operator : callable
+        ``H: (*state_shape) -> (n_obs,)``.
+    true_state : Tensor, shape (*state_shape)
+        The (possibly shocked) truth of this cycle.
+    obs_error_std : float
+        Observation error standard deviation (observation units).
+    seed, cycle : int
+        Name the noise stream.
+
+    Returns
+    -------
+    Tensor, shape (n_obs,)
+    """
+    clean = obs_operator(true_state)
+    noise = torch.empty_like(clean).normal_(
+        generator=cycle_generator(seed, cycle, "obs_noise", clean.device))
+    return clean + obs_error_std * noise
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, ForecastModel):
+        missing = [name for name in ("state_shape", "dt", "time_unit_seconds", "step", "advance")
+                   if not hasattr(model, name)]
+        raise InputError(f"model {model!r} is not a ForecastModel (missing: "
+                         f"{', '.join(missing)}); see turbda_kit.models.base.ForecastModel")
+
+
+def _check_filter(analysis: Any) -> None:
+    if analysis is not None and not isinstance(analysis, Filter):
+        raise InputError(f"analysis {analysis!r} is not a Filter (a callable with a `name`): "
+                         "use turbda_kit.filters.make_filter(...), or wrap a function with "
+                         "turbda_kit.filters.as_filter(function, name)")
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """A checkpoint written by :func:`run_cycling`; InputError naming the file otherwise."""
+    keys = ("fingerprint", "cycle", "ensemble", "records", "rank_hist")
+    try:
+        saved = torch.load(path, weights_only=True, map_location=device)
+        if not isinstance(saved, dict) or any(k not in saved for k in keys):
+            raise KeyError(", ".join(k for k in keys if not isinstance(saved, dict)
+                                     or k not in saved))
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as err:
+        raise InputError(
+            f"{path} is not a readable cycling checkpoint (expected a torch.save file written "
+            f"by run_cycling, with {', '.join(keys)}; it is truncated or damaged: "
+            f"{type(err).__name__}: {err}). Delete it to restart the experiment from cycle 1, "
+            "or give another out_dir") from err
+    return saved
 
 
 def _fingerprint(config: CyclingConfig, name: str, member_count: int, state_shape) -> str:
@@ -209,10 +201,10 @@ def _check_finite(tensor: Tensor) -> bool:
     return bool(torch.isfinite(tensor).all())
 
 
-def run_cycling(model: SteppingModel, analysis: AnalysisFn | None, obs_operator: Any,
+def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any,
                 truth: TruthSource, initial_ensemble: Tensor, config: CyclingConfig,
                 out_dir: str | os.PathLike | None = None, name: str = "experiment",
-                shocks: Any | None = None, state_dims: tuple[str, ...] | None = None,
+                shocks: ShockProcess | None = None, state_dims: tuple[str, ...] | None = None,
                 attrs: dict[str, Any] | None = None,
                 on_cycle_end: Callable[[int, dict[str, float]], None] | None = None,
                 diagnostics: Callable[..., dict[str, float]] | None = None,
@@ -221,15 +213,18 @@ def run_cycling(model: SteppingModel, analysis: AnalysisFn | None, obs_operator:
 
     Parameters
     ----------
-    model : SteppingModel
-        Forecast model; ``advance`` takes ``(member, *state_shape)``.
-    analysis : AnalysisFn or None
-        The filter's analysis step; ``None`` gives a free run (forecasts only).
+    model : ForecastModel
+        Forecast model; ``advance`` takes ``(member, *state_shape)``; ``dt *
+        time_unit_seconds`` is one step in seconds of model time.
+    analysis : Filter or None
+        The filter's analysis step (:func:`turbda_kit.filters.make_filter`); ``None`` gives
+        a free run (forecasts only).
     obs_operator : obs operator or ObsNetwork
         An operator ``H(state (…, *state_shape)) -> (…, n_obs)``, or a callable
         ``(cycle, generator) -> operator`` for networks that change every cycle.
     truth : TruthSource
-        ``truth.state(k)`` is the true state at cycle ``k`` (k = 0 … n_cycles).
+        ``truth.state(k)`` is the true state at cycle ``k`` (k = 0 … n_cycles)
+        (:mod:`turbda_kit.experiments.truth`).
     initial_ensemble : Tensor, shape (member, *state_shape)
         Ensemble at cycle 0 (its device and dtype are used throughout).
     config : CyclingConfig
@@ -264,12 +259,15 @@ def run_cycling(model: SteppingModel, analysis: AnalysisFn | None, obs_operator:
 
     Raises
     ------
+    InputError
+        A model or filter that does not fit the protocols, shapes that disagree, or a
+        checkpoint in ``out_dir`` of other settings or that cannot be read.
     DivergenceError
         NaN/inf or RMSE above ``config.divergence_rmse``; the last good ensemble is saved
         in ``out_dir/diverged_state.pt`` (when ``out_dir`` is given).
     """
-    import xarray as xr
-
+    _check_model(model)
+    _check_filter(analysis)
     ensemble = initial_ensemble
     if ensemble.ndim < 2 or ensemble.shape[0] < 1:
         raise InputError(f"initial_ensemble must be (member, *state_shape), got {tuple(ensemble.shape)}")
@@ -296,7 +294,7 @@ def run_cycling(model: SteppingModel, analysis: AnalysisFn | None, obs_operator:
     out = Path(out_dir) if out_dir is not None else None
     start_cycle = 1
     if out is not None and (out / CHECKPOINT_NAME).exists():
-        saved = torch.load(out / CHECKPOINT_NAME, weights_only=True, map_location=device)
+        saved = _load_checkpoint(out / CHECKPOINT_NAME, device)
         if saved["fingerprint"] != fingerprint:
             raise InputError(f"{out / CHECKPOINT_NAME} belongs to an experiment with other "
                              "settings: use another out_dir or delete the checkpoint")
@@ -336,8 +334,7 @@ def run_cycling(model: SteppingModel, analysis: AnalysisFn | None, obs_operator:
         return error
 
     bar = progress_bar(n - start_cycle + 1, desc=f"cycling {name}", enabled=show_progress)
-    model_seconds = config.steps_per_cycle * float(model.dt) * float(
-        getattr(model, "time_unit_seconds", 1.0) or 1.0)
+    model_seconds = config.steps_per_cycle * float(model.dt) * float(model.time_unit_seconds)
     for cycle in range(start_cycle, n + 1):
         t0 = time.perf_counter()
         try:
@@ -358,14 +355,15 @@ def run_cycling(model: SteppingModel, analysis: AnalysisFn | None, obs_operator:
         operator = (obs_operator(cycle, cycle_generator(config.seed, cycle, "obs_network", "cpu"))
                     if callable(obs_operator) and not hasattr(obs_operator, "n_obs")
                     else obs_operator)
-        clean_obs = operator(true_state)
-        noise = torch.empty_like(clean_obs).normal_(
-            generator=cycle_generator(config.seed, cycle, "obs_noise", device))
-        obs = clean_obs + config.obs_error_std * noise
+        obs = cycle_observations(operator, true_state, config.obs_error_std, config.seed, cycle)
         t2 = time.perf_counter()
         if analysis is not None:
-            analysed = analysis(forecast, obs, operator, config.obs_error_std,
-                                cycle_generator(config.seed, cycle, "analysis", device))
+            try:
+                analysed = analysis(forecast, obs, operator, config.obs_error_std,
+                                    cycle_generator(config.seed, cycle, "analysis", device))
+            except DivergenceError as err:  # the filter's own checks (e.g. a non-finite EnSF)
+                bar.close()
+                raise _diverged(cycle, f"the filter stopped: {err}") from err
         else:
             analysed = forecast
         synchronize(device)
@@ -426,6 +424,7 @@ def run_cycling(model: SteppingModel, analysis: AnalysisFn | None, obs_operator:
     wall_per_cycle = records["time_forecast_s"] + records["time_analysis_s"]
     summary = {
         "experiment": name,
+        "filter": analysis.name if analysis is not None else "free",
         "n_members": n_members,
         "mean_rmse_analysis": float(np.mean(records["rmse_analysis"][scored])),
         "mean_rmse_forecast": float(np.mean(records["rmse_forecast"][scored])),

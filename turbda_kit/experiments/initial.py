@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import InputError
+
+__all__ = ["ensemble_around_truth", "ensemble_from_climatology"]
 
 
 def ensemble_around_truth(truth_state: Tensor, n_members: int, std: float,
@@ -51,8 +54,6 @@ def ensemble_from_climatology(trajectory, n_members: int, generator: torch.Gener
     exclude : range, optional
         Time indices not to draw (e.g. the experiment's own period).
     """
-    import numpy as np
-
     available = [i for i in range(len(trajectory)) if exclude is None or i not in exclude]
     if n_members > len(available):
         raise InputError(f"cannot draw {n_members} members from {len(available)} times")

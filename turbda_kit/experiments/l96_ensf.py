@@ -4,7 +4,7 @@ Every rank owns a slab of the ring (:func:`turbda_kit.parallel.halo.slab_bounds`
 advances truth and ensemble with halo exchange between Runge–Kutta stages, and analyses
 its slab locally (EnSF with elementwise observation operators is local). Truth,
 observations and every random draw are generated on the fly from the global index
-(:func:`turbda_kit.obs.noise.indexed_normal_`), so no problem file is needed and the
+(:func:`turbda_kit.random_streams.indexed_normal_`), so no problem file is needed and the
 analysis is **bit-identical for any number of ranks**. RMSE and spread are global
 reductions.
 
@@ -32,10 +32,13 @@ from ..device import synchronize
 from ..errors import DivergenceError, InputError
 from ..filters.ensf import EnSFConfig, ensf_analysis
 from ..models.lorenz96 import L96Workspace, rk4_step_
-from ..obs.noise import block_seed, indexed_normal_
 from ..obs.operators import Arctan, Identity
 from ..parallel.halo import RingHaloExchange, slab_bounds
 from ..progress import progress_bar
+from ..random_streams import block_seed, indexed_normal_
+
+__all__ = ["L96EnSFResult", "L96EnSFSettings", "gather_slabs", "peak_memory_bytes",
+           "run_l96_ensf"]
 
 # Keys of the random streams (first word after the seed).
 _TRUTH, _ENSEMBLE, _OBS, _ANALYSIS = 1, 2, 3, 4

@@ -1,8 +1,10 @@
 """Experiment presets named after the studies they reproduce, with the scores reported there.
 
-Each preset is data (a frozen dataclass); :func:`build_experiment` turns one into the
-engine's inputs. ``reported`` holds the published mean scores (RMSE over the cycles after
-spin-up, in the state's units: K for SQG), so a run can be set beside them.
+Each preset is data (a frozen dataclass);
+:func:`~turbda_kit.experiments.builder.build_experiment` turns one into the engine's
+inputs. ``reported`` holds the published mean scores (RMSE over the cycles after spin-up,
+in the state's units: K for SQG), so a run can be set beside them. This is the one place
+published scores are stored.
 
 SQG presets (12-hourly cycles of the 64² coupled-experiment model, 20 members):
 
@@ -13,6 +15,15 @@ SQG presets (12-hourly cycles of the 64² coupled-experiment model, 20 members):
 * ``yin2024_sqg_shocks`` — as the linear case, with the jump-noise ("shock") process on
   the truth that is observed and scored. Reported: SQG+EnSF ≈ 1.05 K, SQG+LETKF ≈ 5.4 K,
   SQG free run ≈ 9.6 K.
+
+The coupled ViT runs of SC24 Fig. 4 (model ``"vit"``: a trained surrogate passed to the
+builder; the 12-h cycle is one surrogate step; EnSF in physical units,
+:data:`VIT_ENSF_SETTINGS`):
+
+* ``sc24_vit_only`` — EnSF analyses the initial ensemble once, then the ViT runs free
+  (filter ``"free"``). Reported ≈ 10.5 K.
+* ``sc24_vit_ensf`` — EnSF every cycle. Reported ≈ 1.27 K.
+* ``sc24_vit_ensf_shocks`` — as ``sc24_vit_ensf`` with the shock process. Reported ≈ 1.46 K.
 
 Lorenz-96 cross-checks of the LETKF (DAPPER's benchmark settings):
 
@@ -31,6 +42,8 @@ from ..errors import InputError
 from ..filters.ensf import EnSFConfig
 from ..filters.letkf import LETKFConfig
 
+__all__ = ["DAPreset", "PRESETS", "VIT_ENSF_SETTINGS", "get_preset"]
+
 HOURS = 3600.0
 # Localisation conventions (see turbda_kit.filters.localization): our radius is the
 # Gaspari-Cohn half-width c. sqgturb's "2200 km" is the cut-off 2c; DAPPER's loc_rad is c/1.82.
@@ -45,16 +58,18 @@ class DAPreset:
     ----------
     name : str
     model : str
-        ``"sqg"`` or ``"lorenz96"``.
+        A registered model kind (:mod:`turbda_kit.experiments.setups`): ``"sqg"``,
+        ``"lorenz96"`` or ``"vit"``.
     model_settings : dict
-        SQG: name of an SQG preset (``turbda_kit.models.sqg.sqg_preset``); Lorenz-96:
-        ``n``, ``forcing``, ``dt``.
+        SQG and ViT: name of an SQG preset (``turbda_kit.models.sqg.sqg_preset``; for the
+        ViT it fixes the grid geometry); Lorenz-96: ``n``, ``forcing``, ``dt``.
     obs : str
+        A registered observation operator (:func:`turbda_kit.obs.operators.make_operator`):
         ``"identity"`` or ``"arctan"`` (every state value observed).
     obs_error_std : float
         Observation error std (obs units: K for linear SQG obs).
     steps_per_cycle : int
-        Model steps per cycle (Lorenz-96; SQG derives it from ``cycle_seconds``).
+        Model steps per cycle (Lorenz-96; SQG and the ViT derive it from ``cycle_seconds``).
     n_cycles, spinup_cycles, n_members : int
     initial_spread : float
         Std of the initial perturbations around the truth (state units).
@@ -67,7 +82,10 @@ class DAPreset:
     source : str
         Where the numbers come from.
     cycle_seconds : float or None
-        SQG: cycle length in model seconds (12 h); steps = cycle_seconds / dt.
+        SQG and ViT: cycle length in model seconds (12 h); steps = cycle_seconds / dt.
+    initial_filter : str or None
+        A filter that analyses the initial ensemble once, with the observations of cycle
+        0, before the cycling starts (SC24's ViT-only run: EnSF once, then free).
     """
 
     name: str
@@ -86,6 +104,16 @@ class DAPreset:
     reported: dict[str, float] = field(default_factory=dict)
     source: str = ""
     cycle_seconds: float | None = None
+    initial_filter: str | None = None
+
+    @property
+    def filters(self) -> dict[str, Any]:
+        """The preset's settings of every filter it configures, by filter name."""
+        return {"ensf": self.ensf, "letkf": self.letkf}
+
+    def filter_settings(self, filter_name: str) -> Any:
+        """The settings of ``filter_name`` (None when the preset has none: its defaults)."""
+        return self.filters.get(filter_name)
 
     def replace(self, **changes: Any) -> DAPreset:
         """A copy with some fields changed (e.g. fewer cycles for a quick run)."""
@@ -107,10 +135,10 @@ class DAPreset:
         InputError
             For another filter name or a field the config does not have.
         """
-        if filter_name not in ("ensf", "letkf"):
-            raise InputError(f"filter_name={filter_name!r}: filter settings exist for 'ensf' "
-                             f"and 'letkf'")
-        config = getattr(self, filter_name)
+        config = self.filter_settings(filter_name)
+        if config is None:
+            raise InputError(f"filter_name={filter_name!r}: filter settings exist for "
+                             f"{' and '.join(repr(name) for name in self.filters)}")
         changes = dict(changes or {})
         names = {f.name for f in dataclasses.fields(config)}
         unknown = sorted(set(changes) - names)
@@ -134,6 +162,18 @@ _SQG_COMMON = dict(model="sqg", model_settings={"preset": "bao2024_sqg64"}, step
                    n_cycles=300, spinup_cycles=100, n_members=20, initial_spread=2.0,
                    ensf=_SQG_ENSF)
 
+#: EnSF changes (over the SQG presets') for the ViT experiments. The surrogate is
+#: deterministic, so its ensemble spread (~0.6 K) says nothing about its 12-h error (~3.7 K):
+#: normalising by that spread, as the SQG runs do, makes the update far too timid (4.0 K on
+#: the tuning window). In physical units the paired prior's variance is ``eps_beta``, and
+#: the weight sets the gain; 300 was the best of 30/100/300/1000 on 40 held-out cycles
+#: (docs/tuning.md).
+VIT_ENSF_SETTINGS: dict[str, Any] = {"normalize": False, "likelihood_weight": 300.0}
+_SC24_VIT = dict(
+    _SQG_COMMON, model="vit", steps_per_cycle=1, obs="identity", obs_error_std=1.0,
+    letkf=LETKFConfig(localization_radius=1.1e6, inflation="rtps", inflation_factor=0.3),
+    ensf=dataclasses.replace(_SQG_ENSF, **VIT_ENSF_SETTINGS))
+
 PRESETS: dict[str, DAPreset] = {
     "bao2024_sqg_linear": DAPreset(
         name="bao2024_sqg_linear", obs="identity", obs_error_std=1.0,
@@ -149,6 +189,18 @@ PRESETS: dict[str, DAPreset] = {
         letkf=LETKFConfig(localization_radius=1.1e6, inflation="rtps", inflation_factor=0.3),
         reported={"ensf": 1.05, "letkf": 5.4, "free": 9.6},
         source="SC24 (Yin et al. 2024), Fig. 4: mean RMSE over 300 cycles", **_SQG_COMMON),
+    "sc24_vit_only": DAPreset(
+        name="sc24_vit_only", initial_filter="ensf", reported={"free": 10.5},
+        source="SC24 (Yin et al. 2024), Fig. 4: ViT only, mean RMSE over 300 cycles",
+        **_SC24_VIT),
+    "sc24_vit_ensf": DAPreset(
+        name="sc24_vit_ensf", reported={"ensf": 1.27},
+        source="SC24 (Yin et al. 2024), Fig. 4: ViT+EnSF, mean RMSE over 300 cycles",
+        **_SC24_VIT),
+    "sc24_vit_ensf_shocks": DAPreset(
+        name="sc24_vit_ensf_shocks", shocks=True, reported={"ensf": 1.46},
+        source="SC24 (Yin et al. 2024), Fig. 4: ViT+EnSF with shocks, mean RMSE over 300 "
+               "cycles", **_SC24_VIT),
     "sakov2008": DAPreset(
         name="sakov2008", model="lorenz96", model_settings={"n": 40, "forcing": 8.0, "dt": 0.05},
         obs="identity", obs_error_std=1.0, steps_per_cycle=1, n_cycles=2000, spinup_cycles=500,
@@ -171,198 +223,3 @@ def get_preset(name: str) -> DAPreset:
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
     return PRESETS[name]
-
-
-@dataclass
-class Experiment:
-    """Everything :func:`turbda_kit.experiments.cycling.run_cycling` needs, built from a preset.
-
-    Attributes
-    ----------
-    preset : DAPreset
-    filter_name : str
-    model, analysis, obs_operator, truth, initial_ensemble, config, shocks
-        The engine's inputs (``analysis`` is None for a free run).
-    attrs : dict
-        Settings recorded in the output Dataset.
-    """
-
-    preset: DAPreset
-    filter_name: str
-    model: Any
-    analysis: Any
-    obs_operator: Any
-    truth: Any
-    initial_ensemble: Any
-    config: Any
-    shocks: Any = None
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-    def run(self, out_dir=None, show_progress: bool | None = None, **kwargs):
-        """Run the experiment; returns the engine's Dataset."""
-        from .cycling import run_cycling
-
-        return run_cycling(self.model, self.analysis, self.obs_operator, self.truth,
-                           self.initial_ensemble, self.config, out_dir=out_dir,
-                           name=f"{self.preset.name}:{self.filter_name}", shocks=self.shocks,
-                           attrs=self.attrs, show_progress=show_progress, **kwargs)
-
-
-FILTERS = ("ensf", "letkf", "free")
-
-
-def build_experiment(preset: DAPreset | str, filter_name: str, *, truth_trajectory=None,
-                     truth_stride: int = 1, seed: int = 0, device="cpu",
-                     dtype=None, save_means: bool = False, checkpoint_every: int = 10,
-                     divergence_rmse: float | None = None, spinup_days: float = 100.0,
-                     model_overrides: dict[str, Any] | None = None) -> Experiment:
-    """Assemble a cycling experiment from a preset.
-
-    Parameters
-    ----------
-    preset : DAPreset or str
-        A preset or its name; use ``preset.replace(n_cycles=..., n_members=...)`` for
-        shorter or smaller runs.
-    filter_name : {"ensf", "letkf", "free"}
-    truth_trajectory : array-like, shape (n_times, *state_shape), optional
-        Stored truth (SQG: a nature run's ``theta`` in K, one time per cycle unless
-        ``truth_stride`` says otherwise). Default: a truth run on the fly by the model,
-        started from a spun-up state.
-    truth_stride : int
-        Stored times per cycle in ``truth_trajectory``.
-    seed : int
-        Root seed (initial ensemble, observations, filter noise, shocks).
-    device : torch.device or str
-    dtype : torch.dtype, optional
-        Default float32 for SQG, float64 for Lorenz-96.
-    save_means : bool
-        Store truth and ensemble means per cycle (for field plots).
-    checkpoint_every : int
-        Cycles between checkpoints when the run has an ``out_dir``.
-    divergence_rmse : float, optional
-        Stop above this RMSE (default: 10× the climatological scale, 100 K for SQG, 20
-        for Lorenz-96).
-    spinup_days : float
-        SQG on-the-fly truth: model days of spin-up from the random initial state.
-    model_overrides : dict, optional
-        SQG parameter changes (``{"N": 32}`` selects ``bao2024_at_resolution(32)``, whose
-        dt and hyperdiffusion scale with the grid) or Lorenz-96 settings.
-
-    Returns
-    -------
-    Experiment
-    """
-    import math
-
-    import torch
-
-    from ..models.lorenz96 import Lorenz96
-    from ..obs import operators
-    from ..obs.noise import ShockProcess
-    from .adapters import KelvinModel, ensf_filter, letkf_filter
-    from .cycling import ArrayTruth, CyclingConfig, ModelTruth
-    from .initial import ensemble_around_truth
-    from .randomness import cycle_generator
-
-    if isinstance(preset, str):
-        preset = get_preset(preset)
-    if filter_name not in FILTERS:
-        raise InputError(f"unknown filter {filter_name!r}; choose from {', '.join(FILTERS)}")
-    device = torch.device(device)
-    positions, lengths = None, None
-    if preset.model == "sqg":
-        from ..filters.localization import sqg_positions
-        from ..models.sqg import (
-            SQGModel,
-            bao2024_at_resolution,
-            pv_to_theta,
-            random_initial_state,
-            sqg_preset,
-        )
-
-        dtype = dtype or torch.float32
-        overrides = dict(model_overrides or {})
-        if "N" in overrides:
-            # Other grids keep the physics: dt and hyperdiffusion scale with the grid.
-            sqg_params = bao2024_at_resolution(int(overrides.pop("N")))
-        else:
-            sqg_params = sqg_preset(preset.model_settings["preset"]).params
-        if overrides:
-            sqg_params = sqg_params.replace(**overrides)
-        if preset.cycle_seconds:
-            steps = preset.cycle_seconds / sqg_params.dt
-            if abs(steps - round(steps)) > 1e-9:
-                raise InputError(f"a {preset.cycle_seconds} s cycle is not a whole number of "
-                                 f"dt = {sqg_params.dt} s steps")
-            preset = preset.replace(steps_per_cycle=int(round(steps)))
-        model = KelvinModel(SQGModel(sqg_params))
-        positions = sqg_positions(sqg_params.N, sqg_params.L, sqg_params.H)
-        lengths = (sqg_params.L, sqg_params.L)
-        default_divergence = 100.0
-    elif preset.model == "lorenz96":
-        dtype = dtype or torch.float64
-        settings = {**preset.model_settings, **(model_overrides or {})}
-        model = Lorenz96(**settings)
-        n = settings["n"]
-        positions = torch.arange(n, dtype=torch.float64).reshape(n, 1)
-        lengths = (float(n),)
-        default_divergence = 20.0
-    else:
-        raise InputError(f"preset {preset.name} has unknown model {preset.model!r}")
-
-    state_shape = tuple(model.state_shape)
-    if truth_trajectory is not None:
-        truth = ArrayTruth(truth_trajectory, stride=truth_stride, device=device, dtype=dtype)
-        needed = preset.n_cycles
-        if truth.n_cycles_available() < needed:
-            raise InputError(f"the truth trajectory covers {truth.n_cycles_available()} cycles; "
-                             f"preset {preset.name} runs {needed}: pass a longer nature run or "
-                             f"preset.replace(n_cycles=...)")
-        truth0 = truth.state(0)
-        if tuple(truth0.shape) != state_shape:
-            raise InputError(f"truth grid {tuple(truth0.shape)} does not match the model grid "
-                             f"{state_shape}")
-    else:
-        gen = cycle_generator(seed, 0, "initial", "cpu")
-        if preset.model == "sqg":
-            pv0 = random_initial_state(sqg_params, gen, device=device, dtype=dtype)
-            steps = int(round(spinup_days * 86400.0 / sqg_params.dt))
-            x0 = model.model.advance(pv0, steps) if steps else pv0
-            x0 = pv_to_theta(x0, sqg_params)
-        else:
-            x0 = settings.get("forcing", 8.0) + torch.randn(
-                state_shape, generator=gen, dtype=dtype).to(device)
-            x0 = model.advance(x0, 1000)
-        truth = ModelTruth(model, x0, preset.steps_per_cycle)
-        truth0 = x0
-    initial = ensemble_around_truth(truth0, preset.n_members, preset.initial_spread,
-                                    cycle_generator(seed, 0, "initial", device))
-
-    if preset.obs == "identity":
-        obs_operator = operators.Identity(state_shape)
-    elif preset.obs == "arctan":
-        obs_operator = operators.Arctan(state_shape)
-    else:
-        raise InputError(f"preset {preset.name} has unknown obs {preset.obs!r}")
-
-    if filter_name == "ensf":
-        analysis = ensf_filter(preset.ensf)
-    elif filter_name == "letkf":
-        analysis = letkf_filter(preset.letkf, positions, lengths)
-    else:
-        analysis = None
-    config = CyclingConfig(n_cycles=preset.n_cycles, steps_per_cycle=preset.steps_per_cycle,
-                           obs_error_std=preset.obs_error_std,
-                           spinup_cycles=preset.spinup_cycles, seed=seed,
-                           checkpoint_every=checkpoint_every,
-                           divergence_rmse=divergence_rmse or default_divergence,
-                           save_means=save_means)
-    shocks = ShockProcess(torch.Generator(device=device)) if preset.shocks else None
-    attrs = {"preset": preset.name, "filter": filter_name, "obs": preset.obs,
-             "model_settings": repr(sqg_params.to_dict() if preset.model == "sqg" else settings),
-             "model": preset.model, "source": preset.source,
-             "letkf_settings": repr(preset.letkf) if filter_name == "letkf" else "",
-             "ensf_settings": repr(preset.ensf) if filter_name == "ensf" else "",
-             "reported_rmse": (preset.reported.get(filter_name, math.nan))}
-    return Experiment(preset, filter_name, model, analysis, obs_operator, truth, initial, config,
-                      shocks, attrs)

@@ -58,9 +58,9 @@ from torch import Tensor
 from ..device import resolve_device, synchronize
 from ..errors import InputError
 from ..filters.ensf import EnSFConfig
-from ..obs.noise import DEFAULT_BLOCK_SIZE
 from ..parallel.halo import slab_bounds
 from ..parallel.mpi import get_comm
+from ..random_streams import DEFAULT_BLOCK_SIZE
 from .l96_ensf import L96EnSFSettings, run_l96_ensf
 
 __all__ = [

@@ -18,18 +18,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xarray as xr
 
 from ..errors import DivergenceError, InputError
 from ..io import open_dataset, write_dataset
 from ..progress import progress_bar
-from .presets import DAPreset, build_experiment, get_preset
+from .builder import build_experiment
+from .presets import DAPreset, get_preset
+
+__all__ = ["SCORES", "best_setting", "sweep"]
 
 #: The per-cycle variables of the cycling Dataset that a sweep averages after spin-up.
 SCORES = ("rmse_analysis", "rmse_forecast", "spread_analysis", "spread_forecast")
@@ -45,7 +48,8 @@ def sweep(preset: DAPreset | str, filter_name: str, settings: Sequence[Mapping[s
     ----------
     preset : DAPreset or str
         The experiment (model, observations, ensemble size, ...).
-    filter_name : {"ensf", "letkf"}
+    filter_name : str
+        A filter with settings in the preset (``"ensf"``, ``"letkf"``).
     settings : sequence of dict
         Field changes of the preset's filter config (``EnSFConfig`` or ``LETKFConfig``),
         one dict per run, e.g. ``{"localization_radius": 8e5, "inflation_factor": 0.6}``.
@@ -80,8 +84,10 @@ def sweep(preset: DAPreset | str, filter_name: str, settings: Sequence[Mapping[s
         raise InputError("settings is empty: pass at least one dict of filter-config changes")
     if not 0 <= spinup_cycles < n_cycles:
         raise InputError(f"spinup_cycles={spinup_cycles} must be in [0, n_cycles={n_cycles})")
-    if filter_name not in ("ensf", "letkf"):
-        raise InputError(f"filter_name={filter_name!r}: a sweep tunes 'ensf' or 'letkf'")
+    if preset.filter_settings(filter_name) is None:
+        raise InputError(f"filter_name={filter_name!r}: a sweep tunes "
+                         f"{' or '.join(repr(n) for n in preset.filters)} (the filters with "
+                         "settings in the preset)")
     base = dict(base or {})
     preset = preset.with_filter_settings(filter_name, base).replace(
         n_cycles=n_cycles, spinup_cycles=spinup_cycles)
@@ -117,11 +123,8 @@ def sweep(preset: DAPreset | str, filter_name: str, settings: Sequence[Mapping[s
             ds = experiment.run(show_progress=False)
             for name in SCORES:
                 rows[f"mean_{name}"].append(float(np.nanmean(ds[name].values[spinup_cycles:])))
-        except DivergenceError as err:
-            # The engine names the cycle; a filter's own error (e.g. a non-finite EnSF
-            # analysis) may not.
-            found = re.search(r"diverged at cycle (\d+)", str(err))
-            cycle, failed = (int(found.group(1)) if found else -1), True
+        except DivergenceError as err:  # the engine names the cycle
+            cycle, failed = int(getattr(err, "cycle", -1)), True
             for name in SCORES:
                 rows[f"mean_{name}"].append(math.nan)
         wall.append(time.perf_counter() - start)
@@ -139,8 +142,6 @@ def sweep(preset: DAPreset | str, filter_name: str, settings: Sequence[Mapping[s
 
 
 def _table(rows, diverged, diverged_cycle, wall, labels, attrs):
-    import xarray as xr
-
     data = {name: ("setting", np.asarray(values, dtype=np.float64))
             for name, values in rows.items()}
     data["diverged"] = ("setting", np.asarray(diverged, dtype=bool))

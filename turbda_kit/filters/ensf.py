@@ -34,7 +34,7 @@ and written once per step; the next tile's noise is drawn in a background thread
 (``prefetch_noise``). Other operators and the mixture score use whole-array in-place
 passes. Both loops give bit-identical results.
 
-Randomness is addressed by global index (:func:`turbda_kit.obs.noise.indexed_blocks`):
+Randomness is addressed by global index (:func:`turbda_kit.random_streams.indexed_blocks`):
 the noise of step ``k`` for member ``j`` at global state index ``i`` depends only on
 ``(seed, k, j, i)``. A slab ``[a, b)`` of the state analysed alone (``global_offset=a``,
 with the slab's local observation operator) therefore reproduces exactly the slab of the
@@ -66,11 +66,6 @@ import torch
 from torch import Tensor
 
 from ..errors import DivergenceError, InputError
-from ..obs.noise import (
-    DEFAULT_BLOCK_SIZE,
-    indexed_blocks,
-    indexed_normal_add_,
-)
 from ..obs.operators import (
     DifferentiableObs,
     ObsOperator,
@@ -78,8 +73,15 @@ from ..obs.operators import (
     inverse_variance,
 )
 from ..obs.operators import likelihood_score as _generic_likelihood_score
+from ..random_streams import (
+    DEFAULT_BLOCK_SIZE,
+    indexed_blocks,
+    indexed_normal_add_,
+)
+from .base import FilterGeometry, register_filter
 
 __all__ = [
+    "EnSF",
     "EnSFConfig",
     "EnSFResult",
     "GlobalReduce",
@@ -754,3 +756,48 @@ def _control_spread_(x: Tensor, prior_std: Tensor, config: EnSFConfig,
     factor = torch.where(post_std > 0, target / post_std.clamp_min(torch.finfo(x.dtype).tiny),
                          torch.ones_like(post_std))
     x.sub_(post_mean).mul_(factor).add_(post_mean)
+
+
+class EnSF:
+    """The EnSF as a :class:`~turbda_kit.filters.base.Filter`: its settings bound.
+
+    ``EnSF(config)(forecast, obs, H, obs_error_std, generator)`` is
+    :func:`ensf_analysis` with ``config`` (and ``reference_spread``).
+
+    Parameters
+    ----------
+    config : EnSFConfig
+    reference_spread : float or Tensor broadcastable to ``state_shape``, optional
+        Reference for ``config.spread_cap`` (e.g. the initial ensemble spread).
+
+    Attributes
+    ----------
+    name : str
+        ``"ensf"``.
+    """
+
+    name = "ensf"
+
+    def __init__(self, config: EnSFConfig = EnSFConfig(),
+                 reference_spread: float | Tensor | None = None):
+        if not isinstance(config, EnSFConfig):
+            raise InputError(f"config must be an EnSFConfig, got {type(config).__name__}")
+        self.config = config
+        self.reference_spread = reference_spread
+
+    def __repr__(self) -> str:
+        return f"EnSF({self.config!r})"
+
+    def __call__(self, forecast_ensemble: Tensor, obs: Tensor, obs_operator, obs_error_std,
+                 generator: torch.Generator | int) -> Tensor:
+        """Analysis ensemble ``(member, *state_shape)`` (see :func:`ensf_analysis`)."""
+        return ensf_analysis(forecast_ensemble, obs, obs_operator, obs_error_std, generator,
+                             self.config, reference_spread=self.reference_spread)
+
+
+def _make_ensf(settings: EnSFConfig | None, geometry: FilterGeometry) -> EnSF:
+    del geometry  # EnSF's prior score is local: it needs no grid
+    return EnSF(settings if settings is not None else EnSFConfig())
+
+
+register_filter("ensf", _make_ensf, EnSFConfig)

@@ -1,4 +1,5 @@
-"""Distance-based localisation: the Gaspari–Cohn taper, periodic distances, grid positions.
+"""Distance-based localisation: the Gaspari–Cohn taper, periodic distances, grid positions,
+and the localisation plan (which observations each analysis location sees, with what weight).
 
 Conventions
 -----------
@@ -21,22 +22,31 @@ per entry of ``domain_lengths`` (a periodic axis has its period there, a bounded
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..errors import InputError
 
+if TYPE_CHECKING:  # the config module imports this one
+    from .letkf import LETKFConfig
+
 __all__ = [
+    "LocalizationPlan",
     "gaspari_cohn",
-    "periodic_difference",
-    "pairwise_distances",
-    "grid_positions",
-    "sqg_positions",
-    "half_width_for_taper",
+    "global_plan",
     "grid_point_positions",
+    "grid_positions",
+    "half_width_for_taper",
+    "pairwise_distances",
+    "periodic_difference",
+    "plan_localization",
+    "sqg_positions",
 ]
 
 
@@ -245,3 +255,300 @@ def grid_point_positions(state_positions: Tensor, grid_coordinates: Tensor) -> T
                          f"{state_shape}; for observations between grid points pass their "
                          "positions directly (letkf_analysis(obs_positions=...))")
     return state_positions[tuple(index.to(state_positions.device).T)]
+
+
+# --------------------------------------------------------------------------------------
+# Localisation plan: which observations each analysis location sees, and with what weight
+# --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LocalizationPlan:
+    """Grouping of state points into analysis locations and their local observation sets.
+
+    Build with :func:`plan_localization`; it depends only on positions and the
+    localisation radii, so one plan serves every cycle of a fixed observing network.
+
+    Attributes
+    ----------
+    n_state, n_obs : int
+        Sizes the plan was built for.
+    location_of_state : Tensor, shape (n_state,), int64
+        Analysis location of each (flattened) state point.
+    state_order : Tensor, shape (n_state,), int64
+        State points sorted by location (stable), so a run of locations is a slice.
+    location_starts : Tensor, shape (n_locations + 1,), int64
+        ``state_order[location_starts[i]:location_starts[i+1]]`` are location i's points.
+    location_positions : Tensor, shape (n_locations, n_dims) or None
+        Localisation-relevant coordinates of each location (None for a global plan).
+    obs_positions : Tensor, shape (n_obs, n_dims) or None
+    domain_lengths : tuple of float
+        Period of each horizontal axis (inf: bounded).
+    localization_radius, vertical_localization_radius, chunk_size
+        Copied from the config the plan was built with.
+    cached_chunks : tuple or None
+        Precomputed ``(obs_index, obs_weight)`` per chunk when built with ``precompute``.
+    """
+
+    n_state: int
+    n_obs: int
+    location_of_state: Tensor
+    state_order: Tensor
+    location_starts: Tensor
+    location_positions: Tensor | None
+    obs_positions: Tensor | None
+    domain_lengths: tuple[float, ...]
+    localization_radius: float
+    vertical_localization_radius: float | None
+    chunk_size: int
+    cached_chunks: tuple[tuple[Tensor, Tensor], ...] | None = None
+
+    @property
+    def n_locations(self) -> int:
+        """Number of distinct analysis locations."""
+        return int(self.location_starts.numel() - 1)
+
+    def chunk_bounds(self) -> Iterator[tuple[int, int]]:
+        """Yield ``(first, stop)`` location ranges of at most ``chunk_size`` locations."""
+        for first in range(0, self.n_locations, self.chunk_size):
+            yield first, min(first + self.chunk_size, self.n_locations)
+
+    def local_observations(self, first: int, stop: int) -> tuple[Tensor, Tensor]:
+        """Padded local observation sets of locations ``first:stop``.
+
+        Returns
+        -------
+        obs_index : Tensor, shape (stop - first, k_max), int64
+            Observation indices; padding entries point at observation 0.
+        obs_weight : Tensor, shape (stop - first, k_max)
+            Gaspari–Cohn weights in (0, 1]; 0 on padding.
+        """
+        if self.cached_chunks is not None and first % self.chunk_size == 0 and (
+                stop == min(first + self.chunk_size, self.n_locations)):
+            return self.cached_chunks[first // self.chunk_size]
+        if self.location_positions is None:  # global: everyone sees everything, weight 1
+            index = torch.arange(self.n_obs, device=self.location_of_state.device)
+            weight = torch.ones(self.n_obs, device=self.location_of_state.device)
+            return (index.expand(stop - first, -1), weight.expand(stop - first, -1))
+        return _local_observations(self.location_positions[first:stop], self.obs_positions,
+                                   self.domain_lengths, self.localization_radius,
+                                   self.vertical_localization_radius)
+
+    def matches(self, config: LETKFConfig) -> bool:
+        """Whether the plan was built with ``config``'s localisation radii."""
+        if self.location_positions is None:
+            return config.is_global
+        return (self.localization_radius == config.localization_radius
+                and self.vertical_localization_radius == config.vertical_localization_radius)
+
+
+def _candidate_observations(location_positions: Tensor, obs_positions: Tensor,
+                            domain_lengths: tuple[float, ...], reach: float) -> Tensor | None:
+    """Indices of the observations inside the chunk's bounding box grown by ``reach``.
+
+    A superset of every location's local set (triangle inequality about the box centre,
+    axis by axis); ``None`` when the box covers everything. Locations come sorted by
+    their first coordinate, so a chunk is a narrow strip and this prunes most of the
+    (locations, obs) distance table on large domains.
+    """
+    keep = None
+    for axis, length in enumerate(domain_lengths):
+        low, high = location_positions[:, axis].aminmax()
+        centre, half_extent = 0.5 * (low + high), 0.5 * (high - low)
+        if not math.isinf(length) and half_extent + reach >= 0.5 * length:
+            continue  # the box wraps all the way round this axis
+        offset = (obs_positions[:, axis] - centre).abs()
+        if not math.isinf(length):
+            offset = torch.minimum(offset, length - offset)
+        inside = offset <= half_extent + reach
+        keep = inside if keep is None else keep & inside
+    if keep is None or bool(keep.all()):
+        return None
+    return keep.nonzero().squeeze(1)
+
+
+def _local_observations(location_positions: Tensor, obs_positions: Tensor,
+                        domain_lengths: tuple[float, ...], half_width: float,
+                        vertical_half_width: float | None) -> tuple[Tensor, Tensor]:
+    """Padded indices and weights of the observations within reach of each location."""
+    n_horizontal = len(domain_lengths)
+    candidates = _candidate_observations(location_positions, obs_positions, domain_lengths,
+                                         2.0 * half_width)
+    if candidates is not None:
+        obs_positions = obs_positions[candidates]
+    squared = torch.zeros(location_positions.shape[0], obs_positions.shape[0],
+                          dtype=location_positions.dtype, device=location_positions.device)
+    for axis, length in enumerate(domain_lengths):
+        diff = (location_positions[:, axis, None] - obs_positions[None, :, axis]).abs_()
+        if not math.isinf(length):
+            # Positions were wrapped into [0, length) by the planner, so the minimum image
+            # is min(d, L - d) = L/2 - |d - L/2|; in place, as this table is the big one.
+            diff.sub_(0.5 * length).abs_().sub_(0.5 * length)
+        squared.addcmul_(diff, diff)
+    within = squared < (2.0 * half_width) ** 2
+    if vertical_half_width is not None:
+        vertical = (location_positions[:, n_horizontal, None]
+                    - obs_positions[None, :, n_horizontal]).abs_()
+        within &= vertical < 2.0 * vertical_half_width
+    counts = within.sum(dim=1)
+    k_max = int(counts.max()) if counts.numel() else 0
+    # Boolean-mask selection and nonzero() both walk the table row by row, so the pairs
+    # come grouped by location, in the order masked_scatter_ fills the padded rows.
+    cols = within.nonzero()[:, 1]
+    if candidates is not None:
+        cols = candidates[cols]
+    # The taper is only evaluated on the (few) pairs within the cut-off.
+    weight = gaspari_cohn(squared[within].sqrt_(), half_width)
+    if vertical_half_width is not None:
+        weight = weight * gaspari_cohn(vertical[within], vertical_half_width)
+    filled = torch.arange(k_max, device=counts.device) < counts[:, None]
+    obs_index = torch.zeros(filled.shape, dtype=torch.long,
+                            device=counts.device).masked_scatter_(filled, cols)
+    obs_weight = torch.zeros(filled.shape, dtype=weight.dtype,
+                             device=counts.device).masked_scatter_(filled, weight)
+    return obs_index, obs_weight
+
+
+def _check_positions(name: str, positions: Tensor, leading: tuple[int, ...] | None,
+                     n_points: int, n_horizontal: int) -> Tensor:
+    """Validate a positions tensor and flatten it to ``(n_points, n_dims)``."""
+    if not isinstance(positions, Tensor):
+        positions = torch.as_tensor(positions)
+    if not positions.is_floating_point():
+        positions = positions.to(torch.float64)
+    if positions.ndim < 1:
+        raise InputError(f"{name} must have a trailing coordinate axis; got a scalar")
+    flat = positions.reshape(-1, positions.shape[-1]) if positions.ndim > 1 else positions[:, None]
+    shape_ok = flat.shape[0] == n_points and (
+        positions.ndim <= 2 or leading is None or tuple(positions.shape[:-1]) == leading)
+    if not shape_ok:
+        expected = f"({n_points}, n_dims)" + (f" or {(*leading, 'n_dims')}" if leading else "")
+        raise InputError(f"{name} has shape {tuple(positions.shape)}; expected {expected}")
+    if flat.shape[1] not in (n_horizontal, n_horizontal + 1):
+        raise InputError(
+            f"{name} has {flat.shape[1]} coordinates per point but domain_lengths has "
+            f"{n_horizontal} entries: give (horizontal...) or (horizontal..., vertical)")
+    if not torch.isfinite(flat).all():
+        raise InputError(f"{name} contains NaN or inf")
+    return flat
+
+
+def plan_localization(state_positions: Tensor, obs_positions: Tensor,
+                      domain_lengths: Sequence[float], config: LETKFConfig, *,
+                      state_shape: Sequence[int] | None = None,
+                      precompute: bool = False) -> LocalizationPlan:
+    """Group state points into analysis locations and describe their local observations.
+
+    Parameters
+    ----------
+    state_positions : Tensor, shape (*state_shape, n_dims) or (n_state, n_dims)
+        Position of every state element: horizontal coordinates (one per entry of
+        ``domain_lengths``) and optionally a vertical one last (e.g. ``sqg_positions``).
+    obs_positions : Tensor, shape (n_obs, n_dims)
+        Observation positions in the same units (an operator's ``locations``). A 1-D
+        tensor is taken as one horizontal coordinate per observation.
+    domain_lengths : sequence of float
+        Period of each horizontal axis (``math.inf`` for a bounded axis), e.g. ``(L, L)``
+        for SQG in metres, ``(40,)`` for Lorenz-96 in grid points.
+    config : LETKFConfig
+        Supplies the radii and the chunk size.
+    state_shape : sequence of int, optional
+        When given, ``state_positions`` may be shaped ``(*state_shape, n_dims)`` and is
+        checked against it.
+    precompute : bool
+        Compute and keep every chunk's local observation set now (memory about
+        ``n_locations * k_max`` indices and weights) so repeated analyses skip the
+        distance computations.
+
+    Returns
+    -------
+    LocalizationPlan
+    """
+    lengths = tuple(float(length) for length in domain_lengths)
+    if not lengths or any(not length > 0 for length in lengths):
+        raise InputError(f"domain_lengths must be a non-empty sequence of lengths > 0 "
+                         f"(math.inf for a non-periodic axis); got {tuple(domain_lengths)}")
+    leading = tuple(state_shape) if state_shape is not None else None
+    n_state = math.prod(leading) if leading is not None else (
+        math.prod(state_positions.shape[:-1]) if state_positions.ndim > 1
+        else state_positions.shape[0])
+    state_flat = _check_positions("state_positions", state_positions, leading, n_state,
+                                  len(lengths))
+    obs_positions = torch.as_tensor(obs_positions)
+    n_obs = obs_positions.shape[0] if obs_positions.ndim >= 1 else 0
+    obs_flat = _check_positions("obs_positions", obs_positions, None, n_obs, len(lengths))
+    obs_flat = obs_flat.to(device=state_flat.device, dtype=state_flat.dtype)
+
+    n_used = len(lengths)
+    if config.vertical_localization_radius is not None:
+        n_used += 1
+        for name, flat in (("state_positions", state_flat), ("obs_positions", obs_flat)):
+            if flat.shape[1] != n_used:
+                raise InputError(
+                    f"vertical_localization_radius is set but {name} has no vertical "
+                    f"coordinate ({flat.shape[1]} columns for {len(lengths)} horizontal "
+                    f"axes); append z as the last column")
+
+    if config.is_global:
+        return global_plan(n_state, n_obs, state_flat.device, config.chunk_size)
+
+    def wrap(flat: Tensor) -> Tensor:
+        flat = flat[:, :n_used].clone()
+        for axis, length in enumerate(lengths):
+            if not math.isinf(length):
+                flat[:, axis] = torch.remainder(flat[:, axis], length)
+        return flat
+
+    state_used, obs_used = wrap(state_flat), wrap(obs_flat)
+    location_positions, location_of_state = _unique_rows(state_used)
+    state_order = torch.argsort(location_of_state, stable=True)
+    counts = torch.bincount(location_of_state, minlength=location_positions.shape[0])
+    location_starts = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    plan = LocalizationPlan(
+        n_state=n_state, n_obs=n_obs, location_of_state=location_of_state,
+        state_order=state_order, location_starts=location_starts,
+        location_positions=location_positions, obs_positions=obs_used,
+        domain_lengths=lengths, localization_radius=config.localization_radius,
+        vertical_localization_radius=config.vertical_localization_radius,
+        chunk_size=config.chunk_size)
+    if precompute:
+        chunks = tuple(plan.local_observations(first, stop)
+                       for first, stop in plan.chunk_bounds())
+        plan = dataclasses.replace(plan, cached_chunks=chunks)
+    return plan
+
+
+def _unique_rows(points: Tensor) -> tuple[Tensor, Tensor]:
+    """Distinct rows, sorted lexicographically, and the row index of every point.
+
+    Same result as ``torch.unique(points, dim=0, return_inverse=True)``, which is slow on
+    CPU for many rows; here each column is coded with a fast 1-D unique and the codes are
+    combined into one integer key per row.
+    """
+    key = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
+    for column in points.unbind(dim=1):
+        values, codes = torch.unique(column, return_inverse=True)
+        if key.numel() and int(key.max()) >= (2 ** 62) // max(values.numel(), 1):
+            return torch.unique(points, dim=0, return_inverse=True)  # key would overflow
+        key = key * values.numel() + codes
+    _, inverse = torch.unique(key, return_inverse=True)
+    unique_points = points.new_empty(int(inverse.max()) + 1 if inverse.numel() else 0,
+                                     points.shape[1])
+    unique_points[inverse] = points
+    return unique_points, inverse
+
+
+def global_plan(n_state: int, n_obs: int, device: torch.device,
+                 chunk_size: int) -> LocalizationPlan:
+    """The plan of an unlocalised (global) analysis.
+
+    One analysis location holds every state point and sees every observation with weight
+    1; :func:`plan_localization` returns it for a config without localisation.
+    """
+    return LocalizationPlan(
+        n_state=n_state, n_obs=n_obs,
+        location_of_state=torch.zeros(n_state, dtype=torch.long, device=device),
+        state_order=torch.arange(n_state, device=device),
+        location_starts=torch.tensor([0, n_state], device=device),
+        location_positions=None, obs_positions=None, domain_lengths=(),
+        localization_radius=math.inf, vertical_localization_radius=None,
+        chunk_size=chunk_size)

@@ -2,7 +2,9 @@
 
 A forecast model maps an ensemble-batched state ``(*batch, *state_shape)`` forward in
 time. It is a :class:`typing.Protocol`, so a spectral SQG model and a neural surrogate are
-interchangeable by shape, not by inheritance (see ``docs/design.md``).
+interchangeable by shape, not by inheritance (see ``docs/design.md``). Every consumer —
+the cycling engine, the experiment builder, the coupled runs — asks for this one
+protocol.
 """
 
 from __future__ import annotations
@@ -28,11 +30,24 @@ class ForecastModel(Protocol):
     state_shape : tuple of int
         Shape of one member's state (SQG: ``(2, N, N)``; Lorenz-96: ``(n,)``).
     dt : float
-        Length of one step in the model's time unit (seconds for SQG, MTU for Lorenz-96).
+        Length of one step in the model's time unit (seconds for SQG and the ViT
+        surrogate, model time units (MTU) for Lorenz-96).
+    time_unit_seconds : float
+        Seconds of simulated time per unit of ``dt``: 1.0 for SQG and the surrogate;
+        432000 (5 days) for Lorenz-96, Lorenz's (1996) calibration of one MTU against the
+        error-doubling time of the atmosphere. The cycling engine's model time
+        (``time_hours``) and real-time factor use it.
+
+    Examples
+    --------
+    >>> from turbda_kit.models.lorenz96 import Lorenz96
+    >>> isinstance(Lorenz96(40), ForecastModel)
+    True
     """
 
     state_shape: tuple[int, ...]
     dt: float
+    time_unit_seconds: float
 
     def step(self, state: Tensor) -> Tensor:
         """Advance ``(*batch, *state_shape)`` by one step; same shape, dtype and device."""

@@ -37,6 +37,7 @@ __all__ = [
     "HALO_LEFT",
     "HALO_RIGHT",
     "L96Workspace",
+    "LORENZ96_TIME_UNIT_SECONDS",
     "Lorenz96",
     "euler_step_",
     "l96_tendency",
@@ -49,6 +50,11 @@ __all__ = [
 #: Halo widths the tendency stencil needs: x_{i-2}, x_{i-1} on the left, x_{i+1} on the right.
 HALO_LEFT = 2
 HALO_RIGHT = 1
+
+#: Seconds per model time unit (MTU): Lorenz (1996) matched the model's error-doubling
+#: time (about 0.4 MTU) to the atmosphere's (about 2 days), so 1 MTU is about 5 days and the
+#: usual 0.05-MTU cycle is 6 hours.
+LORENZ96_TIME_UNIT_SECONDS = 5 * 86400.0
 
 _SCHEMES = ("rk4", "euler")
 
@@ -269,6 +275,8 @@ class Lorenz96:
         ``(n,)``.
     dt : float
         Time step (MTU).
+    time_unit_seconds : float
+        :data:`LORENZ96_TIME_UNIT_SECONDS` (one MTU is about 5 days).
 
     Notes
     -----
@@ -291,6 +299,7 @@ class Lorenz96:
         self.dt = float(dt)
         self.scheme = scheme
         self.state_shape = (n,)
+        self.time_unit_seconds = LORENZ96_TIME_UNIT_SECONDS
 
     def __repr__(self) -> str:
         return (f"Lorenz96(n={self.n}, forcing={self.forcing}, dt={self.dt}, "

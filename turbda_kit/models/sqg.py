@@ -84,6 +84,7 @@ __all__ = [
 ]
 
 DAY_SECONDS = 86400.0
+_STATE_UNITS = ("pv", "K")
 # Target working set of one block of members on a CPU (see SQGModel._blocks).
 _CPU_BLOCK_BYTES = 8 * 2**20
 
@@ -527,12 +528,18 @@ def _bytes_per_member(ops: _Operators) -> int:
 
 
 class SQGModel:
-    """Batched SQG model: ``step``/``advance`` on ``(*batch, 2, N, N)`` PV tensors.
+    """Batched SQG model: ``step``/``advance`` on ``(*batch, 2, N, N)`` PV or K tensors.
 
     Parameters
     ----------
     params : SQGParams
         Physical and numerical parameters.
+    state_units : {"pv", "K"}
+        Units of the states ``step`` and ``advance`` take and return: boundary PV in m/s
+        (sqgturb's convention, the default) or potential temperature in K (the data's and
+        the cycling engine's units; converted with :func:`theta_to_pv` on entry and
+        :func:`pv_to_theta` on exit). The model always runs in PV; the diagnostics and the
+        ``*_spectral`` methods take PV whatever this says.
     cfl_check_every : int
         During :meth:`advance`, measure the CFL number (and catch NaN/inf) every this many
         steps from winds the step computes anyway; 0 disables the check.
@@ -551,6 +558,9 @@ class SQGModel:
         ``(2, N, N)``: levels (surface, lid), y, x.
     dt : float
         Time step, s.
+    time_unit_seconds : float
+        1.0 (``dt`` is in seconds).
+    state_units : str
 
     Notes
     -----
@@ -559,10 +569,15 @@ class SQGModel:
     caller keep a run in spectral space.
     """
 
+    time_unit_seconds = 1.0
+
     def __init__(self, params: SQGParams, cfl_check_every: int = 10, cfl_max: float = 1.0,
-                 block_members: int | None = None):
+                 block_members: int | None = None, state_units: str = "pv"):
         if not isinstance(params, SQGParams):
             raise InputError(f"params must be an SQGParams, got {type(params).__name__}")
+        if state_units not in _STATE_UNITS:
+            raise InputError(f"state_units = {state_units!r}: choose 'pv' (boundary PV, m/s) "
+                             "or 'K' (potential temperature)")
         if isinstance(cfl_check_every, bool) or not isinstance(cfl_check_every, int) \
                 or cfl_check_every < 0:
             raise InputError(f"cfl_check_every = {cfl_check_every!r}: must be an integer >= 0 "
@@ -579,11 +594,13 @@ class SQGModel:
         self.cfl_check_every = cfl_check_every
         self.cfl_max = float(cfl_max)
         self.block_members = block_members
+        self.state_units = state_units
         self._operators: dict[tuple[torch.device, torch.dtype], _Operators] = {}
         self._workspaces: dict[tuple[torch.device, torch.dtype, int], _Workspace] = {}
 
     def __repr__(self) -> str:
-        return f"SQGModel({self.params!r})"
+        units = "" if self.state_units == "pv" else f", state_units={self.state_units!r}"
+        return f"SQGModel({self.params!r}{units})"
 
     # ----- caches ---------------------------------------------------------------------
 
@@ -814,19 +831,20 @@ class SQGModel:
     # ----- grid API (ForecastModel) ---------------------------------------------------
 
     def step(self, state: Tensor) -> Tensor:
-        """Advance grid PV ``(*batch, 2, N, N)`` by one time step ``dt``."""
+        """Advance a grid state ``(*batch, 2, N, N)`` (in ``state_units``) by one step ``dt``."""
         return self.advance(state, 1)
 
     @torch.no_grad()
     def advance(self, state: Tensor, n_steps: int, check: bool = True) -> Tensor:
-        """Advance grid PV ``(*batch, 2, N, N)`` by ``n_steps`` steps of ``dt`` seconds.
+        """Advance a grid state ``(*batch, 2, N, N)`` by ``n_steps`` steps of ``dt`` seconds.
 
         The run stays in spectral space; one FFT pair per call, not per step.
 
         Parameters
         ----------
         state : Tensor, shape ``(*batch, 2, N, N)``, float32 or float64
-            Boundary PV (m/s); must be finite.
+            Boundary PV (m/s), or potential temperature (K) when ``state_units="K"``;
+            must be finite.
         n_steps : int
             Number of steps (>= 0).
         check : bool
@@ -843,10 +861,12 @@ class SQGModel:
             Bad shape/dtype or NaN/inf in ``state``; bad ``n_steps``.
         DivergenceError
             The CFL number went above ``cfl_max`` or the state became NaN/inf. The error
-            carries ``last_good_state`` (grid PV at the last passed check, same shape as
-            ``state``) and ``last_good_step``.
+            carries ``last_good_state`` (the grid state at the last passed check, in
+            ``state_units``, same shape as ``state``) and ``last_good_step``.
         """
         check_state(state, self.state_shape, "state")
+        if self.state_units == "K":
+            state = theta_to_pv(state, self.params)
         _check_steps(n_steps)
         ops = self.operators(state.device, state.dtype)
         flat = state.reshape(-1, *self.state_shape)
@@ -876,7 +896,7 @@ class SQGModel:
         if every and not bool(torch.isfinite(out).all()):
             raise self._divergence(ops, good, state.shape, n_steps, good_step, float("nan"),
                                    float("nan"))
-        return out
+        return pv_to_theta(out, self.params) if self.state_units == "K" else out
 
     def _divergence(self, ops: _Operators, good: Tensor, shape: torch.Size, step: int,
                     good_step: int, speed: float, cfl: float) -> DivergenceError:
@@ -892,7 +912,10 @@ class SQGModel:
                        "diverged. Reduce SQGParams.dt, strengthen the hyperdiffusion "
                        "(smaller diff_efold) or check the initial state.")
         err = DivergenceError(message)
-        err.last_good_state = ops.from_kl(good).reshape(shape)  # type: ignore[attr-defined]
+        last_good = ops.from_kl(good).reshape(shape)
+        if self.state_units == "K":
+            last_good = pv_to_theta(last_good, p)
+        err.last_good_state = last_good  # type: ignore[attr-defined]
         err.last_good_step = good_step  # type: ignore[attr-defined]
         return err
 

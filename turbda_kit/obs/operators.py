@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
+from ..registry import Registry
 
 __all__ = [
     "Arctan",
@@ -43,11 +44,15 @@ __all__ = [
     "DifferentiableObs",
     "Identity",
     "ObsOperator",
+    "OperatorFactory",
     "Subset",
+    "available_operators",
     "check_obs",
     "compose",
     "inverse_variance",
     "likelihood_score",
+    "make_operator",
+    "register_operator",
     "without_missing",
 ]
 
@@ -731,3 +736,53 @@ def without_missing(obs_operator: ObsOperator, obs: Tensor) -> tuple[ObsOperator
         raise InputError("every observation is missing (NaN): nothing to assimilate")
     keep = Subset((obs_operator.n_obs,), torch.nonzero(valid.cpu()).reshape(-1))
     return Composed(keep, obs_operator), obs[valid]
+
+
+# ---------------------------------------------------------------------------------------
+# Operators by name (what a preset's ``obs`` string selects)
+
+OperatorFactory = Callable[..., ObsOperator]
+"""``factory(state_shape, **options) -> ObsOperator``: an operator observing a whole state."""
+
+_OPERATORS: Registry[OperatorFactory] = Registry("observation operator")
+
+
+def register_operator(name: str, factory: OperatorFactory, *, replace: bool = False) -> None:
+    """Make ``make_operator(name, state_shape)`` build ``factory(state_shape, **options)``.
+
+    Raises
+    ------
+    InputError
+        ``name`` is taken (and ``replace`` is False).
+    """
+    _OPERATORS.register(name, factory, replace=replace)
+
+
+def make_operator(name: str, state_shape: Sequence[int], **options) -> ObsOperator:
+    """The operator called ``name`` on states of ``state_shape``.
+
+    Parameters
+    ----------
+    name : str
+        A registered name (:func:`available_operators`): ``"identity"`` (every state value)
+        or ``"arctan"`` (``arctan`` of every state value).
+    state_shape : sequence of int
+        Per-member state shape.
+    **options
+        Passed to the factory (e.g. ``scale`` for ``"arctan"``).
+
+    Raises
+    ------
+    InputError
+        Unknown name (the known ones are listed).
+    """
+    return _OPERATORS.get(name)(tuple(state_shape), **options)
+
+
+def available_operators() -> tuple[str, ...]:
+    """Names :func:`make_operator` accepts."""
+    return _OPERATORS.names()
+
+
+register_operator("identity", Identity)
+register_operator("arctan", Arctan)

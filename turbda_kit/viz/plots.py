@@ -459,7 +459,7 @@ def throughput(table, y: str = "samples_per_s", y_label: str | None = None,
     Parameters
     ----------
     table : xarray.Dataset
-        :func:`turbda_kit.viz.results.throughput_table` (dim ``run`` with coords
+        :func:`turbda_kit.experiments.results.throughput_table` (dim ``run`` with coords
         ``strategy`` and ``devices``). Runs of the same strategy and device count are
         averaged.
     y : str

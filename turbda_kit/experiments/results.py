@@ -1,6 +1,8 @@
-"""Find and load saved results for the figure notebooks, with clear errors when one is missing.
+"""Find and load saved results (for the figure notebooks), with clear errors when one is missing.
 
 The figures never recompute anything: they read what the experiment notebooks wrote.
+Reading results is part of running experiments, not of drawing: this module imports
+nothing from :mod:`turbda_kit.viz`, and the plot builders import nothing from here.
 
 ===================  ============================================  =========================
 What                 Written by                                    File names looked for
@@ -40,8 +42,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xarray as xr
 
 from ..errors import InputError
+from ..io import open_dataset
+from .comparison import SUMMARY_NAME
+from .scaling import combine_scaling
+
+__all__ = [
+    "DATASET_SUFFIXES",
+    "MEANS_VARIABLES",
+    "RUN_PREFIXES",
+    "SCALING_MODES",
+    "TrainingRun",
+    "as_json",
+    "default_run_dirs",
+    "find_runs",
+    "find_scaling",
+    "find_training_runs",
+    "grid_km",
+    "load_runs",
+    "rank_histogram_summary",
+    "resolve_input_path",
+    "search_dirs",
+    "select_cycles",
+    "spinup_cycles",
+    "spread_skill_summary",
+    "throughput_table",
+]
 
 RUN_PREFIXES = ("coupled", "cycling")
 """File-name prefixes of per-run result Datasets: ``<prefix>_<run name>.nc``."""
@@ -154,9 +182,10 @@ def _run_name(path: Path) -> str:
 
 
 def _diverged_note(dirs: Sequence[Path], name: str) -> str | None:
-    """Where a run's ``summary.json`` (05_da_cycling) records that ``name`` diverged."""
+    """Where a run's ``summary.json`` (05_da_cycling, 06_coupled_vit_ensf) records that
+    ``name`` diverged."""
     for directory in dirs:
-        summary = directory / "summary.json"
+        summary = directory / SUMMARY_NAME
         if not summary.is_file():
             continue
         try:
@@ -289,8 +318,6 @@ def load_runs(paths: Mapping[str, PathLike], require: Sequence[str] = ()) -> dic
         A file cannot be read, or lacks a required variable (the message says which and,
         for the ensemble means, that the run was made without ``save_means``).
     """
-    from ..io import open_dataset
-
     datasets = {}
     for label, path in paths.items():
         try:
@@ -460,8 +487,6 @@ def find_scaling(run_dirs: Sequence[PathLike] = (), files: Sequence[str] = (),
         Unknown mode, a wanted mode not found (naming the file and the directories), no
         scaling result at all, or files that cannot be merged.
     """
-    from ..io import open_dataset
-
     if isinstance(modes, str):
         modes = [modes]
     if isinstance(files, str):
@@ -504,8 +529,6 @@ def find_scaling(run_dirs: Sequence[PathLike] = (), files: Sequence[str] = (),
             with open_dataset(paths[0]) as opened:
                 ds = opened.load()
         else:
-            from ..experiments.scaling import combine_scaling
-
             ds = combine_scaling(paths)
         ds.attrs["figure_sources"] = "; ".join(str(p) for p in paths)
         result[mode] = ds
@@ -675,8 +698,6 @@ def throughput_table(runs: Sequence[TrainingRun], skip_first: int = 1):
         model TFLOPS per device), ``peak_mem_gb`` (max over rows, per device) and
         ``n_rows`` (rows used).
     """
-    import xarray as xr
-
     if skip_first < 0:
         raise InputError(f"skip_first={skip_first} must be >= 0")
     if not runs:
