@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 from turbda_kit.errors import DivergenceError, InputError
 from turbda_kit.experiments.cycling import (
@@ -19,8 +20,10 @@ from turbda_kit.experiments.cycling import (
 from turbda_kit.experiments.initial import ensemble_around_truth
 from turbda_kit.experiments.truth import ArrayTruth, ModelTruth, truth_every
 from turbda_kit.filters import as_filter
+from turbda_kit.io import write_dataset
 from turbda_kit.models.lorenz96 import LORENZ96_TIME_UNIT_SECONDS, Lorenz96
 from turbda_kit.obs.operators import Identity
+from turbda_kit.testing import synthetic_nature_run
 
 N_VARS, N_MEMBERS = 40, 10
 
@@ -256,8 +259,6 @@ def test_model_and_filter_must_fit_the_protocols(setup):
 
 
 def test_truth_every_reads_the_stride_from_the_output_interval():
-    import xarray as xr
-
     six_hourly = xr.Dataset(coords={"time": np.arange(9) * 6 * 3600.0})
     assert truth_every(six_hourly, 12.0) == 2 and truth_every(six_hourly, 6.0) == 1
     with pytest.raises(InputError, match="not a whole number"):
@@ -268,3 +269,12 @@ def test_truth_every_reads_the_stride_from_the_output_interval():
         truth_every(xr.Dataset(coords={"time": [0.0]}), 12.0)
     with pytest.raises(InputError, match="cycle_hours"):
         truth_every(six_hourly, 0.0)
+
+
+def test_truth_every_reads_a_cf_decoded_nature_run(tmp_path):
+    """Nature runs store CF time ("seconds since ..."); xarray decodes it to datetimes."""
+    nature = synthetic_nature_run(n_days=2, steps_per_day=4)
+    write_dataset(nature, tmp_path / "nature.nc")
+    with xr.open_dataset(tmp_path / "nature.nc") as decoded:
+        assert np.issubdtype(decoded["time"].dtype, np.datetime64)
+        assert truth_every(decoded, 12.0) == 2 and truth_every(decoded, 6.0) == 1

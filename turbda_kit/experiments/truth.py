@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.time_axis import time_seconds
 from ..errors import InputError
 from ..models.base import ForecastModel
 
@@ -111,8 +112,8 @@ def truth_every(nature_run, cycle_hours: float) -> int:
     Parameters
     ----------
     nature_run : xarray.Dataset or xarray.DataArray
-        A stored run with a ``time`` coordinate in seconds (as
-        :func:`turbda_kit.data.nature.sqg_nature_run` writes it), equally spaced.
+        A stored run with an equally spaced ``time`` coordinate (CF-decoded datetimes, as
+        :func:`turbda_kit.data.nature.sqg_nature_run` writes it, or seconds).
     cycle_hours : float
         Cycle length in hours (> 0).
 
@@ -137,7 +138,7 @@ def truth_every(nature_run, cycle_hours: float) -> int:
     """
     if not cycle_hours > 0:
         raise InputError(f"cycle_hours={cycle_hours!r}: must be > 0")
-    times = np.asarray(nature_run["time"].values, dtype=np.float64)
+    times = time_seconds(nature_run)  # decoded (CF datetimes) or raw seconds alike
     if times.size < 2:
         raise InputError(f"the nature run has {times.size} time(s): a truth needs at least two")
     steps = np.diff(times)
