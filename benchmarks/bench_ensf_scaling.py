@@ -45,6 +45,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -91,13 +92,20 @@ def build_study(what: str, args: argparse.Namespace) -> dict[str, Any]:
     return {**study, **resources}
 
 
-def _mpiexec() -> str:
+def _launcher(n_ranks: int, launcher: str | None) -> list[str]:
+    """``--launcher`` as given; else ``srun -n N`` inside a Slurm job, else ``mpiexec -n N``
+    (the venv's, from the mpich wheel, when there is one)."""
+    if launcher:
+        return shlex.split(launcher)
+    if os.environ.get("SLURM_JOB_ID") and shutil.which("srun"):
+        return ["srun", "-n", str(n_ranks)]
     local = Path(sys.executable).parent / "mpiexec"
-    return str(local) if local.exists() else "mpiexec"
+    return [str(local) if local.exists() else "mpiexec", "-n", str(n_ranks)]
 
 
-def _launch_command(n_ranks: int, study: dict[str, Any], path: Path) -> list[str]:
-    return [_mpiexec(), "-n", str(n_ranks), sys.executable, str(Path(__file__).resolve()),
+def _launch_command(n_ranks: int, study: dict[str, Any], path: Path,
+                    launcher: str | None = None) -> list[str]:
+    return [*_launcher(n_ranks, launcher), sys.executable, str(Path(__file__).resolve()),
             "_worker", json.dumps(study), str(path)]
 
 
@@ -105,8 +113,9 @@ def _load() -> float | None:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
-def _launch(n_ranks: int, study: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Run the worker under ``mpiexec -n n_ranks``; return the machine's state around it."""
+def _launch(n_ranks: int, study: dict[str, Any], path: Path,
+            launcher: str | None = None) -> dict[str, Any]:
+    """Run the worker on ``n_ranks`` ranks; return the machine's state around it."""
     bindir = Path(sys.executable).parent
     env = {**os.environ, "OMP_NUM_THREADS": str(study["threads_per_rank"]),
            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
@@ -114,7 +123,7 @@ def _launch(n_ranks: int, study: dict[str, Any], path: Path) -> dict[str, Any]:
     before = _load()
     print(f"load average before: {before} (1 min) on {os.cpu_count()} CPUs", flush=True)
     start = time.perf_counter()
-    subprocess.run(_launch_command(n_ranks, study, path), check=True, env=env)
+    subprocess.run(_launch_command(n_ranks, study, path, launcher), check=True, env=env)
     wall = time.perf_counter() - start
     after = _load()
     print(f"launch wall time {wall:.1f} s; load average after: {after}", flush=True)
@@ -187,12 +196,12 @@ def measure(what: str, args: argparse.Namespace, command: str) -> int:
     print(f"{what}: {json.dumps(study)} on {args.ranks} MPI rank(s) x "
           f"{study['threads_per_rank']} thread(s)", flush=True)
     if args.dry_run:
-        print("would run:", shlex.join(_launch_command(args.ranks, study, path)))
+        print("would run:", shlex.join(_launch_command(args.ranks, study, path, args.launcher)))
         print(f"would write {path}, {out / SUMMARY}")
         return 0
     out.mkdir(parents=True, exist_ok=True)
     print(f"output directory: {out.resolve()}", flush=True)
-    machine = _launch(args.ranks, study, path)
+    machine = _launch(args.ranks, study, path, args.launcher)
     with open_dataset(path) as opened:
         ds = opened.load()
     _report(what, ds, out, plots=not args.no_plots)
@@ -250,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--cycles", type=int, default=None)
         sub.add_argument("--spinup-steps", type=int, default=None)
         sub.add_argument("--ranks", type=int, default=2, help="MPI ranks of the launch (2)")
+        sub.add_argument("--launcher", default=None,
+                         help="launch command, e.g. 'srun -n 2 -c 7 --gpus-per-task=1' "
+                              "(default: srun -n RANKS inside a Slurm job, else mpiexec -n RANKS)")
         sub.add_argument("--threads-per-rank", type=int, default=1,
                          help="torch threads per rank, the same for every rank count (1)")
         sub.add_argument("--prefetch", action="store_true",

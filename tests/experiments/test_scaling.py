@@ -365,7 +365,8 @@ def test_engine_kernel_on_two_ipyparallel_engines(tmp_path, monkeypatch):
 def _run_launch_script(tmp_path: Path, script: str, extra_env: dict[str, str]):
     out = tmp_path / "scaling"
     env = {**_env(), "SRUN": f"{mpiexec_path()} -n 2", "TASKS_PER_NODE": "2", "OUT": str(out),
-           "TURBDA_VENV": str(Path(sys.executable).parent.parent), "PLOTS": "0", **extra_env}
+           "VENV": str(Path(sys.executable).parent.parent), "PLOTS": "0", "MODULES": "",
+           **extra_env}
     proc = subprocess.run(["bash", str(REPO / "launch" / script / "ensf_scaling.sbatch"),
                            "-p", "sizes", "[512]", "-p", "n_members", "4", "-p", "euler_steps",
                            "10", "-p", "spinup_steps", "20", "-p", "plots", "false", "-q"],
@@ -383,6 +384,9 @@ def test_generic_launch_script_runs_locally_under_mpiexec(tmp_path):
     for mode in ("strong", "weak"):
         with open_dataset(out / f"scaling_{mode}.nc") as ds:
             assert ds["ranks"].values.tolist() == [1, 2]
+    summary = json.loads((out / "scaling_summary.json").read_text())
+    assert set(summary["studies"]) == {"strong", "weak"}
+    assert summary["studies"]["weak"]["settings"]["threads_per_rank"] == 1
 
 
 @pytest.mark.slow
