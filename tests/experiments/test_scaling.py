@@ -79,6 +79,7 @@ def test_serial_strong_study_dataset(tmp_path):
     assert ds.attrs["threads_per_rank"] == 1 and ds.attrs["prefetch_noise"] == 0
     assert ds.attrs["cores_per_rank"] == 1 and ds.attrs["torch_threads"] == 1
     assert (ds["cores_available_per_rank"] >= 1).all() and not ds["oversubscribed"].any()
+    assert ds["cores_available_per_rank"].dtype == np.float64
     assert "VmHWM" in ds.attrs["peak_memory_method"]
     assert ds["n_global"].values.tolist() == [[512, 1024]]
     assert (ds["peak_memory_bytes"] >= ds["baseline_memory_bytes"]).all()
@@ -116,11 +117,11 @@ def test_utilisation_and_oversubscription_from_synthetic_records():
     job = _fake_job(base, [1, 2, 4], [1.0, 1.6, 2.0]).assign_attrs(cores_per_rank=2)
     job["point_wall_s"][:] = [[10.0], [6.0], [5.0]]
     job["point_cpu_s"][:] = [[15.0], [20.0], [30.0]]
-    job["cores_available_per_rank"][:] = [[4], [2], [1]]
+    job["cores_available_per_rank"][:] = [[4.0], [2.0], [0.5]]
     ds = summarize(job)
     # CPU time / (wall x ranks x 2 cores): 15/20, 20/24, 30/40
     np.testing.assert_allclose(ds["cpu_utilisation"].values[:, 0], [0.75, 20 / 24, 0.75])
-    # the 4-rank point had 1 CPU per rank for ranks that keep 2 cores busy
+    # the 4-rank point had half a CPU per rank for ranks that keep 2 cores busy
     assert ds["oversubscribed"].values[:, 0].tolist() == [False, False, True]
     # strong efficiency p0 T(p0) / (p T(p)) with T = time per cycle / speed-up
     np.testing.assert_allclose(ds["efficiency"].values[:, 0], [1.0, 1.6 / 2, 2.0 / 4])
@@ -266,7 +267,7 @@ def test_split_comm_sweeps_on_two_ranks(tmp_path):
     assert (ds["halo_per_cycle_s"] > 0).all() and (ds["peak_memory_bytes"] > 0).all()
     # the CPUs each rank could have, and the flag derived from them
     available = ds["cores_available_per_rank"].values
-    assert (available >= 1).all() and ds.attrs["cores_per_rank"] == 1
+    assert (available > 0).all() and ds.attrs["cores_per_rank"] == 1
     assert (ds["oversubscribed"].values == (available < 1)).all()
     # strong scaling: the final analysis of one ring is bit-identical on 1 and 2 ranks
     fingerprints = ds["fingerprint"].values[:, 0]

@@ -181,7 +181,7 @@ def test_sleeping_barrier_and_node_layout_on_one_process():
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert node_layout(None) == NodeLayout(0, 1, cpus) == node_layout(SerialComm())
     assert node_layout(None).cpus_per_rank == cpus and node_local_rank(SerialComm()) == 0
-    assert NodeLayout(1, 3, 8).cpus_per_rank == 2
+    assert NodeLayout(1, 3, 6).cpus_per_rank == 2 and NodeLayout(0, 4, 2).cpus_per_rank == 0.5
 
 
 @pytest.mark.mpi
@@ -196,7 +196,7 @@ def test_sub_communicators_sleeping_barrier_and_node_layout_on_three_ranks(tmp_p
     # one node: local ranks 0, 1, 2 of 3, sharing the CPUs of the unbound launch
     layouts = sorted(tuple(e["layout"]) for e in seen)
     assert [lay[0] for lay in layouts] == [0, 1, 2] and {lay[1] for lay in layouts} == {3}
-    assert len({lay[2] for lay in layouts}) == 1 and layouts[0][3] == layouts[0][2] // 3
+    assert len({lay[2] for lay in layouts}) == 1 and layouts[0][3] == layouts[0][2] / 3
     # ranks 1 and 2 waited about a second for rank 0 without spinning
     for entry in seen[1:]:
         assert entry["waited"]["wall_s"] > 0.5

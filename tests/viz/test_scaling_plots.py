@@ -26,7 +26,7 @@ def strong() -> xr.Dataset:
         part = one.assign_coords(ranks=[p])
         for c in ("forecast", "halo", "analysis", "reduce", "total"):
             part[f"time_{c}_s"] = part[f"time_{c}_s"] / speedup
-        part["cores_available_per_rank"] = part["cores_available_per_rank"] * 0 + (4 // p)
+        part["cores_available_per_rank"] = part["cores_available_per_rank"] * 0 + 4 / p
         parts.append(part)
     return summarize(xr.concat(parts, "ranks").assign_attrs(cores_per_rank=2))
 

@@ -66,6 +66,8 @@ from .efficiency import MODES, cores_per_rank
 from .l96_ensf import L96EnSFSettings, run_l96_ensf
 from .scaling_results import COMPONENTS, SCORES, assemble_scaling, combine_scaling, summarize
 
+# combine_scaling and summarize are part of the study's public face here too (readers of
+# scaling results import them with the study); they live in scaling_results.
 __all__ = ["MODES", "ScalingStudy", "combine_scaling", "engine_kernel", "run_scaling",
            "summarize"]
 
@@ -259,7 +261,7 @@ def _run_point(study: ScalingStudy, n_global: int, sub: Any, device: torch.devic
         baseline = int(sub.allreduce(baseline, op=MPI.MAX))
         wall = float(sub.allreduce(wall, op=MPI.MAX))
         cpu = float(sub.allreduce(cpu, op=MPI.SUM))
-        available = int(sub.allreduce(available, op=MPI.MIN))
+        available = float(sub.allreduce(available, op=MPI.MIN))
     record = {name: result.records[name] for name in SCORES}
     record.update({f"time_{c}_s": result.records[f"time_{c}_s"] for c in COMPONENTS})
     record.update(n_global=n_global, peak_memory_bytes=peak, baseline_memory_bytes=baseline,
@@ -279,7 +281,7 @@ def _log_point(study: ScalingStudy, record: dict[str, Any], size: int, p: int,
           f"{record['peak_memory_bytes'] / 2**20:.0f} MiB per rank", flush=True)
     if record["cores_available_per_rank"] < cores:
         print(f"[scaling] warning: each rank keeps {cores} core(s) busy but only "
-              f"{record['cores_available_per_rank']} CPU(s) per rank are available on its node: "
+              f"{record['cores_available_per_rank']:g} CPU(s) per rank are available on its node: "
               "this point measures sharing, not scaling (lower threads_per_rank, turn "
               "prefetch_noise off, or use fewer ranks per node)", flush=True)
 

@@ -45,7 +45,7 @@ _COMPARABLE = ("mode", "n_members", "euler_steps", "obs", "obs_error_std", "n_cy
 _DERIVED = ("efficiency", "efficiency_cpu", "cpu_utilisation", "oversubscribed",
             "time_per_cycle_s") + tuple(f"{c}_per_cycle_s" for c in COMPONENTS[:-1])
 _INTEGER_FILL = {"n_global": 0, "peak_memory_bytes": 0, "baseline_memory_bytes": 0,
-                 "fingerprint": -1, "cores_available_per_rank": 0}
+                 "fingerprint": -1}
 
 
 def assemble_scaling(study: Any, records: Mapping[tuple[int, int], Mapping[str, Any]],
@@ -60,7 +60,7 @@ def assemble_scaling(study: Any, records: Mapping[tuple[int, int], Mapping[str, 
         One record per point run: per-cycle arrays ``rmse_*``, ``spread_analysis``,
         ``time_{forecast,halo,analysis,reduce,total}_s`` (length ``n_cycles``) and scalars
         ``n_global``, ``peak_memory_bytes``, ``baseline_memory_bytes``, ``point_wall_s``,
-        ``point_cpu_s``, ``fingerprint``, ``cores_available_per_rank``.
+        ``point_cpu_s``, ``fingerprint``, ``cores_available_per_rank`` (float).
     attrs : mapping
         Run attributes (device, dtype, job ranks, cores per rank, memory method, ...).
 
@@ -96,11 +96,13 @@ def assemble_scaling(study: Any, records: Mapping[tuple[int, int], Mapping[str, 
             "resident set; GPU: peak tensor allocation)")
     integer("baseline_memory_bytes", "bytes", "memory in use before the point started, max "
             "over ranks")
-    integer("cores_available_per_rank", "1", "CPUs each running rank could have without "
-            "sharing (its node's CPUs / its node's running ranks), min over nodes")
     data["fingerprint"] = (point_dims, grid("fingerprint", False, -1, np.int64), {
         "long_name": "exact split-independent fingerprint of the final analysis ensemble "
         "(turbda_kit.parallel.fingerprint.analysis_fingerprint)"})
+    data["cores_available_per_rank"] = (point_dims, grid("cores_available_per_rank", False), {
+        "units": "1", "long_name": "CPUs each running rank could have without sharing (its "
+        "node's CPUs / its node's running ranks; below 1 when ranks outnumber CPUs), min over "
+        "nodes"})
     data["point_wall_s"] = (point_dims, grid("point_wall_s", False), {
         "units": "s", "long_name": "wall time of the whole point (spin-up and all cycles), "
         "max over ranks"})
@@ -179,8 +181,8 @@ def summarize(ds: xr.Dataset) -> xr.Dataset:
             "units": "1", "long_name": f"CPU time / (wall time x ranks x {cores} core(s) per "
             "rank): the share of the cores given that the run used"})
     if "cores_available_per_rank" in ds:
-        available = ds["cores_available_per_rank"]
-        out["oversubscribed"] = (available > 0) & (available < cores)
+        # NaN (not measured) compares False: not flagged.
+        out["oversubscribed"] = ds["cores_available_per_rank"] < cores
         out["oversubscribed"].attrs = {
             "long_name": f"fewer CPUs per rank than the {cores} core(s) a rank keeps busy"}
     return out

@@ -454,9 +454,10 @@ class NodeLayout:
     node_cpus: int
 
     @property
-    def cpus_per_rank(self) -> int:
-        """CPUs each rank of this node can have without sharing: ``node_cpus // local_ranks``."""
-        return self.node_cpus // self.local_ranks
+    def cpus_per_rank(self) -> float:
+        """CPUs each rank of this node can have without sharing: ``node_cpus / local_ranks``
+        (below 1 when the node runs more ranks than it has CPUs)."""
+        return self.node_cpus / self.local_ranks
 
 
 def node_layout(comm: Any | None) -> NodeLayout:
