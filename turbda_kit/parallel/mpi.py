@@ -30,6 +30,10 @@ import numpy as np
 from ..errors import InputError
 from ..provenance import process_world_size
 
+__all__ = ["Moments", "NodeLayout", "SerialComm", "abort_on_exception", "block_range",
+           "combine_moments", "first_ranks", "get_comm", "node_layout", "node_local_rank",
+           "parallel_mean_var", "rank_size", "sleeping_barrier", "tree_reduce"]
+
 T = TypeVar("T")
 
 
