@@ -25,29 +25,32 @@
 # does all of this in one call; notebooks/04_ensf_scaling.ipynb shows it.)
 #
 # Environment overrides: IPP_PROFILE_DIR (connection files; default runs/ipp-<job id>),
-# TASKS_PER_NODE (8), TURBDA_VENV, SRUN (engine launcher used as is).
+# TASKS_PER_NODE (8), SRUN (engine launcher used as is).
+# Python environment (see launch/lib/env.sh): TURBDA_ENV (a venv or conda prefix, or a
+# conda env name), CONDA_ENV (conda), VENV (a venv; TURBDA_VENV is the older name); default
+# $REPO/.venv. MODULES overrides the modules loaded (MODULES= loads none; a missing
+# `module` command is warned about, not skipped silently).
 # Local test without Slurm:  SRUN="mpiexec -n 2" bash launch/frontier/ipp_engines.sh 2
-# Set-up (mpi4py against Cray MPICH, ROCm torch): see launch/frontier/ensf_scaling.sbatch.
+# Set-up (mpi4py against Cray MPICH, ROCm torch): docs/frontier.md.
 
 set -euo pipefail
 
 REPO=${TURBDA_REPO:-${SLURM_SUBMIT_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}}
 cd "$REPO"
+if [ ! -f "$REPO/launch/lib/env.sh" ]; then
+    echo "no $REPO/launch/lib/env.sh: submit from the repository root or set TURBDA_REPO" >&2
+    exit 2
+fi
+# shellcheck source=../lib/env.sh
+source "$REPO/launch/lib/env.sh"
 
-if command -v module > /dev/null 2>&1; then
-    module load PrgEnv-gnu cray-mpich rocm/6.2.4 craype-accel-amd-gfx90a miniforge3
-fi
-VENV=${TURBDA_VENV:-$REPO/.venv}
-if [ -f "$VENV/bin/activate" ]; then
-    # shellcheck disable=SC1091
-    source "$VENV/bin/activate"
-fi
+# shellcheck disable=SC2086
+turbda_load_modules ${MODULES-PrgEnv-gnu cray-mpich rocm/6.2.4 craype-accel-amd-gfx90a miniforge3}
+turbda_activate
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-7}
 export MPICH_GPU_SUPPORT_ENABLED=${MPICH_GPU_SUPPORT_ENABLED:-1}
-export MIOPEN_USER_DB_PATH=/tmp/miopen-${USER:-turbda}-${SLURM_JOB_ID:-local}
-export MIOPEN_CUSTOM_CACHE_DIR=$MIOPEN_USER_DB_PATH
-mkdir -p "$MIOPEN_USER_DB_PATH"
+turbda_miopen_cache
 
 TASKS_PER_NODE=${TASKS_PER_NODE:-8}
 NODES=${SLURM_NNODES:-1}

@@ -7,9 +7,13 @@
 #
 # One launch gives the whole curve: under `mpiexec -n N` / `srun -n N` (through
 # `turbda run`), `COMM_WORLD` is split so that the first `p` ranks run each point of the
-# sweep while the others sleep. Results: `scaling_{mode}.nc` (dims `ranks, size, cycle`)
-# and PNG + HTML plots in `out_dir`; rank 0 writes them. Efficiency is
-# `T(1) / (p T(p))` (strong) and `T(1) / T(p)` (weak), without the warm-up cycle.
+# sweep while the others sleep. Every point runs with the same resources per rank:
+# `threads_per_rank` torch threads, and the EnSF noise prefetch thread on or off
+# (`prefetch_noise`, off by default, so the 1-rank baseline gets no extra core).
+# Results: `scaling_{mode}.nc` (dims `ranks, size, cycle`), `scaling_summary.json` and
+# PNG + HTML plots in `out_dir`; rank 0 writes them. Efficiency is `T(1) / (p T(p))`
+# (strong) and `T(1) / T(p)` (weak), without the warm-up cycle; CPU utilisation is the
+# CPU time over the cores the ranks were given.
 #
 # The defaults are tiny (seconds). Realistic runs: `launch/frontier/ensf_scaling.sbatch`.
 
@@ -30,7 +34,8 @@ align: int = 256  # slab boundaries fall on multiples of this
 seed: int = 0  # root seed (random numbers are drawn by global index)
 device: str = "auto"  # "auto" (the node-local rank's GPU if any, else CPU), "cpu" or "cuda"
 dtype: str = "float32"  # "float32" or "float64"
-threads_per_rank: int = 0  # torch threads per rank; 0 keeps OMP_NUM_THREADS / torch's default
+threads_per_rank: int = 1  # torch threads per rank, the same for every point
+prefetch_noise: bool = False  # EnSF draws the next noise block in a background thread (one more core per rank)
 use_engines: bool = False  # Interactive section: run on ipyparallel MPI engines from this kernel
 n_engines: int = 2  # MPI engines started when use_engines is true
 plots: bool = True  # write PNG + HTML plots
@@ -39,24 +44,18 @@ plots: bool = True  # write PNG + HTML plots
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from turbda_kit.errors import InputError
-from turbda_kit.experiments.scaling import (
-    MODES,
-    ScalingStudy,
-    engine_kernel,
-    run_scaling,
-    save_scaling_plots,
-)
-from turbda_kit.io import write_dataset
+from turbda_kit.experiments.efficiency import MODES
+from turbda_kit.experiments.scaling import ScalingStudy, engine_kernel, run_scaling
+from turbda_kit.experiments.scaling_results import scaling_summary, scaling_table
+from turbda_kit.io import write_dataset, write_json
 from turbda_kit.parallel.mpi import abort_on_exception, get_comm
+from turbda_kit.viz.scaling_plots import save_scaling_plots
 
 comm = get_comm()  # COMM_WORLD when launched by mpiexec/srun, else a serial stand-in
 rank, world = comm.Get_rank(), comm.Get_size()
 out = Path(out_dir)
-if threads_per_rank > 0:
-    torch.set_num_threads(threads_per_rank)
 modes = list(MODES) if mode == "both" else [mode]
 if any(m not in MODES for m in modes):
     raise InputError(f"mode={mode!r}: choose 'strong', 'weak' or 'both'")
@@ -70,12 +69,13 @@ studies = {m: ScalingStudy(mode=m, sizes=tuple(sizes), ranks=tuple(sweep), n_mem
                            euler_steps=euler_steps, obs=obs, obs_error_std=obs_error_std,
                            n_cycles=n_cycles, warmup_cycles=warmup_cycles,
                            steps_per_cycle=steps_per_cycle, spinup_steps=spinup_steps,
-                           align=align, seed=seed)
+                           align=align, seed=seed, threads_per_rank=threads_per_rank,
+                           prefetch_noise=prefetch_noise)
            for m in modes}
 for study in studies.values():
     study.check(job_ranks)  # every rank raises the same InputError before any communication
 print(f"rank {rank} of {world}: sweep ranks {sweep}, sizes {sizes}, modes {modes}, "
-      f"{torch.get_num_threads()} torch thread(s)")
+      f"{threads_per_rank} torch thread(s) per rank, noise prefetch {prefetch_noise}")
 
 # %% [markdown]
 # ## Run (batch: serial, or every rank of an `mpiexec`/`srun` launch)
@@ -109,15 +109,15 @@ if use_engines:
             mpi_engines(n_engines, profile_dir=profile) as view:
         print(f"{len(view)} MPI engines up")
         for m, study in studies.items():
-            datasets[m] = view.apply_sync(engine_kernel, study, device, dtype,
-                                          threads_per_rank or None)[0]
+            datasets[m] = view.apply_sync(engine_kernel, study, device, dtype)[0]
 
 # %% [markdown]
 # ## Results
-# Time per cycle (mean without warm-up) and its parts, efficiency, peak memory per rank.
-# `efficiency_cpu` uses CPU seconds per rank instead of wall time and `cpu_utilisation` says
-# how much of its cores the job got: on a shared machine, wall-time efficiency also measures
-# other users' load.
+# Per point: time per cycle (mean without warm-up) and its parts, efficiency, CPU
+# utilisation, peak memory per rank, final RMSE. `efficiency_cpu` uses CPU seconds per rank
+# instead of wall time; `cpu_utilisation` is CPU time over (wall time x ranks x cores per
+# rank): below 1 when ranks waited or other jobs took the cores. `oversubscribed` marks
+# points whose ranks had fewer CPUs than the cores they keep busy.
 # For strong scaling the final analyses of a size must be bit-identical for every rank
 # count (random numbers are drawn by global index): the fingerprints check it.
 
@@ -126,19 +126,15 @@ if rank == 0:
     for m, ds in datasets.items():
         path = write_dataset(ds, out / f"scaling_{m}.nc")
         print(f"\n== {m} scaling -> {path}")
-        table = ds[["time_per_cycle_s", "forecast_per_cycle_s", "halo_per_cycle_s",
-                    "analysis_per_cycle_s", "reduce_per_cycle_s", "efficiency",
-                    "efficiency_cpu", "cpu_utilisation"]]
-        print(table.to_dataframe().round(4).to_string())
-        print("peak memory per rank (MiB):")
-        print((ds["peak_memory_bytes"] / 2 ** 20).round(1).to_pandas().to_string())
-        print("final analysis RMSE:")
-        print(ds["rmse_analysis"].isel(cycle=-1).round(4).to_pandas().to_string())
+        print(scaling_table(ds).round(4).to_string())
         if m == "strong":
             same = {int(s): bool(np.unique(ds["fingerprint"].sel(size=s).values).size == 1)
                     for s in ds["size"].values}
             print(f"final analysis bit-identical across rank counts: {same}")
             assert all(same.values()), "strong scaling: analyses differ between rank counts"
+    if datasets:
+        summary = scaling_summary(datasets, command=f"04_ensf_scaling on {job_ranks} rank(s)")
+        print("wrote", write_json(out / "scaling_summary.json", summary))
 
 # %% [markdown]
 # ## Plots

@@ -1,8 +1,14 @@
-"""Scaling harness: efficiency formula, fingerprints, the Dataset, split-comm sweeps over MPI,
-the notebook under mpiexec, ipyparallel engines and the launch scripts."""
+"""Scaling harness: the Dataset and its derived figures, fair resources per rank, merged jobs,
+the JSON summary, split-comm sweeps over MPI, the benchmark command line, the notebook under
+mpiexec, ipyparallel engines and the launch scripts.
+
+The efficiency maths are tested in ``test_efficiency.py``, the fingerprint in
+``tests/parallel/test_fingerprint.py``, the communicator helpers in ``tests/parallel/test_mpi.py``.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,14 +22,12 @@ import xarray as xr
 
 from tests.conftest import mpiexec_path, run_mpi
 from turbda_kit.errors import InputError
-from turbda_kit.experiments.scaling import (
-    ScalingStudy,
-    _main,
-    analysis_fingerprint,
+from turbda_kit.experiments.scaling import ScalingStudy, run_scaling
+from turbda_kit.experiments.scaling_results import (
+    SUMMARY_KIND,
     combine_scaling,
-    efficiency,
-    first_ranks,
-    run_scaling,
+    scaling_summary,
+    scaling_table,
     summarize,
 )
 from turbda_kit.io import open_dataset, write_dataset
@@ -31,6 +35,7 @@ from turbda_kit.parallel.mpi import SerialComm
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).parent / "scripts" / "scaling_run.py"
+BENCHMARK = REPO / "benchmarks" / "bench_ensf_scaling.py"
 NOTEBOOK = REPO / "notebooks" / "04_ensf_scaling.ipynb"
 TINY = dict(n_members=4, euler_steps=10, n_cycles=3, steps_per_cycle=5, spinup_steps=20,
             block_size=256)
@@ -41,69 +46,12 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{bindir}:{os.environ.get('PATH', '')}"}
 
 
-# --- pure functions ---------------------------------------------------------------------
-
-
-def test_efficiency_matches_the_definitions_on_synthetic_times():
-    ranks = [1, 2, 4, 8]
-    t1 = 12.0
-    ideal_strong = np.array([t1 / p for p in ranks])
-    np.testing.assert_allclose(efficiency(ideal_strong, ranks, "strong"), 1.0)
-    # T(p) = T1 / (p e): efficiency e by construction
-    e = np.array([1.0, 0.9, 0.75, 0.5])
-    np.testing.assert_allclose(efficiency(t1 / (np.array(ranks) * e), ranks, "strong"), e)
-    # weak: constant time is perfect; T(p) = T1 / e gives e
-    np.testing.assert_allclose(efficiency(np.full(4, t1), ranks, "weak"), 1.0)
-    np.testing.assert_allclose(efficiency(t1 / e, ranks, "weak"), e)
-    # the formulas of the brief, written out: T(1) / (p T(p)) and T(1) / T(p)
-    times = np.array([10.0, 6.0, 4.0, 3.0])
-    np.testing.assert_allclose(efficiency(times, ranks, "strong"),
-                               [10 / (1 * 10), 10 / (2 * 6), 10 / (4 * 4), 10 / (8 * 3)])
-    np.testing.assert_allclose(efficiency(times, ranks, "weak"), [1, 10 / 6, 10 / 4, 10 / 3])
-
-
-def test_efficiency_baseline_is_the_smallest_rank_count_run_per_size():
-    # two sizes along a trailing axis; the second size was not run on 8 ranks
-    times = np.array([[8.0, np.nan], [4.0, 20.0], [2.5, 10.0]])
-    eff = efficiency(times, [8, 16, 32], "strong")
-    np.testing.assert_allclose(eff[:, 0], [1.0, 8 * 8 / (16 * 4), 8 * 8 / (32 * 2.5)])
-    assert np.isnan(eff[0, 1])
-    np.testing.assert_allclose(eff[1:, 1], [1.0, 16 * 20 / (32 * 10)])
-    with pytest.raises(InputError, match="increasing"):
-        efficiency(np.ones(2), [2, 1], "strong")
-    with pytest.raises(InputError, match="axis 0"):
-        efficiency(np.ones(3), [1, 2], "weak")
-    with pytest.raises(InputError, match="mode"):
-        efficiency(np.ones(2), [1, 2], "medium")
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fingerprint_is_split_independent_and_sensitive(dtype):
-    gen = torch.Generator().manual_seed(3)
-    full = torch.randn(5, 1000, generator=gen, dtype=dtype)
-    prime = 2 ** 31 - 1
-    whole = analysis_fingerprint(full, 0, 1000)
-    for cuts in ([0, 500, 1000], [0, 256, 512, 768, 1000], [0, 3, 1000]):
-        parts = [analysis_fingerprint(full[:, a:b], a, 1000) for a, b in zip(cuts, cuts[1:])]
-        assert sum(parts) % prime == whole
-    assert analysis_fingerprint(full, 0, 1000, chunk=7) == whole
-    one_ulp = full.clone()
-    one_ulp[2, 321] = torch.nextafter(one_ulp[2, 321], torch.tensor(np.inf, dtype=dtype))
-    assert analysis_fingerprint(one_ulp, 0, 1000) != whole
-    swapped = full.clone()
-    swapped[:, [10, 11]] = swapped[:, [11, 10]]
-    assert analysis_fingerprint(swapped, 0, 1000) != whole
-    members_swapped = full[[1, 0, 2, 3, 4]]
-    assert analysis_fingerprint(members_swapped, 0, 1000) != whole
-
-
-def test_first_ranks_on_one_process():
-    comm = SerialComm()
-    with first_ranks(comm, 1) as sub:
-        assert sub is comm
-    with pytest.raises(InputError, match="p=2"):
-        with first_ranks(comm, 2):
-            pass
+def _benchmark():
+    """benchmarks/bench_ensf_scaling.py as a module (its ``main`` is the scaling CLI)."""
+    spec = importlib.util.spec_from_file_location("bench_ensf_scaling", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # --- the harness on one process -------------------------------------------------------
@@ -126,6 +74,13 @@ def test_serial_strong_study_dataset(tmp_path):
     np.testing.assert_allclose(ds["efficiency_cpu"], 1.0)
     assert (ds["point_wall_s"] >= ds["time_total_s"].sum("cycle")).all()
     assert (ds["point_cpu_s"] > 0).all() and (ds["cpu_utilisation"] > 0).all()
+    np.testing.assert_allclose(ds["cpu_utilisation"], ds["point_cpu_s"] / ds["point_wall_s"])
+    # the resources per rank are stated: one thread, no prefetch thread, one core
+    assert ds.attrs["threads_per_rank"] == 1 and ds.attrs["prefetch_noise"] == 0
+    assert ds.attrs["cores_per_rank"] == 1 and ds.attrs["torch_threads"] == 1
+    assert (ds["cores_available_per_rank"] >= 1).all() and not ds["oversubscribed"].any()
+    assert ds["cores_available_per_rank"].dtype == np.float64
+    assert "VmHWM" in ds.attrs["peak_memory_method"]
     assert ds["n_global"].values.tolist() == [[512, 1024]]
     assert (ds["peak_memory_bytes"] >= ds["baseline_memory_bytes"]).all()
     assert (ds["peak_memory_bytes"] > 10 * 2 ** 20).all()
@@ -137,6 +92,70 @@ def test_serial_strong_study_dataset(tmp_path):
     path = write_dataset(ds, tmp_path / "strong.nc")
     with open_dataset(path) as back:
         xr.testing.assert_identical(back.load(), ds)
+
+
+def test_resources_per_rank_are_set_counted_and_restored():
+    threads_before = torch.get_num_threads()
+    off = run_scaling(ScalingStudy(sizes=(512,), **TINY), None, "cpu", show_progress=False,
+                      log=False)
+    on = run_scaling(ScalingStudy(sizes=(512,), threads_per_rank=2, prefetch_noise=True, **TINY),
+                     None, "cpu", show_progress=False, log=False)
+    assert torch.get_num_threads() == threads_before            # the study's threads are undone
+    assert on.attrs["torch_threads"] == 2 and on.attrs["prefetch_noise"] == 1
+    assert on.attrs["cores_per_rank"] == 3                        # 2 threads + the prefetch thread
+    # utilisation counts the cores given: CPU time / (wall x 1 rank x 3 cores)
+    np.testing.assert_allclose(on["cpu_utilisation"], on["point_cpu_s"] / (3 * on["point_wall_s"]))
+    # resources change the timing, never the analysis
+    assert on["fingerprint"].item() == off["fingerprint"].item()
+    assert ScalingStudy(threads_per_rank=2, prefetch_noise=True).experiment(512).ensf.prefetch_noise
+    assert not ScalingStudy().experiment(512).ensf.prefetch_noise
+
+
+def test_utilisation_and_oversubscription_from_synthetic_records():
+    base = run_scaling(ScalingStudy(sizes=(512,), **TINY), None, "cpu", show_progress=False,
+                       log=False)
+    job = _fake_job(base, [1, 2, 4], [1.0, 1.6, 2.0]).assign_attrs(cores_per_rank=2)
+    job["point_wall_s"][:] = [[10.0], [6.0], [5.0]]
+    job["point_cpu_s"][:] = [[15.0], [20.0], [30.0]]
+    job["cores_available_per_rank"][:] = [[4.0], [2.0], [0.5]]
+    ds = summarize(job)
+    # CPU time / (wall x ranks x 2 cores): 15/20, 20/24, 30/40
+    np.testing.assert_allclose(ds["cpu_utilisation"].values[:, 0], [0.75, 20 / 24, 0.75])
+    # the 4-rank point had half a CPU per rank for ranks that keep 2 cores busy
+    assert ds["oversubscribed"].values[:, 0].tolist() == [False, False, True]
+    # strong efficiency p0 T(p0) / (p T(p)) with T = time per cycle / speed-up
+    np.testing.assert_allclose(ds["efficiency"].values[:, 0], [1.0, 1.6 / 2, 2.0 / 4])
+    # efficiency_cpu: CPU seconds per rank 15, 10, 7.5 -> 15 / (2 * 10), 15 / (4 * 7.5)
+    np.testing.assert_allclose(ds["efficiency_cpu"].values[:, 0], [1.0, 0.75, 0.5])
+
+
+def test_table_and_json_summary():
+    base = run_scaling(ScalingStudy(sizes=(512,), **TINY), None, "cpu", show_progress=False,
+                       log=False)
+    job = _fake_job(base, [1, 2], [1.0, 1.5])
+    table = scaling_table(job)
+    assert list(table.index) == [(1, 512), (2, 512)]
+    for column in ("time_per_cycle_s", "efficiency", "efficiency_cpu", "cpu_utilisation",
+                   "peak_MiB_per_rank", "oversubscribed", "final_rmse_analysis"):
+        assert column in table.columns, column
+    summary = scaling_summary({"strong": job}, command="pytest")
+    text = json.dumps(summary, allow_nan=False)                  # strict JSON
+    assert json.loads(text)["kind"] == SUMMARY_KIND and summary["command"] == "pytest"
+    study = summary["studies"]["strong"]
+    settings = study["settings"]
+    assert settings["threads_per_rank"] == 1 and settings["prefetch_noise"] is False
+    assert settings["cores_per_rank"] == 1 and settings["mode"] == "strong"
+    assert [(p["ranks"], p["size"]) for p in study["points"]] == [(1, 512), (2, 512)]
+    point = study["points"][1]
+    for key in ("time_per_cycle_s", "efficiency", "efficiency_cpu", "cpu_utilisation",
+                "peak_memory_bytes", "peak_memory_gib_per_rank", "n_global", "fingerprint"):
+        assert point[key] is not None, key
+    headline = study["headline"][0]
+    assert (headline["baseline_ranks"], headline["ranks"]) == (1, 2)
+    assert headline["efficiency"] == pytest.approx(1.5 / 2)
+    assert study["provenance"]["git_revision"]
+    with pytest.raises(InputError, match="not a scaling Dataset"):
+        scaling_summary({"x": job.assign_attrs(mode="diagonal")})
 
 
 def test_same_ring_gives_the_same_analysis_in_both_modes():
@@ -200,12 +219,18 @@ def test_combine_datasets_of_several_jobs(tmp_path):
                                [t1 / 8, t1 / 12, t1 / 16])
     # efficiency against the smallest rank count of the merged sweep (8)
     np.testing.assert_allclose(merged["efficiency"].values[:, 0], [1.0, 12 / 16, 16 / 32])
-    # from files, through the command line
+    # from files, through the benchmark's command line, with the JSON summary beside
     paths = [write_dataset(node1, tmp_path / "n1.nc"), write_dataset(node2, tmp_path / "n2.nc")]
-    assert _main(["combine", "-o", str(tmp_path / "all.nc"), *map(str, paths)]) == 0
+    bench = _benchmark()
+    assert bench.main(["combine", "-o", str(tmp_path / "all.nc"), "--summary",
+                       *map(str, paths)]) == 0
     with open_dataset(tmp_path / "all.nc") as back:
         np.testing.assert_allclose(back["efficiency"], merged["efficiency"])
         assert "n1.nc" in back.attrs["combined_from"]
+    summary = json.loads((tmp_path / "scaling_summary.json").read_text())
+    assert [p["ranks"] for p in summary["studies"]["strong"]["points"]] == [8, 16, 32]
+    assert summary["studies"]["strong"]["command"].startswith(
+        "python benchmarks/bench_ensf_scaling.py combine")
     # sizes that differ between jobs become NaN points, not errors
     other = run_scaling(ScalingStudy(mode="strong", sizes=(1024,), **TINY), None, "cpu",
                         show_progress=False, log=False)
@@ -221,7 +246,8 @@ def test_combine_datasets_of_several_jobs(tmp_path):
         combine_scaling([node1, changed])
     with pytest.raises(InputError, match="at least one"):
         combine_scaling([])
-    assert _main(["combine", "-o", str(tmp_path / "x.nc"), str(paths[0]), str(paths[0])]) == 2
+    assert bench.main(["combine", "-o", str(tmp_path / "x.nc"), str(paths[0]),
+                       str(paths[0])]) == 2
 
 
 # --- MPI ------------------------------------------------------------------------------
@@ -239,6 +265,10 @@ def test_split_comm_sweeps_on_two_ranks(tmp_path):
     assert np.isfinite(ds["time_per_cycle_s"]).all() and np.isfinite(ds["efficiency"]).all()
     assert ds["efficiency"].sel(ranks=1).item() == 1.0
     assert (ds["halo_per_cycle_s"] > 0).all() and (ds["peak_memory_bytes"] > 0).all()
+    # the CPUs each rank could have, and the flag derived from them
+    available = ds["cores_available_per_rank"].values
+    assert (available > 0).all() and ds.attrs["cores_per_rank"] == 1
+    assert (ds["oversubscribed"].values == (available < 1)).all()
     # strong scaling: the final analysis of one ring is bit-identical on 1 and 2 ranks
     fingerprints = ds["fingerprint"].values[:, 0]
     assert fingerprints[0] == fingerprints[1] >= 0
@@ -254,6 +284,35 @@ def test_split_comm_sweeps_on_two_ranks(tmp_path):
         np.testing.assert_allclose(weak["efficiency"].values[:, 0], [1.0, t[0] / t[1]])
         # the 2-rank weak point is the 2-rank strong point at 1024
         assert weak["fingerprint"].values[1, 0] == fingerprints[1]
+
+
+@pytest.mark.mpi
+def test_benchmark_writes_datasets_and_one_summary_outside_the_checkout(tmp_path):
+    tiny = ["--size", "512", "--members", "4", "--euler-steps", "5", "--spinup-steps", "5",
+            "--no-plots", "--out", str(tmp_path / "bench")]
+    for what, extra in (("weak", ["--cycles", "2"]), ("big", ["--prefetch"])):
+        proc = subprocess.run([sys.executable, str(BENCHMARK), what, *tiny, *extra],
+                              capture_output=True, text=True, timeout=300, env=_env(),
+                              cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        assert f"output directory: {tmp_path / 'bench'}" in proc.stdout
+    summary = json.loads((tmp_path / "bench" / "scaling_summary.json").read_text())
+    assert set(summary["studies"]) == {"weak", "big"}
+    weak, big = summary["studies"]["weak"], summary["studies"]["big"]
+    assert [p["ranks"] for p in weak["points"]] == [1, 2]
+    assert weak["settings"]["prefetch_noise"] is False and weak["settings"]["cores_per_rank"] == 1
+    assert weak["headline"][0]["efficiency"] > 0 and weak["machine"]["mpi_ranks"] == 2
+    assert weak["command"].startswith("python benchmarks/bench_ensf_scaling.py weak --size 512")
+    # the big run: one cycle on 2 ranks, time and peak memory per rank recorded
+    (point,) = big["points"]
+    assert point["ranks"] == 2 and point["n_global"] == 512
+    assert point["time_per_cycle_s"] > 0 and point["peak_memory_gib_per_rank"] > 0
+    assert big["settings"]["prefetch_noise"] is True and big["settings"]["cores_per_rank"] == 2
+    # nothing was written into the checkout (the default goes to runs/ under the cwd)
+    proc = subprocess.run([sys.executable, str(BENCHMARK), "strong", "--dry-run"],
+                          capture_output=True, text=True, timeout=60, env=_env(), cwd=tmp_path)
+    assert proc.returncode == 0 and "would run:" in proc.stdout
+    assert "runs/bench-ensf-scaling-" in proc.stdout and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.mpi
@@ -294,7 +353,7 @@ def test_engine_kernel_on_two_ipyparallel_engines(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", _env()["PATH"])
     study = ScalingStudy(mode="strong", sizes=(1024,), ranks=(1, 2), **TINY)
     with mpi_engines(2, launcher="mpiexec", profile_dir=tmp_path / "profile") as view:
-        results = view.apply_sync(engine_kernel, study, "cpu", "float32", 1)
+        results = view.apply_sync(engine_kernel, study, "cpu", "float32")
         with pytest.raises(Exception, match="exceed"):
             view.apply_sync(engine_kernel, ScalingStudy(ranks=(3,), **TINY), "cpu")
     ds = results[0]
@@ -307,7 +366,8 @@ def test_engine_kernel_on_two_ipyparallel_engines(tmp_path, monkeypatch):
 def _run_launch_script(tmp_path: Path, script: str, extra_env: dict[str, str]):
     out = tmp_path / "scaling"
     env = {**_env(), "SRUN": f"{mpiexec_path()} -n 2", "TASKS_PER_NODE": "2", "OUT": str(out),
-           "TURBDA_VENV": str(Path(sys.executable).parent.parent), "PLOTS": "0", **extra_env}
+           "VENV": str(Path(sys.executable).parent.parent), "PLOTS": "0", "MODULES": "",
+           **extra_env}
     proc = subprocess.run(["bash", str(REPO / "launch" / script / "ensf_scaling.sbatch"),
                            "-p", "sizes", "[512]", "-p", "n_members", "4", "-p", "euler_steps",
                            "10", "-p", "spinup_steps", "20", "-p", "plots", "false", "-q"],
@@ -325,6 +385,9 @@ def test_generic_launch_script_runs_locally_under_mpiexec(tmp_path):
     for mode in ("strong", "weak"):
         with open_dataset(out / f"scaling_{mode}.nc") as ds:
             assert ds["ranks"].values.tolist() == [1, 2]
+    summary = json.loads((out / "scaling_summary.json").read_text())
+    assert set(summary["studies"]) == {"strong", "weak"}
+    assert summary["studies"]["weak"]["settings"]["threads_per_rank"] == 1
 
 
 @pytest.mark.slow
@@ -366,7 +429,7 @@ def test_ipp_engines_script_serves_engines_to_a_client(tmp_path):
         client = ipp.Client(profile_dir=str(profile))
         client.wait_for_engines(2, timeout=120)
         study = ScalingStudy(mode="strong", sizes=(1024,), ranks=(1, 2), **TINY)
-        results = client[:].apply_sync(engine_kernel, study, "cpu", "float32", 1)
+        results = client[:].apply_sync(engine_kernel, study, "cpu", "float32")
         client.close()
     finally:
         os.killpg(script.pid, signal.SIGTERM)  # the script's own process group

@@ -1,7 +1,10 @@
-"""MPI helpers: the serial stand-in, block ranges, exact moment combination, aborts."""
+"""MPI helpers: the serial stand-in, block ranges, exact moment combination, aborts,
+sub-communicators, the sleeping barrier and the node layout."""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 
@@ -11,19 +14,25 @@ import pytest
 from turbda_kit.errors import InputError
 from turbda_kit.parallel.mpi import (
     Moments,
+    NodeLayout,
     SerialComm,
     abort_on_exception,
     block_range,
     combine_moments,
+    first_ranks,
     get_comm,
+    node_layout,
+    node_local_rank,
     parallel_mean_var,
     rank_size,
+    sleeping_barrier,
     tree_reduce,
 )
 
 from ..conftest import run_mpi
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "data" / "scripts"
+HELPERS = Path(__file__).resolve().parent / "scripts" / "mpi_helpers.py"
 LAUNCH_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS")
 
 
@@ -143,3 +152,52 @@ def test_abort_on_exception_ends_a_two_rank_job_within_seconds():
     assert "rank 1 failed on purpose" in proc.stderr
     assert "unreachable" not in proc.stdout
     assert elapsed < 30, f"abort took {elapsed:.1f}s"
+
+
+def test_first_ranks_on_one_process():
+    comm = SerialComm()
+    with first_ranks(comm, 1) as sub:
+        assert sub is comm
+    with pytest.raises(InputError, match="p=2"):
+        with first_ranks(comm, 2):
+            pass
+
+
+def test_sleeping_barrier_and_node_layout_on_one_process():
+    sleeping_barrier(None)
+    sleeping_barrier(SerialComm())
+
+    class TwoRanksWithoutIbarrier(SerialComm):
+        calls = 0
+
+        def Get_size(self) -> int:  # noqa: N802 - mirrors mpi4py
+            return 2
+
+        def barrier(self) -> None:
+            TwoRanksWithoutIbarrier.calls += 1
+
+    sleeping_barrier(TwoRanksWithoutIbarrier())          # falls back to the blocking barrier
+    assert TwoRanksWithoutIbarrier.calls == 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert node_layout(None) == NodeLayout(0, 1, cpus) == node_layout(SerialComm())
+    assert node_layout(None).cpus_per_rank == cpus and node_local_rank(SerialComm()) == 0
+    assert NodeLayout(1, 3, 6).cpus_per_rank == 2 and NodeLayout(0, 4, 2).cpus_per_rank == 0.5
+
+
+@pytest.mark.mpi
+def test_sub_communicators_sleeping_barrier_and_node_layout_on_three_ranks(tmp_path):
+    out = tmp_path / "seen.json"
+    proc = run_mpi(3, [str(HELPERS), str(out)], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(out.read_text())
+    # first_ranks(comm, p): ranks below p get a communicator of size p, the others None
+    for entry in seen:
+        assert entry["sub_sizes"] == {str(p): (p if entry["rank"] < p else 0) for p in (1, 2, 3)}
+    # one node: local ranks 0, 1, 2 of 3, sharing the CPUs of the unbound launch
+    layouts = sorted(tuple(e["layout"]) for e in seen)
+    assert [lay[0] for lay in layouts] == [0, 1, 2] and {lay[1] for lay in layouts} == {3}
+    assert len({lay[2] for lay in layouts}) == 1 and layouts[0][3] == layouts[0][2] / 3
+    # ranks 1 and 2 waited about a second for rank 0 without spinning
+    for entry in seen[1:]:
+        assert entry["waited"]["wall_s"] > 0.5
+        assert entry["waited"]["cpu_s"] < 0.5 * entry["waited"]["wall_s"], entry

@@ -1,96 +1,75 @@
-"""Strong- and weak-scaling study of the distributed Lorenz-96 + EnSF experiment.
+"""Strong- and weak-scaling study of the distributed Lorenz-96 + EnSF experiment (the driver).
 
 One MPI job of ``N`` ranks measures the whole curve: for every rank count ``p`` in the
 sweep (``p <= N``), ``COMM_WORLD`` is split so that the first ``p`` ranks run
 :func:`turbda_kit.experiments.l96_ensf.run_l96_ensf` while the others wait in a *sleeping*
-barrier (they poll and sleep instead of spinning, so they do not steal cores from the
-ranks being timed). Each cycle's forecast, halo exchange, analysis and reduction times
-are device-synchronised maxima over the running ranks; peak memory is measured per point
-(the high-water mark is reset before each one).
+barrier (:func:`turbda_kit.parallel.mpi.sleeping_barrier`: they poll and sleep instead of
+spinning, so they do not steal cores from the ranks being timed). Each cycle's forecast,
+halo exchange, analysis and reduction times are device-synchronised maxima over the
+running ranks; peak memory per rank is measured per point (:mod:`turbda_kit.memory`).
 
-* **Strong scaling**: the total state size is fixed (``sizes`` are ring sizes) and the
-  ranks vary; efficiency ``E(p) = p0 T(p0) / (p T(p))``, i.e. ``T(1) / (p T(1))`` when the
-  sweep starts at one rank.
+Every point runs with the same resources per rank: ``threads_per_rank`` torch threads and
+the EnSF noise prefetch on or off (off by default), so the 1-rank baseline does not get
+more cores than each rank of the larger runs. The harness records the cores a rank keeps
+busy, the CPUs each rank could have on its node, the process CPU time, and flags points
+that were oversubscribed.
+
+* **Strong scaling**: the total state size is fixed (``sizes`` are ring sizes).
 * **Weak scaling**: the size per rank is fixed (``sizes`` are slab sizes, the ring has
-  ``size * p`` points); efficiency ``E(p) = T(p0) / T(p)``.
+  ``size * p`` points).
 
-``T(p)`` is the mean wall time per cycle with the first ``warmup_cycles`` cycles left out.
-Results are an :class:`xarray.Dataset` with dims ``(ranks, size, cycle)``; Datasets of
-several jobs (e.g. one per Frontier node count) are merged with :func:`combine_scaling`,
-which recomputes the efficiency against the smallest rank count.
+Efficiency maths: :mod:`turbda_kit.experiments.efficiency`. The Dataset, merging of several
+jobs and the JSON summary: :mod:`turbda_kit.experiments.scaling_results`. Plots:
+:mod:`turbda_kit.viz.scaling_plots`. Command line: ``benchmarks/bench_ensf_scaling.py``.
 
 Because random numbers are drawn by global index, the analysis of a given ring size is
 bit-identical for any rank count; the Dataset records an exact, split-independent
-fingerprint of every final analysis (:func:`analysis_fingerprint`) so a strong-scaling
-study checks this for free.
+fingerprint of every final analysis
+(:func:`turbda_kit.parallel.fingerprint.analysis_fingerprint`), so a strong-scaling study
+checks this for free.
 
 Example (``mpiexec -n 2 python -c ...``)::
 
     from turbda_kit.experiments.scaling import ScalingStudy, run_scaling
     ds = run_scaling(ScalingStudy(mode="strong", sizes=(4096,), ranks=(1, 2)))
-    print(ds["efficiency"].values)
-
-Command line (merge the Datasets of several jobs, optionally with plots)::
-
-    python -m turbda_kit.experiments.scaling combine -o all.nc nodes-*/scaling_strong.nc
+    print(ds["efficiency"].values, ds["cpu_utilisation"].values)
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import gc
-import os
-import re
-import resource
-import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from ..device import resolve_device, synchronize
 from ..errors import InputError
 from ..filters.ensf import EnSFConfig
+from ..memory import peak_memory_bytes, peak_memory_method, reset_peak_memory
+from ..parallel.fingerprint import analysis_fingerprint
 from ..parallel.halo import slab_bounds
-from ..parallel.mpi import get_comm
+from ..parallel.mpi import (
+    abort_on_exception,
+    first_ranks,
+    get_comm,
+    node_layout,
+    node_local_rank,
+    sleeping_barrier,
+)
 from ..random_streams import DEFAULT_BLOCK_SIZE
+from .efficiency import MODES, cores_per_rank
 from .l96_ensf import L96EnSFSettings, run_l96_ensf
+from .scaling_results import COMPONENTS, SCORES, assemble_scaling, combine_scaling, summarize
 
-__all__ = [
-    "MODES",
-    "ScalingStudy",
-    "analysis_fingerprint",
-    "combine_scaling",
-    "efficiency",
-    "engine_kernel",
-    "first_ranks",
-    "node_local_rank",
-    "peak_memory_bytes",
-    "reset_peak_memory",
-    "run_scaling",
-    "save_scaling_plots",
-    "sleeping_barrier",
-    "summarize",
-]
-
-MODES = ("strong", "weak")
-# Per-cycle wall times recorded by run_l96_ensf (maximum over ranks), in the order
-# forecast, halo, analysis, reduce, total.
-_COMPONENTS = ("forecast", "halo", "analysis", "reduce", "total")
-_SCORES = ("rmse_forecast", "rmse_analysis", "spread_analysis")
-# Study fields that must agree before Datasets of several jobs can be combined.
-_COMPARABLE = ("mode", "n_members", "euler_steps", "obs", "obs_error_std", "n_cycles",
-               "warmup_cycles", "steps_per_cycle", "spinup_steps", "seed", "align",
-               "block_size", "dtype")
-# A Mersenne prime: fingerprint terms (< 2**31) times weights (< 2**31) fit in int64.
-_FINGERPRINT_PRIME = 2 ** 31 - 1
+# combine_scaling and summarize are part of the study's public face here too (readers of
+# scaling results import them with the study); they live in scaling_results.
+__all__ = ["MODES", "ScalingStudy", "combine_scaling", "engine_kernel", "run_scaling",
+           "summarize"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +108,15 @@ class ScalingStudy:
         :func:`turbda_kit.parallel.halo.slab_bounds`).
     block_size : int
         Values per independently seeded random block of the EnSF noise.
+    threads_per_rank : int
+        torch intra-op threads of every rank, set for the duration of the study (the
+        same for the baseline and the larger rank counts).
+    prefetch_noise : bool
+        Let the EnSF draw its next random block in a background thread (CPU). Off by
+        default: on, each rank keeps ``threads_per_rank + 1`` cores busy, and a 1-rank
+        baseline on a node with idle cores gets more than the ranks of a full node. The
+        harness counts it either way (``attrs["cores_per_rank"]``); results are
+        bit-identical on or off.
     """
 
     mode: str = "strong"
@@ -145,6 +133,8 @@ class ScalingStudy:
     seed: int = 0
     align: int = 256
     block_size: int = DEFAULT_BLOCK_SIZE
+    threads_per_rank: int = 1
+    prefetch_noise: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -163,7 +153,7 @@ class ScalingStudy:
                 raise InputError(f"{name}={list(values)} has repeated entries")
             object.__setattr__(self, name, values)
         for name in ("n_members", "euler_steps", "n_cycles", "steps_per_cycle", "align",
-                     "block_size"):
+                     "block_size", "threads_per_rank"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name}={getattr(self, name)} must be >= 1")
         if self.n_members < 2:
@@ -177,6 +167,9 @@ class ScalingStudy:
             raise InputError(f"obs={self.obs!r}: choose 'arctan' or 'identity'")
         if not self.obs_error_std > 0:
             raise InputError(f"obs_error_std={self.obs_error_std} must be > 0")
+        if not isinstance(self.prefetch_noise, (bool, np.bool_)):
+            raise InputError(f"prefetch_noise={self.prefetch_noise!r}: give true or false")
+        object.__setattr__(self, "prefetch_noise", bool(self.prefetch_noise))
         if self.mode == "weak":
             bad = [s for s in self.sizes if s % self.align]
             if bad:
@@ -195,8 +188,13 @@ class ScalingStudy:
             steps_per_cycle=self.steps_per_cycle, obs=self.obs,
             obs_error_std=self.obs_error_std, spinup_steps=self.spinup_steps,
             ensf=EnSFConfig.bao2024_lorenz96(n_steps=self.euler_steps,
-                                             block_size=self.block_size),
+                                             block_size=self.block_size,
+                                             prefetch_noise=self.prefetch_noise),
             seed=self.seed, align=self.align)
+
+    def cores_per_rank(self, device_type: str = "cpu") -> int:
+        """Cores each rank keeps busy on ``device_type`` (threads, plus the prefetch thread)."""
+        return cores_per_rank(self.threads_per_rank, self.prefetch_noise, device_type)
 
     def check(self, world_size: int) -> None:
         """Raise :class:`InputError` unless every point fits a job of ``world_size`` ranks.
@@ -220,190 +218,7 @@ class ScalingStudy:
 
 
 # ---------------------------------------------------------------------------------------
-# Pure functions
-
-
-def efficiency(times: np.ndarray, ranks: Sequence[int], mode: str) -> np.ndarray:
-    """Parallel efficiency from wall times per cycle.
-
-    Parameters
-    ----------
-    times : array, shape (n_ranks, ...)
-        Time per cycle (s) for each rank count along axis 0 (any trailing dims, e.g. size).
-        NaN marks a point that was not run.
-    ranks : sequence of int, length n_ranks
-        The rank counts, increasing.
-    mode : {"strong", "weak"}
-
-    Returns
-    -------
-    ndarray, shape of ``times``
-        Strong: ``p0 T(p0) / (p T(p))``; weak: ``T(p0) / T(p)``, where ``p0`` is the
-        smallest rank count with a finite time (per trailing index). With ``p0 = 1`` these
-        are ``T(1) / (p T(p))`` and ``T(1) / T(p)``. 1 is perfect scaling.
-    """
-    if mode not in MODES:
-        raise InputError(f"mode={mode!r}: choose one of {MODES}")
-    t = np.asarray(times, dtype=np.float64)
-    p = np.asarray(ranks, dtype=np.float64)
-    if t.ndim < 1 or p.shape != (t.shape[0],):
-        raise InputError(f"times of shape {t.shape} and {len(p)} rank counts: axis 0 of times "
-                         f"must have one entry per rank count")
-    if np.any(np.diff(p) <= 0):
-        raise InputError(f"ranks={list(np.asarray(ranks))} must be strictly increasing")
-    finite = np.isfinite(t) & (t > 0)
-    first = np.argmax(finite, axis=0)                  # index of p0 per trailing entry
-    base_t = np.take_along_axis(t, first[None], axis=0)[0]
-    base_p = p[first]
-    p_full = p.reshape((-1,) + (1,) * (t.ndim - 1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        eff = base_t / t if mode == "weak" else (base_p * base_t) / (p_full * t)
-    return np.where(finite, eff, np.nan)
-
-
-def analysis_fingerprint(local: Tensor, offset: int, n_global: int, comm: Any | None = None,
-                         chunk: int = 2 ** 22) -> int:
-    """Exact fingerprint of a distributed ensemble, independent of how it is split.
-
-    Every value's bit pattern (as 32-bit words) ``u`` at global word position ``i`` (member
-    by member, then along the ring) contributes ``(u mod P) (i mod (P - 1) + 1) mod P``
-    with ``P = 2**31 - 1``; the integer sum modulo ``P`` is exact, so it does not depend
-    on the order of summation or on the number of ranks. Equal fingerprints mean the
-    ensembles are equal up to a ~1e-9 chance collision.
-
-    Parameters
-    ----------
-    local : Tensor, shape (member, m)
-        This rank's slab ``[offset, offset + m)`` of the global ``(member, n_global)`` array.
-    offset : int
-        Global index of the slab's first point.
-    n_global : int
-        Ring size.
-    comm : communicator, optional
-        Ranks holding the other slabs (None: ``local`` is the whole array).
-    chunk : int
-        Words per integer temporary (bounds memory to a few ``8 * chunk`` bytes).
-
-    Returns
-    -------
-    int
-        In ``[0, P)``, identical on every rank of ``comm``.
-    """
-    if local.dim() != 2:
-        raise InputError(f"local has shape {tuple(local.shape)}; expected (member, m)")
-    if local.element_size() % 4:
-        raise InputError(f"fingerprints need 32- or 64-bit values, got {local.dtype}")
-    words = local.detach().contiguous().view(torch.int32)       # (member, m * w)
-    per_value = local.element_size() // 4
-    row_words = n_global * per_value
-    total = 0
-    for member in range(words.shape[0]):
-        base = member * row_words + offset * per_value
-        row = words[member]
-        for a in range(0, row.numel(), chunk):
-            u = row[a:a + chunk].to(torch.int64).bitwise_and_(0xFFFFFFFF).remainder_(
-                _FINGERPRINT_PRIME)
-            weight = torch.arange(base + a, base + a + u.numel(), dtype=torch.int64,
-                                  device=u.device).remainder_(_FINGERPRINT_PRIME - 1).add_(1)
-            total += int(u.mul_(weight).remainder_(_FINGERPRINT_PRIME).sum())
-    total %= _FINGERPRINT_PRIME
-    if comm is not None and comm.Get_size() > 1:
-        total = int(comm.allreduce(total)) % _FINGERPRINT_PRIME
-    return total
-
-
-# ---------------------------------------------------------------------------------------
-# Memory and communicator helpers
-
-
-def reset_peak_memory(device: torch.device) -> int:
-    """Reset this process's memory high-water mark; return current use in bytes.
-
-    GPU: torch's peak-allocation counter. CPU (Linux): the kernel's peak resident set
-    size (``VmHWM``), reset by writing 5 to ``/proc/self/clear_refs``.
-    """
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return int(torch.cuda.memory_allocated(device))
-    with contextlib.suppress(OSError):
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    return _proc_status_bytes("VmRSS") or 0
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak memory since :func:`reset_peak_memory`: device allocation (GPU) or ``VmHWM`` (CPU).
-
-    Falls back to ``getrusage`` (peak over the process's life) where ``/proc`` is missing.
-    """
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    value = _proc_status_bytes("VmHWM")
-    if value is None:
-        value = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-    return value
-
-
-def _proc_status_bytes(field: str) -> int | None:
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    found = re.search(rf"^{field}:\s+(\d+)\s*kB", text, re.MULTILINE)
-    return int(found.group(1)) * 1024 if found else None
-
-
-def sleeping_barrier(comm: Any, poll_seconds: float = 0.002) -> None:
-    """A barrier whose waiting ranks sleep between polls instead of spinning.
-
-    MPICH's blocking barrier busy-waits, which on a node with as many ranks as cores
-    steals CPU from the ranks being timed.
-    """
-    if comm is None or comm.Get_size() == 1:
-        return
-    if not hasattr(comm, "Ibarrier"):
-        comm.barrier()
-        return
-    request = comm.Ibarrier()
-    while not request.Test():
-        time.sleep(poll_seconds)
-
-
-@contextlib.contextmanager
-def first_ranks(comm: Any, p: int) -> Iterator[Any | None]:
-    """Communicator of ranks ``0 .. p-1`` of ``comm`` (``None`` on the others); freed on exit.
-
-    Collective over ``comm``. With a one-process communicator and ``p = 1``, ``comm``
-    itself is yielded.
-    """
-    size = comm.Get_size()
-    if not 1 <= p <= size:
-        raise InputError(f"p={p}: need 1 <= p <= {size} (the communicator's size)")
-    if size == 1:
-        yield comm
-        return
-    from mpi4py import MPI
-
-    rank = comm.Get_rank()
-    sub = comm.Split(0 if rank < p else MPI.UNDEFINED, rank)
-    try:
-        yield None if sub == MPI.COMM_NULL else sub
-    finally:
-        if sub != MPI.COMM_NULL:
-            sub.Free()
-
-
-def node_local_rank(comm: Any | None) -> int:
-    """Rank of this process among the ranks of ``comm`` on the same node (0 when serial)."""
-    if comm is None or comm.Get_size() == 1 or not hasattr(comm, "Split_type"):
-        return 0
-    from mpi4py import MPI
-
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
-    try:
-        return int(local.Get_rank())
-    finally:
-        local.Free()
+# Driver
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -415,13 +230,21 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     raise InputError(f"dtype={dtype!r}: use 'float32' or 'float64'")
 
 
-# ---------------------------------------------------------------------------------------
-# Driver
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """Run with ``threads`` torch intra-op threads; restore the previous number after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _run_point(study: ScalingStudy, n_global: int, sub: Any, device: torch.device,
                dtype: torch.dtype, show_progress: bool | None) -> dict[str, Any]:
     """Run one point on the ranks of ``sub``; the record is complete on ``sub``'s rank 0."""
+    layout = node_layout(sub)
     gc.collect()
     baseline = reset_peak_memory(device)
     wall_start, cpu_start = time.perf_counter(), time.process_time()
@@ -430,6 +253,7 @@ def _run_point(study: ScalingStudy, n_global: int, sub: Any, device: torch.devic
     wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
     peak = peak_memory_bytes(device)
     fingerprint = analysis_fingerprint(result.analysis, result.start, n_global, sub)
+    available = layout.cpus_per_rank
     if sub.Get_size() > 1:
         from mpi4py import MPI
 
@@ -437,12 +261,29 @@ def _run_point(study: ScalingStudy, n_global: int, sub: Any, device: torch.devic
         baseline = int(sub.allreduce(baseline, op=MPI.MAX))
         wall = float(sub.allreduce(wall, op=MPI.MAX))
         cpu = float(sub.allreduce(cpu, op=MPI.SUM))
-    record = {name: result.records[name] for name in _SCORES}
-    record.update({f"time_{c}_s": result.records[f"time_{c}_s"] for c in _COMPONENTS})
+        available = float(sub.allreduce(available, op=MPI.MIN))
+    record = {name: result.records[name] for name in SCORES}
+    record.update({f"time_{c}_s": result.records[f"time_{c}_s"] for c in COMPONENTS})
     record.update(n_global=n_global, peak_memory_bytes=peak, baseline_memory_bytes=baseline,
-                  fingerprint=fingerprint, point_wall_s=wall, point_cpu_s=cpu)
+                  fingerprint=fingerprint, point_wall_s=wall, point_cpu_s=cpu,
+                  cores_available_per_rank=available)
     del result
     return record
+
+
+def _log_point(study: ScalingStudy, record: dict[str, Any], size: int, p: int,
+               cores: int) -> None:
+    timed = record["time_total_s"][study.warmup_cycles:]
+    used = record["point_cpu_s"] / (record["point_wall_s"] * p * cores)
+    print(f"[scaling] {study.mode}: size {size:,} (ring {record['n_global']:,}), {p} rank(s) x "
+          f"{cores} core(s): {np.mean(timed):.3f} s/cycle, CPU utilisation {used:.2f}, final "
+          f"RMSE {record['rmse_analysis'][-1]:.3f}, peak "
+          f"{record['peak_memory_bytes'] / 2**20:.0f} MiB per rank", flush=True)
+    if record["cores_available_per_rank"] < cores:
+        print(f"[scaling] warning: each rank keeps {cores} core(s) busy but only "
+              f"{record['cores_available_per_rank']:g} CPU(s) per rank are available on its node: "
+              "this point measures sharing, not scaling (lower threads_per_rank, turn "
+              "prefetch_noise off, or use fewer ranks per node)", flush=True)
 
 
 def run_scaling(study: ScalingStudy, comm: Any | None = None,
@@ -451,8 +292,9 @@ def run_scaling(study: ScalingStudy, comm: Any | None = None,
     """Run every point of ``study`` on sub-communicators of ``comm``; return the Dataset.
 
     Collective over ``comm``. For each size and each rank count ``p`` the first ``p``
-    ranks run :func:`~turbda_kit.experiments.l96_ensf.run_l96_ensf`; the others sleep in
-    :func:`sleeping_barrier`.
+    ranks run :func:`~turbda_kit.experiments.l96_ensf.run_l96_ensf` with
+    ``study.threads_per_rank`` torch threads each; the others sleep in
+    :func:`~turbda_kit.parallel.mpi.sleeping_barrier`.
 
     Parameters
     ----------
@@ -468,17 +310,19 @@ def run_scaling(study: ScalingStudy, comm: Any | None = None,
     show_progress : bool, optional
         Per-cycle progress of each point (default: rank 0, plain lines off a TTY).
     log : bool
-        Print one line per point on rank 0.
+        Print one line per point on rank 0 (and a warning for oversubscribed points).
 
     Returns
     -------
     xarray.Dataset
-        On every rank (see :func:`summarize` for the derived variables). Dims ``ranks``,
+        On every rank, with the derived variables of
+        :func:`~turbda_kit.experiments.scaling_results.summarize`. Dims ``ranks``,
         ``size``, ``cycle``; per-cycle ``rmse_forecast``, ``rmse_analysis``,
         ``spread_analysis`` and ``time_{forecast,halo,analysis,reduce,total}_s``; per point
         ``n_global``, ``peak_memory_bytes``, ``baseline_memory_bytes`` (max over ranks),
         ``point_wall_s`` (max over ranks), ``point_cpu_s`` (sum over ranks),
-        ``fingerprint``; study settings and provenance in ``attrs``.
+        ``cores_available_per_rank`` (min over nodes), ``fingerprint``; study settings,
+        ``cores_per_rank``, device and provenance in ``attrs``.
 
     Raises
     ------
@@ -491,203 +335,31 @@ def run_scaling(study: ScalingStudy, comm: Any | None = None,
     study.check(world)
     dtype = _as_dtype(dtype)
     device = resolve_device(device, node_local_rank(comm))
+    cores = study.cores_per_rank(device.type)
     records: dict[tuple[int, int], dict[str, Any]] = {}
-    for size in study.sizes:
-        for p in study.ranks:
-            n_global = study.global_size(size, p)
-            with first_ranks(comm, p) as sub:
-                if sub is not None:
-                    record = _run_point(study, n_global, sub, device, dtype, show_progress)
-                    if rank == 0:
-                        records[(p, size)] = record
-            sleeping_barrier(comm)
-            if log and rank == 0:
-                rec = records[(p, size)]
-                timed = rec["time_total_s"][study.warmup_cycles:]
-                print(f"[scaling] {study.mode}: size {size:,} (ring {n_global:,}), {p} rank(s): "
-                      f"{np.mean(timed):.3f} s/cycle, final RMSE {rec['rmse_analysis'][-1]:.3f}, "
-                      f"peak {rec['peak_memory_bytes'] / 2**20:.0f} MiB per rank", flush=True)
+    with _torch_threads(study.threads_per_rank):
+        for size in study.sizes:
+            for p in study.ranks:
+                n_global = study.global_size(size, p)
+                with first_ranks(comm, p) as sub:
+                    if sub is not None:
+                        record = _run_point(study, n_global, sub, device, dtype, show_progress)
+                        if rank == 0:
+                            records[(p, size)] = record
+                sleeping_barrier(comm)
+                if log and rank == 0:
+                    _log_point(study, records[(p, size)], size, p, cores)
+        threads_used = torch.get_num_threads()
     if world > 1:
         records = comm.bcast(records if rank == 0 else None, root=0)
-    return summarize(_assemble(study, records, device, dtype, world))
+    attrs = {"device": str(device), "device_type": device.type,
+             "dtype": str(dtype).split(".")[-1], "job_ranks": world,
+             "torch_threads": threads_used, "cores_per_rank": cores,
+             "peak_memory_method": peak_memory_method(device)}
+    return summarize(assemble_scaling(study, records, attrs))
 
 
-def _assemble(study: ScalingStudy, records: Mapping[tuple[int, int], dict[str, Any]],
-              device: torch.device, dtype: torch.dtype, world: int):
-    import xarray as xr
-
-    from .. import provenance
-
-    ranks, sizes = list(study.ranks), list(study.sizes)
-    shape = (len(ranks), len(sizes))
-
-    def grid(key: str, per_cycle: bool, fill: float = np.nan, kind=np.float64) -> np.ndarray:
-        out = np.full(shape + ((study.n_cycles,) if per_cycle else ()), fill, dtype=kind)
-        for (p, size), rec in records.items():
-            out[ranks.index(p), sizes.index(size)] = rec[key]
-        return out
-
-    cycle_dims = ("ranks", "size", "cycle")
-    data: dict[str, Any] = {}
-    for name in _SCORES:
-        data[name] = (cycle_dims, grid(name, True), {
-            "units": "1", "long_name": name.replace("_", " ") + " (global, Lorenz-96 units)"})
-    for c in _COMPONENTS:
-        data[f"time_{c}_s"] = (cycle_dims, grid(f"time_{c}_s", True), {
-            "units": "s", "long_name": f"{c} wall time per cycle, max over ranks"})
-    data["n_global"] = (("ranks", "size"), grid("n_global", False, 0, np.int64),
-                        {"units": "1", "long_name": "ring size (state dimension)"})
-    data["peak_memory_bytes"] = (("ranks", "size"), grid("peak_memory_bytes", False, 0, np.int64),
-                                 {"units": "bytes", "long_name": "peak memory per rank, max over "
-                                  "ranks (CPU: peak RSS; GPU: peak device allocation)"})
-    data["baseline_memory_bytes"] = (("ranks", "size"),
-                                     grid("baseline_memory_bytes", False, 0, np.int64),
-                                     {"units": "bytes", "long_name": "memory in use before the "
-                                      "point started, max over ranks"})
-    data["point_wall_s"] = (("ranks", "size"), grid("point_wall_s", False), {
-        "units": "s", "long_name": "wall time of the whole point (spin-up and all cycles), max "
-        "over ranks"})
-    data["point_cpu_s"] = (("ranks", "size"), grid("point_cpu_s", False), {
-        "units": "s", "long_name": "CPU time of the whole point (all threads), summed over ranks"})
-    data["fingerprint"] = (("ranks", "size"), grid("fingerprint", False, -1, np.int64),
-                           {"long_name": "exact split-independent fingerprint of the final "
-                            "analysis ensemble (analysis_fingerprint)"})
-    size_meaning = "total ring size" if study.mode == "strong" else "points per rank"
-    coords = {"ranks": ("ranks", np.asarray(ranks, dtype=np.int64), {"long_name": "MPI ranks"}),
-              "size": ("size", np.asarray(sizes, dtype=np.int64), {"long_name": size_meaning}),
-              "cycle": ("cycle", np.arange(study.n_cycles), {"long_name": "analysis cycle"})}
-    attrs: dict[str, Any] = {
-        "title": f"EnSF Lorenz-96 {study.mode}-scaling study",
-        "device": str(device), "device_type": device.type, "dtype": str(dtype).split(".")[-1],
-        "job_ranks": world, "threads_per_rank": torch.get_num_threads(),
-        "peak_memory_method": ("torch.cuda.max_memory_allocated" if device.type == "cuda"
-                               else "VmHWM (reset per point)"),
-    }
-    for key, value in dataclasses.asdict(study).items():
-        if key not in ("sizes", "ranks"):
-            attrs[key] = value
-    attrs.update(provenance.as_attrs(provenance.collect()))
-    return xr.Dataset(data, coords=coords, attrs=attrs)
-
-
-def summarize(ds):
-    """Add (or refresh) the per-point summaries of a scaling Dataset.
-
-    Adds ``time_per_cycle_s`` and ``{forecast,halo,analysis,reduce}_per_cycle_s`` (means
-    over the cycles after ``attrs["warmup_cycles"]``) and ``efficiency`` from
-    ``time_per_cycle_s`` (:func:`efficiency`, baseline the smallest rank count). With
-    ``point_cpu_s`` present, also ``efficiency_cpu`` (the same formula with CPU seconds per
-    rank of the whole point as ``T``: insensitive to other users' load) and
-    ``cpu_utilisation`` (CPU time over ranks x threads x wall time).
-
-    Parameters
-    ----------
-    ds : xarray.Dataset
-        From :func:`run_scaling` or :func:`combine_scaling`.
-
-    Returns
-    -------
-    xarray.Dataset
-        A new Dataset.
-    """
-    warmup = int(ds.attrs.get("warmup_cycles", 1))
-    timed = ds.isel(cycle=slice(warmup, None))
-    out = ds.copy()
-    for c in _COMPONENTS:
-        name = "time_per_cycle_s" if c == "total" else f"{c}_per_cycle_s"
-        out[name] = timed[f"time_{c}_s"].mean("cycle", skipna=False)
-        out[name].attrs = {"units": "s", "long_name": f"mean {c} wall time per cycle "
-                           f"(cycles {warmup}..{ds.sizes['cycle'] - 1})"}
-    times = out["time_per_cycle_s"].transpose("ranks", ...)
-    eff = efficiency(times.values, ds["ranks"].values, ds.attrs["mode"])
-    rule = "p0 T(p0) / (p T(p))" if ds.attrs["mode"] == "strong" else "T(p0) / T(p)"
-    out["efficiency"] = (times.dims, eff, {
-        "units": "1", "long_name": f"{ds.attrs['mode']}-scaling efficiency {rule}, p0 = smallest "
-        "rank count run"})
-    if "point_cpu_s" in ds:
-        # On a shared machine a rank may get less than its cores; CPU seconds per rank play
-        # the role of T(p) in a measure that time-sharing does not distort (busy-waiting in
-        # MPI counts as used, so it is, if anything, pessimistic).
-        threads = float(ds.attrs.get("threads_per_rank", 1))
-        per_rank = (ds["point_cpu_s"] / ds["ranks"]).transpose("ranks", ...)
-        out["efficiency_cpu"] = (per_rank.dims, efficiency(per_rank.values, ds["ranks"].values,
-                                                           ds.attrs["mode"]), {
-            "units": "1", "long_name": f"{rule} with T = CPU seconds per rank of the whole point"})
-        out["cpu_utilisation"] = ds["point_cpu_s"] / (ds["ranks"] * threads * ds["point_wall_s"])
-        out["cpu_utilisation"].attrs = {
-            "units": "1", "long_name": "CPU time / (ranks x threads x wall time): the share of "
-            "its cores the job got (< 1 on a busy shared machine)"}
-    return out
-
-
-def combine_scaling(datasets: Sequence[Any]):
-    """Merge scaling Datasets of several jobs (e.g. one per node count) into one.
-
-    Parameters
-    ----------
-    datasets : sequence of xarray.Dataset or path-like
-        Outputs of :func:`run_scaling` (paths are opened with
-        :func:`turbda_kit.io.open_dataset`), of the same mode and experiment settings.
-        Their sizes may differ (missing points become NaN); a rank count may appear in one
-        Dataset only.
-
-    Returns
-    -------
-    xarray.Dataset
-        Sorted by ``ranks`` and ``size``, with :func:`summarize` recomputed (efficiency
-        against the smallest rank count of the merged sweep).
-
-    Raises
-    ------
-    InputError
-        Empty input, mixed modes or settings, or a rank count in two Datasets.
-    """
-    import xarray as xr
-
-    from ..io import open_dataset
-
-    if not datasets:
-        raise InputError("combine_scaling needs at least one Dataset or path")
-    loaded, names = [], []
-    for item in datasets:
-        if isinstance(item, (str, os.PathLike)):
-            with open_dataset(item) as opened:
-                loaded.append(opened.load())
-            names.append(str(item))
-        else:
-            loaded.append(item)
-            names.append(f"dataset {len(names)}")
-    first = loaded[0].attrs
-    for name, ds in zip(names[1:], loaded[1:]):
-        different = [k for k in _COMPARABLE if str(ds.attrs.get(k)) != str(first.get(k))]
-        if different:
-            detail = ", ".join(f"{k}: {first.get(k)!r} vs {ds.attrs.get(k)!r}" for k in different)
-            raise InputError(f"cannot combine {names[0]} and {name}: different settings ({detail})")
-    seen: dict[int, str] = {}
-    for name, ds in zip(names, loaded):
-        for p in ds["ranks"].values.tolist():
-            if p in seen:
-                raise InputError(f"rank count {p} appears in both {seen[p]} and {name}: drop one "
-                                 "(combine_scaling does not average repeated runs)")
-            seen[p] = name
-    derived = ["efficiency", "efficiency_cpu", "cpu_utilisation", "time_per_cycle_s"] + [
-        f"{c}_per_cycle_s" for c in _COMPONENTS[:-1]]
-    parts = [ds.drop_vars([v for v in derived if v in ds]) for ds in loaded]
-    merged = xr.concat(parts, dim="ranks", join="outer", combine_attrs="override",
-                       fill_value={"n_global": 0, "peak_memory_bytes": 0,
-                                   "baseline_memory_bytes": 0, "fingerprint": -1})
-    merged = merged.sortby("ranks").sortby("size")
-    merged.attrs["job_ranks"] = max(int(ds.attrs.get("job_ranks", 0)) for ds in loaded)
-    merged.attrs["combined_from"] = "; ".join(names)
-    return summarize(merged)
-
-
-# ---------------------------------------------------------------------------------------
-# Interactive (ipyparallel) and plots
-
-
-def engine_kernel(study: ScalingStudy, device: str = "auto", dtype: str = "float32",
-                  threads: int | None = None):
+def engine_kernel(study: ScalingStudy, device: str = "auto", dtype: str = "float32"):
     """What each ipyparallel MPI engine runs: :func:`run_scaling` on ``MPI.COMM_WORLD``.
 
     Use with :func:`turbda_kit.parallel.engines.mpi_engines`::
@@ -698,11 +370,10 @@ def engine_kernel(study: ScalingStudy, device: str = "auto", dtype: str = "float
     Parameters
     ----------
     study : ScalingStudy
+        Its ``threads_per_rank`` sets the torch threads of every engine during the run.
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"``.
     dtype : {"float32", "float64"}
-    threads : int, optional
-        torch intra-op threads per engine (default: leave torch's setting).
 
     Returns
     -------
@@ -710,84 +381,11 @@ def engine_kernel(study: ScalingStudy, device: str = "auto", dtype: str = "float
     """
     from mpi4py import MPI
 
-    from ..parallel.mpi import abort_on_exception
-
     comm = MPI.COMM_WORLD
     # Input errors are raised identically on every engine before any collective, so they
     # come back to the notebook; a failure mid-run aborts the engines instead of hanging.
     study.check(comm.Get_size())
     _as_dtype(dtype)
-    if threads:
-        torch.set_num_threads(int(threads))
     with abort_on_exception(comm):
         ds = run_scaling(study, comm, device, dtype, show_progress=False, log=False)
     return ds if comm.Get_rank() == 0 else None
-
-
-def save_scaling_plots(ds, out_dir: str | os.PathLike, prefix: str | None = None,
-                       html: bool = True) -> list[Path]:
-    """Write the scaling curves and RMSE per cycle as PNG (+ HTML) into ``out_dir``.
-
-    Files: ``{prefix}_time.*`` (time per cycle vs ranks, one curve per size),
-    ``{prefix}_efficiency.*`` and ``{prefix}_rmse.*`` (analysis RMSE per cycle at the
-    largest rank count, one curve per size). ``prefix`` defaults to ``scaling_{mode}``.
-
-    Returns
-    -------
-    list of Path
-        The files written.
-    """
-    import holoviews as hv
-
-    from ..viz.plots import save, scaling
-
-    prefix = prefix or f"scaling_{ds.attrs['mode']}"
-    out = Path(out_dir)
-    written: list[Path] = []
-    label = "total size" if ds.attrs["mode"] == "strong" else "size per rank"
-    title = f"{ds.attrs['mode']} scaling ({label})"
-    written += save(scaling(ds, y="time_per_cycle_s", by="size", title=title),
-                    out / f"{prefix}_time", html=html)
-    written += save(scaling(ds, y="efficiency", by="size", title=f"{title}: efficiency"),
-                    out / f"{prefix}_efficiency", html=html)
-    largest = ds.isel(ranks=-1)
-    curves = [hv.Curve((ds["cycle"].values, largest["rmse_analysis"].sel(size=s).values),
-                       "cycle", "analysis RMSE", label=f"size={int(s)}")
-              for s in ds["size"].values]
-    rmse_plot = hv.Overlay(curves).opts(
-        title=f"analysis RMSE per cycle, {int(largest['ranks'])} rank(s)")
-    written += save(rmse_plot, out / f"{prefix}_rmse", html=html)
-    return written
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m turbda_kit.experiments.scaling",
-        description="Tools for EnSF scaling Datasets.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    merge = commands.add_parser("combine", help="merge the Datasets of several jobs")
-    merge.add_argument("inputs", nargs="+", help="scaling_*.nc files (same mode and settings)")
-    merge.add_argument("-o", "--out", required=True, help="output .nc file")
-    merge.add_argument("--plots", action="store_true", help="also write PNG/HTML plots beside it")
-    args = parser.parse_args(argv)
-    from ..io import write_dataset
-
-    try:
-        ds = combine_scaling(args.inputs)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    write_dataset(ds, args.out)
-    table = ds["time_per_cycle_s"].to_pandas()
-    print(f"wrote {args.out}: {ds.attrs['mode']} scaling, ranks {ds['ranks'].values.tolist()}, "
-          f"sizes {ds['size'].values.tolist()}\ntime per cycle (s):\n{table}\n"
-          f"efficiency:\n{ds['efficiency'].to_pandas()}")
-    if args.plots:
-        for path in save_scaling_plots(ds, Path(args.out).parent,
-                                       prefix=Path(args.out).stem):
-            print("wrote", path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

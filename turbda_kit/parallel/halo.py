@@ -22,6 +22,8 @@ from torch import Tensor
 from ..errors import InputError
 from ..models.lorenz96 import HALO_LEFT, HALO_RIGHT, periodic_halo_
 
+__all__ = ["RingHaloExchange", "gpu_aware_default", "slab_bounds"]
+
 _TAG_TO_RIGHT, _TAG_TO_LEFT = 9601, 9602
 
 

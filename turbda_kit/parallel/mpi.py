@@ -1,4 +1,5 @@
-"""Small mpi4py helpers: a communicator or a serial stand-in, safe aborts, exact reductions.
+"""Small mpi4py helpers: a communicator or a serial stand-in, safe aborts, exact reductions,
+sub-communicators and the node layout.
 
 Library code takes a ``comm`` argument and calls only the lower-case (pickle-based)
 mpi4py methods listed on :class:`SerialComm`, so the same function runs serially, under
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +29,10 @@ import numpy as np
 
 from ..errors import InputError
 from ..provenance import process_world_size
+
+__all__ = ["Moments", "NodeLayout", "SerialComm", "abort_on_exception", "block_range",
+           "combine_moments", "first_ranks", "get_comm", "node_layout", "node_local_rank",
+           "parallel_mean_var", "rank_size", "sleeping_barrier", "tree_reduce"]
 
 T = TypeVar("T")
 
@@ -365,3 +371,122 @@ def tree_reduce(n_items: int, leaf: Callable[[int], T], combine: Callable[[T, T]
     if error is not None:
         raise InputError(error)
     return result
+
+
+# ---------------------------------------------------------------------------------------
+# Sub-communicators, waiting without spinning, where the ranks sit
+
+
+def sleeping_barrier(comm: Any | None, poll_seconds: float = 0.002) -> None:
+    """A barrier whose waiting ranks sleep between polls instead of spinning.
+
+    MPICH's blocking barrier busy-waits, which on a node with as many ranks as cores
+    steals CPU from the ranks still working (e.g. the ones being timed).
+
+    Parameters
+    ----------
+    comm : communicator or None
+        ``None`` or a one-process communicator: returns at once. A communicator without
+        ``Ibarrier`` (a hand-made stand-in) falls back to its ``barrier``.
+    poll_seconds : float
+        Sleep between two tests of the pending barrier.
+    """
+    if comm is None or comm.Get_size() == 1:
+        return
+    if not hasattr(comm, "Ibarrier"):
+        comm.barrier()
+        return
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(poll_seconds)
+
+
+@contextlib.contextmanager
+def first_ranks(comm: Any, p: int) -> Iterator[Any | None]:
+    """Communicator of ranks ``0 .. p-1`` of ``comm`` (``None`` on the others); freed on exit.
+
+    Collective over ``comm``. With a one-process communicator and ``p = 1``, ``comm``
+    itself is yielded.
+
+    Raises
+    ------
+    InputError
+        Unless ``1 <= p <= comm.Get_size()``.
+    """
+    size = comm.Get_size()
+    if not 1 <= p <= size:
+        raise InputError(f"p={p}: need 1 <= p <= {size} (the communicator's size)")
+    if size == 1:
+        yield comm
+        return
+    from mpi4py import MPI
+
+    rank = comm.Get_rank()
+    sub = comm.Split(0 if rank < p else MPI.UNDEFINED, rank)
+    try:
+        yield None if sub == MPI.COMM_NULL else sub
+    finally:
+        if sub != MPI.COMM_NULL:
+            sub.Free()
+
+
+def _cpu_affinity() -> set[int]:
+    """CPUs this process may run on (all CPUs where the OS cannot say)."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    """Where a rank sits: its node-local rank, its node's ranks and the CPUs they may use.
+
+    Attributes
+    ----------
+    local_rank : int
+        Rank among the ranks of the communicator on the same node.
+    local_ranks : int
+        Ranks of the communicator on this node.
+    node_cpus : int
+        CPUs the ranks of this node may run on together (the union of their affinity
+        masks: the whole node for an unbound ``mpiexec``, the bound cores under
+        ``srun --cpu-bind``).
+    """
+
+    local_rank: int
+    local_ranks: int
+    node_cpus: int
+
+    @property
+    def cpus_per_rank(self) -> float:
+        """CPUs each rank of this node can have without sharing: ``node_cpus / local_ranks``
+        (below 1 when the node runs more ranks than it has CPUs)."""
+        return self.node_cpus / self.local_ranks
+
+
+def node_layout(comm: Any | None) -> NodeLayout:
+    """The :class:`NodeLayout` of this rank in ``comm`` (collective over ``comm``).
+
+    With ``None``, a one-process communicator or one without ``Split_type``, the process
+    is alone on its node.
+    """
+    cpus = _cpu_affinity()
+    if comm is None or comm.Get_size() == 1 or not hasattr(comm, "Split_type"):
+        return NodeLayout(0, 1, len(cpus))
+    from mpi4py import MPI
+
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
+    try:
+        masks = local.allgather(sorted(cpus))
+        return NodeLayout(int(local.Get_rank()), int(local.Get_size()),
+                          len(set().union(*map(set, masks))))
+    finally:
+        local.Free()
+
+
+def node_local_rank(comm: Any | None) -> int:
+    """Rank of this process among the ranks of ``comm`` on the same node (0 when serial).
+
+    Collective over ``comm`` (see :func:`node_layout`).
+    """
+    return node_layout(comm).local_rank

@@ -13,18 +13,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from mpi4py import MPI
 
 from turbda_kit.experiments.l96_ensf import gather_slabs, run_l96_ensf
-from turbda_kit.experiments.scaling import ScalingStudy, first_ranks, run_scaling, sleeping_barrier
+from turbda_kit.experiments.scaling import ScalingStudy, run_scaling
 from turbda_kit.io import write_dataset
-from turbda_kit.parallel.mpi import abort_on_exception
+from turbda_kit.parallel.mpi import abort_on_exception, first_ranks, sleeping_barrier
 
 out = Path(sys.argv[1])
 comm = MPI.COMM_WORLD
 with abort_on_exception(comm):
-    torch.set_num_threads(1)
     studies = [ScalingStudy(**kwargs) for kwargs in json.loads(sys.argv[2])]
     for study in studies:
         ds = run_scaling(study, comm, device="cpu", show_progress=False)
