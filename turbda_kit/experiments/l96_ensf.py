@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import resource
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,14 +30,14 @@ from torch import Tensor
 from ..device import synchronize
 from ..errors import DivergenceError, InputError
 from ..filters.ensf import EnSFConfig, ensf_analysis
+from ..memory import peak_memory_bytes
 from ..models.lorenz96 import L96Workspace, rk4_step_
 from ..obs.operators import Arctan, Identity
 from ..parallel.halo import RingHaloExchange, slab_bounds
 from ..progress import progress_bar
 from ..random_streams import block_seed, indexed_normal_
 
-__all__ = ["L96EnSFResult", "L96EnSFSettings", "gather_slabs", "peak_memory_bytes",
-           "run_l96_ensf"]
+__all__ = ["L96EnSFResult", "L96EnSFSettings", "gather_slabs", "run_l96_ensf"]
 
 # Keys of the random streams (first word after the seed).
 _TRUTH, _ENSEMBLE, _OBS, _ANALYSIS = 1, 2, 3, 4
@@ -146,13 +145,6 @@ def _allreduce(comm, values: list[float], op: str = "sum") -> list[float]:
     out = np.empty_like(buf)
     comm.Allreduce(buf, out, op=MPI.SUM if op == "sum" else MPI.MAX)
     return out.tolist()
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak device allocation on a GPU, else this process's peak resident set size."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
 def run_l96_ensf(settings: L96EnSFSettings, comm=None, device: torch.device | str = "cpu",
