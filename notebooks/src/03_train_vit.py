@@ -56,7 +56,7 @@ from turbda_kit.surrogate.config import load_vit_config
 from turbda_kit.surrogate.flops import count_parameters, forward_flops, training_flops
 from turbda_kit.surrogate.rollout import TrajectoryPairs, rollout, rollout_rmse, split_trajectory
 from turbda_kit.surrogate.trainer import load_train_config, train
-from turbda_kit.surrogate.vit import load_surrogate, save_surrogate
+from turbda_kit.surrogate.export import load_surrogate, save_surrogate
 
 if device not in ("auto", "cpu"):
     raise InputError(f"device={device!r}: use 'auto' (the trainer picks each rank's GPU) or 'cpu'")

@@ -16,6 +16,7 @@ import torch
 from turbda_kit.errors import InputError
 from turbda_kit.parallel import distributed as pd
 from turbda_kit.surrogate.config import load_vit_config
+from turbda_kit.surrogate.export import load_surrogate
 from turbda_kit.surrogate.trainer import (
     TrainConfig,
     build_deepspeed_config,
@@ -24,7 +25,6 @@ from turbda_kit.surrogate.trainer import (
     train,
     warmup_cosine,
 )
-from turbda_kit.surrogate.vit import load_surrogate
 
 from ..conftest import run_mpi
 
