@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -30,13 +31,17 @@ from ..conftest import run_mpi
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
+from payloads import Payload, file_kinds, plant  # noqa: E402
 from synthetic_data import ShiftDataset, ShiftRollouts, ShiftStream  # noqa: E402
 
 TORCH_CASES = ["ddp", "fsdp:FULL_SHARD", "fsdp:SHARD_GRAD_OP+ac", "fsdp:HYBRID_SHARD",
                "fsdp:FULL_SHARD+bf16"]
 TORCH_RESUME = ["ddp", "fsdp:FULL_SHARD"]
-DS_CASES = ["deepspeed:1", "deepspeed:2+ac", "deepspeed:3", "deepspeed:1+bf16"]
+DS_CASES = ["deepspeed:0", "deepspeed:1", "deepspeed:2+ac", "deepspeed:3", "deepspeed:1+bf16"]
 DS_RESUME = ["deepspeed:3"]
+# Payloads are planted in every kind of checkpoint file of these (all strategies).
+TORCH_PLANT = ["ddp", "fsdp:FULL_SHARD", "fsdp:SHARD_GRAD_OP+ac", "fsdp:HYBRID_SHARD"]
+DS_PLANT = DS_CASES
 FP32_CASES = [c for c in TORCH_CASES + DS_CASES if "bf16" not in c]
 
 
@@ -64,23 +69,24 @@ def _launch(command: list[str], out: Path, timeout: float = 240) -> dict:
     return json.loads(results.read_text())
 
 
-def _torchrun(out: Path, cases: list[str], resume: list[str]) -> dict:
+def _torchrun(out: Path, cases: list[str], resume: list[str], plant: list[str]) -> dict:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node", "2", str(SCRIPTS / "train_strategies.py"), "--out", str(out),
-               "--cases", ",".join(cases), "--resume", ",".join(resume)]
+               "--cases", ",".join(cases), "--resume", ",".join(resume),
+               "--plant", ",".join(plant)]
     return _launch(command, out)
 
 
 @pytest.fixture(scope="module")
 def torch_strategies(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("torch_strategies")
-    return _torchrun(out, TORCH_CASES, TORCH_RESUME)["cases"]
+    return _torchrun(out, TORCH_CASES, TORCH_RESUME, TORCH_PLANT)["cases"]
 
 
 @pytest.fixture(scope="module")
 def deepspeed_strategies(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("deepspeed_strategies")
-    return _torchrun(out, DS_CASES, DS_RESUME)["cases"]
+    return _torchrun(out, DS_CASES, DS_RESUME, DS_PLANT)["cases"]
 
 
 @pytest.fixture(scope="module")
@@ -319,6 +325,14 @@ def test_early_stopping_on_validation_loss(tiny, tmp_path, one_thread):
     assert (tmp_path / "export" / "vit_best.pt").exists()
 
 
+def test_the_logged_learning_rate_is_the_one_each_step_used(tiny, tmp_path, one_thread):
+    cfg = TrainConfig(batch_size=4, lr=2e-3, warmup_steps=2, max_steps=6, log_every=1)
+    result = train(tiny, cfg, ShiftDataset(n_samples=4), tmp_path, show_progress=False)
+    logged = [row["lr"] for row in result.history if row["kind"] == "train"]
+    assert logged == pytest.approx([2e-3 * warmup_cosine(s, 2, 6) for s in range(6)],
+                                   rel=1e-12)
+
+
 def test_iterable_dataset_and_accumulation_equivalences(tiny, tmp_path, one_thread):
     cfg = TrainConfig(batch_size=4, lr=3e-3, max_steps=3, log_every=1, shuffle=False)
     mapped = train(tiny, cfg, ShiftDataset(n_samples=8), tmp_path / "map", show_progress=False)
@@ -344,6 +358,66 @@ def test_bf16_and_activation_checkpointing_single_process(tiny, tmp_path, one_th
     assert bf16.step_losses[1] == pytest.approx(fp32.step_losses[1], rel=1e-2)
 
 
+# ----------------------------------------------------------------------------- safe resume
+
+
+def _assert_refused(message: str, planted_file: Path, ran: bool) -> None:
+    assert message.startswith("InputError"), message
+    assert str(planted_file) in message, message            # names the file
+    assert "weights_only=False" not in message               # never the advice that runs it
+    assert not ran, "the payload ran"
+
+
+def test_a_payload_planted_in_any_checkpoint_file_is_refused_and_never_runs(tiny, tmp_path,
+                                                                           one_thread):
+    data = ShiftDataset(n_samples=4)
+    cfg = TrainConfig(batch_size=2, max_steps=2, log_every=1)
+    checkpoint = Path(train(tiny, cfg, data, tmp_path / "run", show_progress=False)
+                      .last_checkpoint)
+    kinds = file_kinds(checkpoint)
+    assert set(kinds) == {"dcp/.metadata", "dcp/__0_0.distcp:tensor", "dcp/__0_0.distcp:bytes",
+                          "extras.pt", "rng_rank00000.pt"}
+    for i, kind in enumerate(kinds):
+        marker = tmp_path / f"ran-{i}"
+        copy = tmp_path / "planted" / str(i) / checkpoint.name
+        planted = plant(checkpoint, kind, copy, marker)
+        try:
+            train(tiny, cfg, data, tmp_path / f"resumed-{i}", resume=copy, show_progress=False)
+            outcome = "loaded"
+        except InputError as err:
+            outcome = f"InputError: {err}"
+        _assert_refused(outcome, planted, marker.exists())
+        assert "nothing in it ran" in outcome or "not readable" in outcome, outcome
+    # The payloads are live: an unrestricted load of the same files runs them.
+    live = tmp_path / "live"
+    plant(checkpoint, "extras.pt", tmp_path / "live-copy", live)
+    torch.load(tmp_path / "live-copy" / "extras.pt", weights_only=False)
+    assert live.exists()
+
+
+def test_resume_auto_refuses_a_planted_latest_checkpoint(tiny, tmp_path, one_thread):
+    # The reported attack: replace dcp/.metadata of the checkpoint latest.json names.
+    data = ShiftDataset(n_samples=4)
+    cfg = TrainConfig(batch_size=2, max_steps=2)
+    run = train(tiny, cfg, data, tmp_path, show_progress=False)
+    metadata = Path(run.last_checkpoint) / "dcp" / ".metadata"
+    marker = tmp_path / "ran"
+    metadata.write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(InputError) as info:
+        train(tiny, cfg, data, tmp_path, resume="auto", show_progress=False)
+    _assert_refused(f"InputError: {info.value}", metadata, marker.exists())
+    assert "posix.system" in str(info.value) or "os.system" in str(info.value)
+
+
+def test_checkpoint_pointers_name_only_checkpoints_beside_them(tiny, tmp_path, one_thread):
+    data = ShiftDataset(n_samples=4)
+    cfg = TrainConfig(batch_size=2, max_steps=1)
+    train(tiny, cfg, data, tmp_path, show_progress=False)
+    (tmp_path / "checkpoints" / "latest.json").write_text('{"name": "../../elsewhere"}')
+    with pytest.raises(InputError, match="not a step_XXXXXXXX"):
+        train(tiny, cfg, data, tmp_path, resume=True, show_progress=False)
+
+
 # ----------------------------------------------------------------------------- distributed
 
 
@@ -367,6 +441,34 @@ def test_all_strategies_start_from_the_same_loss(request, single_process_referen
     for case in (c for c in TORCH_CASES + DS_CASES if "bf16" in c):
         assert _all_results(request, case)["fixed_losses"][0] == pytest.approx(
             reference[0], rel=1e-2), case
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("case", TORCH_PLANT + DS_PLANT)
+def test_a_payload_in_any_checkpoint_file_is_refused_on_two_ranks(request, case):
+    planted = _all_results(request, case)["planted"]
+    kinds = set(planted) - {"deepspeed-forced"}
+    assert {"rng_rank00000.pt", "rng_rank00001.pt"} <= kinds
+    if case.startswith("deepspeed"):
+        assert len([k for k in kinds if k.startswith("deepspeed/state/")]) >= 1
+        # Past the check, DeepSpeed's own load is forced weights-only: refused, not run.
+        forced = planted["deepspeed-forced"]
+        assert forced["outcome"] != "loaded" and not forced["marker"], forced
+    else:
+        assert "dcp/.metadata" in kinds and "extras.pt" in kinds
+        assert any(k.endswith(":tensor") for k in kinds) and any(k.endswith(":bytes")
+                                                                  for k in kinds)
+    for kind in sorted(kinds):
+        record = planted[kind]
+        _assert_refused(record["outcome"], Path(record["file"]), record["marker"])
+
+
+@pytest.mark.distributed
+def test_every_strategy_logs_the_learning_rate_its_step_used(request):
+    # The scripts' runs: lr 3e-3, no warm-up, cosine over 8 steps, a row every step.
+    expected = [3e-3 * warmup_cosine(s, 0, 8) for s in range(8)]
+    for case in ("ddp", "fsdp:FULL_SHARD", "deepspeed:1", "deepspeed:3"):
+        assert _all_results(request, case)["lrs"] == pytest.approx(expected, rel=1e-12), case
 
 
 @pytest.mark.distributed

@@ -36,7 +36,7 @@ import torch
 from ..errors import InputError
 
 __all__ = ["torch_load_restricted", "read_dcp_metadata", "weights_only_forced",
-           "DCP_METADATA_GLOBALS", "describe_refusal", "is_refusal"]
+           "DCP_METADATA_GLOBALS", "describe_refusal", "is_refusal", "refusal_error"]
 
 DCP_METADATA_GLOBALS: frozenset[tuple[str, str]] = frozenset({
     ("torch.distributed.checkpoint.metadata", "Metadata"),
@@ -84,13 +84,13 @@ def describe_refusal(error: BaseException) -> str:
     return found.group(1).rstrip(".,") if found else "an object outside the allow-list"
 
 
-def _refused(path: Path, what: str, error: BaseException, may_hold: str) -> InputError:
+def refusal_error(path: Path, what: str, error: BaseException, may_hold: str, fix: str
+                  ) -> InputError:
+    """The InputError for a file holding an object outside the allow-list."""
     return InputError(
         f"{what} {path} holds {describe_refusal(error)}, which a {what} may not contain "
-        f"({may_hold}); it was refused before anything in it was built, so nothing in it "
-        "ran. Someone or something wrote other objects into this file: do not load it by "
-        "other means. Delete it, or the whole directory, and use a file the kit wrote "
-        "(resume from another checkpoint, or export again)")
+        f"({may_hold}): it was refused before anything in it was built, so nothing in it "
+        f"ran. Do not load this file by other means; {fix}")
 
 
 def _unreadable(path: Path, what: str, error: BaseException, expected: str, fix: str
@@ -144,7 +144,7 @@ def torch_load_restricted(path: str | os.PathLike, what: str, *, expected: str, 
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         if is_refusal(err):
-            raise _refused(path, what, err, may_hold) from None
+            raise refusal_error(path, what, err, may_hold, fix) from None
         raise _unreadable(path, what, err, expected, fix) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile,
             UnicodeDecodeError, AttributeError, TypeError) as err:
@@ -185,7 +185,8 @@ def read_dcp_metadata(path: str | os.PathLike) -> Any:
 
     path = Path(path)
     expected = "the pickled index of a torch.distributed.checkpoint written by the trainer"
-    fix = "resume from another checkpoint or start afresh"
+    fix = ("resume from another checkpoint (resume=<checkpoint directory>) or start afresh "
+           "(resume=None), after deleting this one")
     if not path.is_file():
         raise InputError(f"checkpoint file {path} does not exist: {fix}")
     try:
@@ -193,8 +194,8 @@ def read_dcp_metadata(path: str | os.PathLike) -> Any:
             metadata = _MetadataUnpickler(stream).load()
     except pickle.UnpicklingError as err:
         if "is not allowed" in str(err):
-            raise _refused(path, "checkpoint file", err,
-                           "DCP's metadata classes, torch sizes and dtypes") from None
+            raise refusal_error(path, "checkpoint file", err,
+                                "DCP's metadata classes, torch sizes and dtypes", fix) from None
         raise _unreadable(path, "checkpoint file", err, expected, fix) from None
     except (EOFError, OSError, ValueError, TypeError, AttributeError, IndexError,
             KeyError) as err:

@@ -45,9 +45,9 @@ import torch.distributed as dist
 from ...errors import InputError
 from ...parallel import distributed as pd
 from ..safe_loading import (
-    describe_refusal,
     is_refusal,
     read_dcp_metadata,
+    refusal_error,
     torch_load_restricted,
     weights_only_forced,
 )
@@ -72,6 +72,7 @@ containers: two loss scalers (a scale and counters), the ZeRO-stage enum and a
 _FIX = ("resume from another checkpoint (resume=<checkpoint directory>) or start afresh "
         "(resume=None), after deleting this one")
 _TORCH_FILE = "a file the trainer wrote with torch.save (tensors, numbers and strings)"
+_MAY_HOLD = "tensors, numbers, strings and lists or dicts of them"
 
 
 # ----------------------------------------------------------------------------- agreement
@@ -135,7 +136,8 @@ def save_torch_file(obj: Any, path: Path) -> None:
 
 def load_torch_file(path: Path) -> Any:
     """Read a kit ``.pt`` file of a checkpoint, weights-only."""
-    return torch_load_restricted(path, "checkpoint file", expected=_TORCH_FILE, fix=_FIX)
+    return torch_load_restricted(path, "checkpoint file", expected=_TORCH_FILE, fix=_FIX,
+                                 may_hold=_MAY_HOLD)
 
 
 def _rng_path(directory: Path, rank: int) -> Path:
@@ -225,11 +227,8 @@ def _restricted_dcp_classes() -> tuple[type, type]:
                     raise
                 except Exception as err:
                     if is_refusal(err):
-                        raise InputError(
-                            f"checkpoint file {path} holds {describe_refusal(err)}, which a "
-                            "checkpoint may not contain (tensors, numbers and strings only); "
-                            "it was refused before anything in it was built, so nothing in it "
-                            f"ran. Do not load it by other means: {_FIX}") from None
+                        raise refusal_error(path, "checkpoint file", err, _MAY_HOLD,
+                                            _FIX) from None
                     reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
                     raise InputError(f"checkpoint file {path} is not readable ({reason}): the "
                                      f"file is truncated or corrupt; {_FIX}") from None
@@ -259,6 +258,14 @@ def load_dcp(state: dict[str, Any], directory: Path) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
+    # Every rank checks the index first, so that all refuse it together (DCP's own
+    # reading below uses the same restricted unpickler, should the file change meanwhile).
+    error = None
+    try:
+        read_dcp_metadata(Path(directory) / ".metadata")
+    except InputError as err:
+        error = str(err)
+    agree(error)
     reader_type, planner_type = _restricted_dcp_classes()
     try:
         with _quiet_single_process():

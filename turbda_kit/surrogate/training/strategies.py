@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 
 from ...errors import InputError
 from ...parallel import distributed as pd
+from ..safe_loading import describe_refusal
 from ..vit import Block, ViT
 from . import checkpoint_files as files
 from .batches import Batch
@@ -279,10 +281,16 @@ class DeepSpeedStrategy:
         except InputError as err:
             error = str(err)
         files.agree(error)
-        with files.deepspeed_loading():
-            path, _ = self.engine.load_checkpoint(str(root), tag="state",
-                                                  load_optimizer_states=True,
-                                                  load_lr_scheduler_states=True)
+        try:
+            with files.deepspeed_loading():
+                path, _ = self.engine.load_checkpoint(str(root), tag="state",
+                                                      load_optimizer_states=True,
+                                                      load_lr_scheduler_states=True)
+        except pickle.UnpicklingError as err:   # a file replaced after the check above
+            raise InputError(f"a file of the DeepSpeed checkpoint {root} changed after it was "
+                             f"checked and holds {describe_refusal(err)}: it was refused "
+                             "unbuilt, nothing in it ran; resume from another checkpoint"
+                             ) from None
         if path is None:
             raise InputError(f"DeepSpeed could not load the checkpoint in {directory}")
 
