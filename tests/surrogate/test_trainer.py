@@ -418,6 +418,98 @@ def test_checkpoint_pointers_name_only_checkpoints_beside_them(tiny, tmp_path, o
         train(tiny, cfg, data, tmp_path, resume=True, show_progress=False)
 
 
+# ----------------------------------------------------------------------------- atomic saves
+
+
+class Killed(Exception):
+    """Stands for the job being killed at that moment."""
+
+
+def _kill_at(monkeypatch, where: str, step: int) -> None:
+    """Make the save of ``step`` fail at one moment of writing/publishing a checkpoint."""
+    from turbda_kit.surrogate.training import checkpoint as keeper
+    from turbda_kit.surrogate.training import checkpoint_files as files
+
+    def failing(module, name, applies):
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            if applies(*args, **kwargs):
+                raise Killed(where)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    tag = f"step_{step:08d}"
+    if where == "writing":        # a rank's files half written
+        failing(files, "save_rng_state", lambda directory, *a: tag in str(directory))
+    elif where == "renaming":     # complete, not yet renamed into place
+        failing(keeper, "_rename_into_place", lambda tmp, final: tag in final.name)
+    elif where == "pointing":     # renamed, latest.json not yet switched
+        failing(keeper, "_point", lambda pointer, record: record["step"] == step)
+    elif where == "pruning":      # latest.json switched, older ones not yet deleted
+        failing(keeper, "_prune", lambda root, keep: tag in (root / "latest.json").read_text())
+
+
+MOMENTS = ["writing", "renaming", "pointing", "pruning"]
+
+
+@pytest.mark.parametrize("where", MOMENTS)
+def test_a_kill_while_saving_leaves_a_loadable_checkpoint(tiny, tmp_path, one_thread,
+                                                         monkeypatch, where):
+    data = ShiftDataset(n_samples=8, seed=1)
+    cfg = TrainConfig(batch_size=4, lr=3e-3, max_steps=4, log_every=1, checkpoint_every=2,
+                      keep_checkpoints=1, seed=5)
+    full = train(tiny, cfg, data, tmp_path / "full", show_progress=False)
+    with monkeypatch.context() as patch:
+        _kill_at(patch, where, step=4)
+        with pytest.raises(Killed):
+            train(tiny, cfg, data, tmp_path / "run", show_progress=False)
+    root = tmp_path / "run" / "checkpoints"
+    latest = json.loads((root / "latest.json").read_text())
+    assert (root / latest["name"] / "trainer_state.json").is_file()
+    resumed = train(tiny, cfg, data, tmp_path / "run", resume=True, show_progress=False)
+    assert resumed.step == 4
+    assert resumed.step_losses == {s: full.step_losses[s] for s in resumed.step_losses}
+    assert set(resumed.step_losses) == ({3, 4} if latest["step"] == 2 else set())
+
+
+@pytest.mark.parametrize("where", MOMENTS)
+def test_a_kill_while_replacing_a_checkpoint_of_the_same_step_leaves_one(tiny, tmp_path,
+                                                                         one_thread,
+                                                                         monkeypatch, where):
+    # A rerun from step 2 saves step 4 again while the first run's step_00000004 exists:
+    # the old one must stay until the new one is in place and pointed at.
+    data = ShiftDataset(n_samples=8, seed=1)
+    cfg = TrainConfig(batch_size=4, lr=3e-3, max_steps=4, log_every=1, checkpoint_every=2,
+                      keep_checkpoints=2, seed=5)
+    full = train(tiny, cfg, data, tmp_path, show_progress=False)
+    root = tmp_path / "checkpoints"
+    with monkeypatch.context() as patch:
+        _kill_at(patch, where, step=4)
+        with pytest.raises(Killed):
+            train(tiny, cfg, data, tmp_path, resume=root / "step_00000002",
+                  show_progress=False)
+    latest = json.loads((root / "latest.json").read_text())
+    assert latest["step"] == 4 and (root / latest["name"] / "trainer_state.json").is_file()
+    again = train(tiny, cfg, data, tmp_path, resume=True, show_progress=False)
+    assert again.step == 4 and not again.step_losses
+    torch.testing.assert_close(load_surrogate(again.export_path)[0].state_dict(),
+                               load_surrogate(full.export_path)[0].state_dict())
+
+
+def test_a_rerun_of_the_same_step_gets_a_fresh_directory_and_the_old_one_goes(tiny, tmp_path,
+                                                                             one_thread):
+    data = ShiftDataset(n_samples=8, seed=1)
+    cfg = TrainConfig(batch_size=4, max_steps=4, checkpoint_every=2, keep_checkpoints=2)
+    train(tiny, cfg, data, tmp_path, show_progress=False)
+    root = tmp_path / "checkpoints"
+    train(tiny, cfg.replace(keep_checkpoints=1), data, tmp_path, resume=root / "step_00000002",
+          show_progress=False)
+    assert json.loads((root / "latest.json").read_text())["name"] == "step_00000004.1"
+    assert sorted(p.name for p in root.iterdir()) == ["latest.json", "step_00000004.1"]
+
+
 # ----------------------------------------------------------------------------- distributed
 
 
