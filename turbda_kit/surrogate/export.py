@@ -97,7 +97,7 @@ class SurrogateExport:
 
 
 def _plain(value: Any, name: str) -> Any:
-    """A JSON round trip: what a weights-only load can read back (no objects)."""
+    """A JSON round trip: what a weights-only load reads back (other values become text)."""
     try:
         return json.loads(json.dumps(value, default=str))
     except (TypeError, ValueError) as err:

@@ -63,7 +63,7 @@ dictionary lookup)."""
 _REFUSED_GLOBAL = re.compile(r"(?:GLOBAL|global) (\S+?)(?: was not an allowed global|"
                              r" is not allowed|,| whose module)")
 _REFUSAL_MARKERS = ("was not an allowed global", "is not allowed", "whose module",
-                    "Unsupported global", "Unsupported operand", "Unsupported class")
+                    "Unsupported global", "Unsupported class")
 
 # Nesting-safe state of weights_only_forced (the switch is an environment variable).
 _FORCE_VARIABLE = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
@@ -97,7 +97,8 @@ def _unreadable(path: Path, what: str, error: BaseException, expected: str, fix:
                 ) -> InputError:
     reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
     return InputError(f"{what} {path} is not readable: expected {expected}, but reading it "
-                      f"failed ({reason}). The file is truncated or corrupt: {fix}")
+                      f"failed ({reason}). The file is truncated, corrupt or of another kind; "
+                      f"nothing in it ran: {fix}")
 
 
 def torch_load_restricted(path: str | os.PathLike, what: str, *, expected: str, fix: str,
