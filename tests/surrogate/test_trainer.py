@@ -358,6 +358,76 @@ def test_bf16_and_activation_checkpointing_single_process(tiny, tmp_path, one_th
     assert bf16.step_losses[1] == pytest.approx(fp32.step_losses[1], rel=1e-2)
 
 
+# ----------------------------------------------------------------------------- augmentation
+
+
+def test_shift_along_x_rolls_each_sample_by_its_own_shift():
+    from turbda_kit.surrogate.training.augment import shift_along_x
+
+    fields = torch.randn(3, 2, 2, 4, 6, generator=torch.Generator().manual_seed(0))
+    shifts = torch.tensor([0, 1, 5])
+    out = shift_along_x(fields, shifts)
+    for b in range(3):
+        torch.testing.assert_close(out[b], torch.roll(fields[b], int(shifts[b]), dims=-1),
+                                   rtol=0, atol=0)
+    assert torch.equal(shift_along_x(fields[:, 0], shifts), out[:, 0])   # (B, V, N, N) too
+
+
+def test_x_shifts_are_a_pure_function_of_seed_epoch_and_micro_batch():
+    from turbda_kit.surrogate.training.augment import x_shifts
+
+    first = x_shifts(3, 0, 5, 16, 64)
+    assert torch.equal(first, x_shifts(3, 0, 5, 16, 64))
+    assert first.min() >= 0 and first.max() < 64 and first.dtype == torch.int64
+    others = [x_shifts(4, 0, 5, 16, 64), x_shifts(3, 1, 5, 16, 64), x_shifts(3, 0, 6, 16, 64)]
+    assert not any(torch.equal(first, other) for other in others)
+
+
+def test_augmented_batches_shift_input_and_every_target_alike_on_any_number_of_ranks():
+    from turbda_kit.surrogate.training.augment import shift_along_x, x_shifts
+    from turbda_kit.surrogate.training.batches import train_batches
+
+    data = ShiftRollouts(n_samples=8, seed=0, steps=2)
+    plain_cfg = TrainConfig(batch_size=4, seed=7)
+    cfg = plain_cfg.replace(augment_x_shift=True)
+    one = pd.DistEnv()
+    for micro, (plain, shifted) in enumerate(zip(train_batches(data, plain_cfg, one, 1, 0),
+                                                 train_batches(data, cfg, one, 1, 0))):
+        shifts = x_shifts(7, 1, micro, 4, 32)
+        torch.testing.assert_close(shifted[0], shift_along_x(plain[0], shifts), rtol=0, atol=0)
+        torch.testing.assert_close(shifted[1], shift_along_x(plain[1], shifts), rtol=0, atol=0)
+        assert torch.equal(shifted[2], plain[2])
+    # Two ranks of two samples each see the halves of the one-rank batches.
+    halves = cfg.replace(batch_size=2)
+    ranks = [list(train_batches(data, halves, pd.DistEnv(rank=r, world_size=2), 1, 0))
+             for r in (0, 1)]
+    for micro, whole in enumerate(train_batches(data, cfg, one, 1, 0)):
+        joined = torch.cat([ranks[0][micro][0], ranks[1][micro][0]])
+        torch.testing.assert_close(joined, whole[0], rtol=0, atol=0)
+    # Resuming at micro-batch 1 draws the shifts of an uninterrupted epoch.
+    resumed = next(iter(train_batches(data, cfg, one, 1, 1)))
+    torch.testing.assert_close(resumed[1], list(train_batches(data, cfg, one, 1, 0))[1][1],
+                               rtol=0, atol=0)
+
+
+def test_training_with_x_shifts_learns_and_resumes_exactly(tiny, tmp_path, one_thread):
+    data = ShiftDataset(n_samples=12, seed=1)
+    cfg = TrainConfig(batch_size=4, lr=3e-3, max_steps=7, log_every=1, checkpoint_every=4,
+                      keep_checkpoints=3, seed=5, augment_x_shift=True)
+    full = train(tiny, cfg, data, tmp_path / "full", show_progress=False)
+    plain = train(tiny, cfg.replace(augment_x_shift=False), data, tmp_path / "plain",
+                  show_progress=False)
+    assert full.step_losses[2] != plain.step_losses[2]     # other samples after step 1
+    resumed = train(tiny, cfg, data, tmp_path / "resumed", show_progress=False,
+                    resume=tmp_path / "full" / "checkpoints" / "step_00000004")
+    assert resumed.step_losses == {s: full.step_losses[s] for s in (5, 6, 7)}
+    with pytest.raises(InputError, match="augment_x_shift"):
+        train(tiny, cfg.replace(augment_x_shift=False), data, tmp_path / "other",
+              resume=tmp_path / "full" / "checkpoints" / "step_00000004")
+    with pytest.raises(InputError, match="augment_x_shift"):
+        TrainConfig(augment_x_shift=1)
+
+
 # ----------------------------------------------------------------------------- safe resume
 
 
