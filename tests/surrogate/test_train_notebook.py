@@ -153,3 +153,18 @@ def test_the_notebook_fine_tunes_an_export_on_rollouts(shards, tmp_path):
     bad = run_notebook(NOTEBOOK, {"data_root": str(shards), **TINY_RUN, "loader": "shards",
                                   "train_rollout_steps": 2}, tmp_path / "bad", log_output=False)
     assert not bad.ok and "needs loader='trajectory'" in str(bad.record.get("error"))
+
+
+def test_loss_curves_read_result_rows_and_csv_rows():
+    from turbda_kit.errors import InputError
+    from turbda_kit.viz.plots import loss_curves
+
+    rows = [{"step": 1, "kind": "train", "train_loss": 1.0},
+            {"step": 2, "kind": "train", "train_loss": 0.5},
+            {"step": 2, "kind": "val", "val_loss": 0.7, "train_loss": None}]
+    curves = loss_curves(rows)
+    assert [e.label for e in curves if e.label] == ["train", "validation"]
+    as_text = [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows]
+    assert len(loss_curves(as_text[:2])) == 1        # metrics.csv gives text; no val rows
+    with pytest.raises(InputError, match="kind 'train'"):
+        loss_curves([{"step": 1, "kind": "other"}])

@@ -3,6 +3,7 @@ distribution strategy on 2 gloo ranks (torchrun / mpiexec subprocesses)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -331,6 +332,28 @@ def test_the_logged_learning_rate_is_the_one_each_step_used(tiny, tmp_path, one_
     logged = [row["lr"] for row in result.history if row["kind"] == "train"]
     assert logged == pytest.approx([2e-3 * warmup_cosine(s, 2, 6) for s in range(6)],
                                    rel=1e-12)
+
+
+def test_flop_checks_need_the_math_attention_backend(tiny, one_thread):
+    # torch's FlopCounterMode has no formula for the fused CPU attention kernel: under the
+    # default backend it misses the attention products; with the MATH backend attention
+    # is plain matmuls and the count equals the analytic one behind tflops_per_device.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from turbda_kit.surrogate.flops import forward_flops
+    from turbda_kit.surrogate.vit import ViT
+
+    model = ViT(tiny, generator=torch.Generator().manual_seed(0)).eval()
+    fields, leads = torch.zeros(1, 2, 32, 32), torch.full((1,), 12.0)
+    counts = {}
+    for name, backend in (("default", contextlib.nullcontext()),
+                          ("math", sdpa_kernel(SDPBackend.MATH))):
+        with torch.no_grad(), backend, FlopCounterMode(display=False) as counter:
+            model(fields, leads)
+        counts[name] = counter.get_total_flops() / forward_flops(tiny)
+    assert counts["math"] == 1.0
+    assert counts["default"] < 0.99
 
 
 def test_iterable_dataset_and_accumulation_equivalences(tiny, tmp_path, one_thread):
