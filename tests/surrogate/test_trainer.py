@@ -164,6 +164,28 @@ def test_train_sections_of_presets_load():
         TrainConfig.from_dict({"strategy": "ddp", "learning_rate": 1e-3})
 
 
+def test_from_preset_takes_none_as_the_presets_value():
+    preset = load_train_config("sqg_64_cpu")
+    assert TrainConfig.from_preset("sqg_64_cpu") == preset
+    same = TrainConfig.from_preset("sqg_64_cpu", lr=None, batch_size=None, max_steps=None,
+                                   precision=None, augment_x_shift=None)
+    assert same == preset
+    changed = TrainConfig.from_preset("sqg_64_cpu", lr=2e-4, augment_x_shift=True)
+    assert (changed.lr, changed.augment_x_shift, changed.max_steps) == (2e-4, True, 4000)
+    # Epochs without steps train by epochs; the preset's max_steps no longer applies.
+    by_epochs = TrainConfig.from_preset("tiny", max_epochs=3)
+    assert (by_epochs.max_epochs, by_epochs.max_steps) == (3, None)
+    both = TrainConfig.from_preset("tiny", max_epochs=3, max_steps=10)
+    assert (both.max_epochs, both.max_steps) == (3, 10)
+    # No strategy given: none on one process, else the preset's (ddp for a 'none' preset).
+    assert TrainConfig.from_preset("sqg_256").strategy == "none"
+    assert TrainConfig.from_preset("sqg_256", world_size=8).strategy == "deepspeed"
+    assert TrainConfig.from_preset("tiny", world_size=2).strategy == "ddp"
+    assert TrainConfig.from_preset("tiny", world_size=2, strategy="fsdp").strategy == "fsdp"
+    with pytest.raises(InputError, match="unknown train config keys"):
+        TrainConfig.from_preset("tiny", learning_rate=1e-3)
+
+
 def test_deepspeed_config_keeps_paper_knobs():
     cfg = build_deepspeed_config(TrainConfig(strategy="deepspeed", zero_stage=2, batch_size=3,
                                              grad_accum_steps=2, precision="bf16"), world_size=4)
