@@ -36,7 +36,8 @@ import torch
 from ..errors import InputError
 
 __all__ = ["torch_load_restricted", "read_dcp_metadata", "weights_only_forced",
-           "DCP_METADATA_GLOBALS", "describe_refusal", "is_refusal", "refusal_error"]
+           "DCP_METADATA_GLOBALS", "describe_refusal", "is_refusal", "refusal_error",
+           "failure_reason"]
 
 DCP_METADATA_GLOBALS: frozenset[tuple[str, str]] = frozenset({
     ("torch.distributed.checkpoint.metadata", "Metadata"),
@@ -93,9 +94,19 @@ def refusal_error(path: Path, what: str, error: BaseException, may_hold: str, fi
         f"ran. Do not load this file by other means; {fix}")
 
 
+def failure_reason(error: BaseException) -> str:
+    """One line saying why reading failed, without torch's advice to unlock the loader."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:   # torch wraps the unpickler's own words
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = lines[0][:200] if lines else type(error).__name__
+    return "not data torch can read" if "weights_only" in reason else reason
+
+
 def _unreadable(path: Path, what: str, error: BaseException, expected: str, fix: str
                 ) -> InputError:
-    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    reason = failure_reason(error)
     return InputError(f"{what} {path} is not readable: expected {expected}, but reading it "
                       f"failed ({reason}). The file is truncated, corrupt or of another kind; "
                       f"nothing in it ran: {fix}")

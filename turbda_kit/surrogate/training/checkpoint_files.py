@@ -43,8 +43,10 @@ import torch
 import torch.distributed as dist
 
 from ...errors import InputError
+from ...io import write_json
 from ...parallel import distributed as pd
 from ..safe_loading import (
+    failure_reason,
     is_refusal,
     read_dcp_metadata,
     refusal_error,
@@ -102,8 +104,6 @@ def agree(error: str | None) -> None:
 
 def write_trainer_state(directory: Path, state: dict[str, Any]) -> None:
     """``trainer_state.json`` in ``directory`` (plain JSON, written atomically)."""
-    from ...io import write_json
-
     write_json(directory / TRAINER_STATE, state)
 
 
@@ -229,9 +229,9 @@ def _restricted_dcp_classes() -> tuple[type, type]:
                     if is_refusal(err):
                         raise refusal_error(path, "checkpoint file", err, _MAY_HOLD,
                                             _FIX) from None
-                    reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-                    raise InputError(f"checkpoint file {path} is not readable ({reason}): the "
-                                     f"file is truncated or corrupt; {_FIX}") from None
+                    raise InputError(f"checkpoint file {path} is not readable "
+                                     f"({failure_reason(err)}): the file is truncated or "
+                                     f"corrupt; nothing in it ran; {_FIX}") from None
             done: Future = Future()
             done.set_result(None)
             return done
@@ -271,12 +271,13 @@ def load_dcp(state: dict[str, Any], directory: Path) -> None:
         with _quiet_single_process():
             dcp.load(state, storage_reader=reader_type(directory), planner=planner_type())
     except CheckpointException as err:
-        for failure in err.failures.values():
-            cause = failure[0] if isinstance(failure, tuple) else failure
+        causes = [f[0] if isinstance(f, tuple) else f for f in err.failures.values()]
+        for cause in causes:
             if isinstance(cause, InputError):
                 raise InputError(str(cause)) from None
-        raise InputError(f"the checkpoint in {directory} could not be loaded: "
-                         f"{str(err).strip().splitlines()[-1]}; {_FIX}") from None
+        reason = failure_reason(causes[0]) if causes else "unknown"
+        raise InputError(f"the checkpoint in {directory} could not be loaded ({reason}); "
+                         f"{_FIX}") from None
 
 
 # ----------------------------------------------------------------------------- DeepSpeed
