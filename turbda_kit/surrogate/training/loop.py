@@ -365,6 +365,55 @@ def _initial_weights(init_weights: str | os.PathLike | None, config: ViTConfig
     return initial_model.state_dict()
 
 
+def _check_inputs(config: ViTConfig, train_config: TrainConfig, train_data: Dataset,
+                  val_data: Dataset | None, denormalise: Denormalise | None, env: pd.DistEnv
+                  ) -> tuple[torch.device, int]:
+    """Refuse what cannot train (InputError, before any compute); the device and the
+    schedule's length in optimiser steps."""
+    if not isinstance(config, ViTConfig):
+        raise InputError(f"model_config must be a ViTConfig, got {type(config).__name__}")
+    if not isinstance(train_config, TrainConfig):
+        raise InputError(f"train_config must be a TrainConfig, got {type(train_config).__name__}")
+    tc = train_config
+    if tc.strategy == "none" and env.world_size > 1:
+        raise InputError(f"strategy='none' but this launch has world_size={env.world_size}: "
+                         "choose 'ddp', 'fsdp' or 'deepspeed'")
+    device = pd.device_for(env)
+    if tc.precision == "fp16" and device.type == "cpu":
+        raise InputError("precision='fp16' is not supported on CPU: use 'bf16' or 'fp32'")
+    check_dataset(train_data, config, "train_data",
+                  min_samples=tc.batch_size * env.world_size * tc.grad_accum_steps)
+    if val_data is not None:
+        check_dataset(val_data, config, "val_data")
+    if denormalise is not None and not callable(denormalise) and len(denormalise) != config.n_vars:
+        raise InputError(f"denormalise has {len(denormalise)} standard deviations; the model "
+                         f"has {config.n_vars} variables")
+    if tc.max_steps is not None:
+        return device, tc.max_steps
+    micro_per_epoch = micro_batches_per_epoch(train_data, tc, env.world_size)
+    if micro_per_epoch is None:
+        raise InputError("an IterableDataset needs max_steps (its length is unknown)")
+    return device, tc.max_epochs * (micro_per_epoch // tc.grad_accum_steps)
+
+
+def _restore(trainer: Trainer, path: Path, saved: dict[str, Any], out_dir: Path,
+             result: TrainResult) -> list[dict[str, Any]]:
+    """Load the checkpoint at ``path`` into ``trainer``; the metric rows up to its step."""
+    load_checkpoint(trainer.strategy, path, trainer.env, trainer.device)
+    trainer.load_state_dict(saved)
+    progress = trainer.progress
+    result.last_checkpoint = str(path)
+    if progress.best_step is not None:
+        if (path.parent / "best.json").exists():
+            keeper = CheckpointKeeper(path.parent, trainer.env, trainer.config.keep_checkpoints)
+            result.best_checkpoint = str(keeper.best())
+        # The best export of the interrupted run stays valid until a better one replaces it.
+        best_export = out_dir / "export" / "vit_best.pt"
+        if best_export.exists():
+            result.best_export_path = str(best_export)
+    return [row for row in saved["history"] if row["step"] <= progress.step]
+
+
 def train(model_config: ViTConfig, train_config: TrainConfig, train_data: Dataset,
           out_dir: str | os.PathLike, *, val_data: Dataset | None = None,
           resume: bool | str | os.PathLike | None = None,
@@ -413,70 +462,35 @@ def train(model_config: ViTConfig, train_config: TrainConfig, train_data: Datase
     -------
     TrainResult
     """
-    if not isinstance(model_config, ViTConfig):
-        raise InputError(f"model_config must be a ViTConfig, got {type(model_config).__name__}")
-    if not isinstance(train_config, TrainConfig):
-        raise InputError(f"train_config must be a TrainConfig, got {type(train_config).__name__}")
-    tc, cfg = train_config, model_config
     out_dir = Path(out_dir)
     env = env or pd.discover_env()
-    if tc.strategy == "none" and env.world_size > 1:
-        raise InputError(f"strategy='none' but this launch has world_size={env.world_size}: "
-                         "choose 'ddp', 'fsdp' or 'deepspeed'")
-    device = pd.device_for(env)
-    if tc.precision == "fp16" and device.type == "cpu":
-        raise InputError("precision='fp16' is not supported on CPU: use 'bf16' or 'fp32'")
-    check_dataset(train_data, cfg, "train_data",
-                  min_samples=tc.batch_size * env.world_size * tc.grad_accum_steps)
-    if val_data is not None:
-        check_dataset(val_data, cfg, "val_data")
-    if denormalise is not None and not callable(denormalise) and len(denormalise) != cfg.n_vars:
-        raise InputError(f"denormalise has {len(denormalise)} standard deviations; the model "
-                         f"has {cfg.n_vars} variables")
-    micro_per_epoch = micro_batches_per_epoch(train_data, tc, env.world_size)
-    if tc.max_steps is None:
-        if micro_per_epoch is None:
-            raise InputError("an IterableDataset needs max_steps (its length is unknown)")
-        total_steps = tc.max_epochs * (micro_per_epoch // tc.grad_accum_steps)
-    else:
-        total_steps = tc.max_steps
-    initial_state = _initial_weights(init_weights, cfg)
+    device, total_steps = _check_inputs(model_config, train_config, train_data, val_data,
+                                        denormalise, env)
+    initial_state = _initial_weights(init_weights, model_config)
     resume_path = resolve_resume(resume, out_dir)
     saved: dict[str, Any] | None = None
     if resume_path is not None:
         saved = files.read_trainer_state(resume_path)
-        check_resumable(saved, cfg, tc, env, resume_path)
+        check_resumable(saved, model_config, train_config, env, resume_path)
 
     # --- set-up (no training compute before this point)
-    if tc.strategy != "none":
+    if train_config.strategy != "none":
         pd.init_distributed(env)
-    trainer = Trainer(cfg, tc, env, device, total_steps,
+    trainer = Trainer(model_config, train_config, env, device, total_steps,
                       initial_state if saved is None else None)
-    keeper = CheckpointKeeper(out_dir / "checkpoints", env, tc.keep_checkpoints)
-    history: list[dict[str, Any]] = []
-    result = TrainResult()
+    result, history = TrainResult(), []
     if saved is not None:
-        load_checkpoint(trainer.strategy, resume_path, env, device)
-        trainer.load_state_dict(saved)
-        history = [row for row in saved["history"] if row["step"] <= trainer.progress.step]
-        result.last_checkpoint = str(resume_path)
-        best_pointer = resume_path.parent / "best.json"
-        if trainer.progress.best_step is not None and best_pointer.exists():
-            best = CheckpointKeeper(resume_path.parent, env, tc.keep_checkpoints).best()
-            result.best_checkpoint = str(best)
-        # The best export of the interrupted run stays valid until a better one replaces it.
-        best_export = out_dir / "export" / "vit_best.pt"
-        if trainer.progress.best_step is not None and best_export.exists():
-            result.best_export_path = str(best_export)
-    run = _Run(trainer, keeper, MetricsLog(out_dir, env.is_main, history), result, out_dir,
-               val_data, denormalise,
-               last_saved_step=trainer.progress.step if saved is not None else -1)
+        history = _restore(trainer, resume_path, saved, out_dir, result)
+    run = _Run(trainer, CheckpointKeeper(out_dir / "checkpoints", env,
+                                         train_config.keep_checkpoints),
+               MetricsLog(out_dir, env.is_main, history), result, out_dir, val_data,
+               denormalise, last_saved_step=trainer.progress.step if saved is not None else -1)
     run.run(train_data, total_steps, show_progress)
 
-    if run.last_saved_step != trainer.progress.step:
-        run.save_checkpoint()
-    result.export_path = run.export("vit_last.pt", {"step": trainer.progress.step})
     progress = trainer.progress
+    if run.last_saved_step != progress.step:
+        run.save_checkpoint()
+    result.export_path = run.export("vit_last.pt", {"step": progress.step})
     result.step, result.epoch = progress.step, progress.epoch
     result.best_val_loss, result.best_step = progress.best_val_loss, progress.best_step
     result.history = list(run.log.rows)
