@@ -135,9 +135,7 @@ def training_case() -> dict[str, np.ndarray]:
     sys.path.insert(0, str(HERE.parent / "surrogate" / "scripts"))
     from synthetic_data import ShiftDataset
 
-    from turbda_kit.surrogate.config import load_vit_config
-    from turbda_kit.surrogate.trainer import TrainConfig, train
-    from turbda_kit.surrogate.vit import load_surrogate
+    from turbda_kit.surrogate import TrainConfig, load_surrogate, load_vit_config, train
 
     config = load_vit_config("tiny")
     train_config = TrainConfig(batch_size=2, max_steps=3, lr=1e-3, warmup_steps=1,

@@ -34,12 +34,8 @@ def shards(tmp_path_factory) -> Path:
 def test_the_notebook_trains_exports_and_scores_the_surrogate(shards, tmp_path):
     from turbda_kit.data.shards import open_shards
     from turbda_kit.runner import run_notebook
-    from turbda_kit.surrogate.rollout import (
-        normaliser_from_metadata,
-        rollout_rmse,
-        split_trajectory,
-    )
-    from turbda_kit.surrogate.vit import load_surrogate
+    from turbda_kit.surrogate.export import load_surrogate, read_surrogate
+    from turbda_kit.surrogate.rollout import rollout_rmse, split_trajectory
 
     out = tmp_path / "03_train_vit"
     result = run_notebook(NOTEBOOK, {"data_root": str(shards), **TINY_RUN}, out, log_output=False)
@@ -52,7 +48,7 @@ def test_the_notebook_trains_exports_and_scores_the_surrogate(shards, tmp_path):
     catalog = open_shards(shards)
     assert model.config.img_size == 16 and model.config.variables == catalog.variables
     assert meta["lead_time_hours"] == 6.0 and meta["hours_per_step"] == 6.0
-    norm = normaliser_from_metadata(meta)
+    norm = read_surrogate(out / "surrogate.pt").normaliser
     np.testing.assert_array_equal(norm.mean, catalog.normaliser.mean)
     np.testing.assert_array_equal(norm.std, catalog.normaliser.std)
 
@@ -137,7 +133,7 @@ def test_the_launch_scripts_refuse_unknown_sizes_and_strategies(tmp_path):
 
 def test_the_notebook_fine_tunes_an_export_on_rollouts(shards, tmp_path):
     from turbda_kit.runner import run_notebook
-    from turbda_kit.surrogate.vit import load_surrogate
+    from turbda_kit.surrogate.export import load_surrogate
 
     first = tmp_path / "first"
     assert run_notebook(NOTEBOOK, {"data_root": str(shards), **TINY_RUN, "max_steps": 4},
@@ -157,3 +153,18 @@ def test_the_notebook_fine_tunes_an_export_on_rollouts(shards, tmp_path):
     bad = run_notebook(NOTEBOOK, {"data_root": str(shards), **TINY_RUN, "loader": "shards",
                                   "train_rollout_steps": 2}, tmp_path / "bad", log_output=False)
     assert not bad.ok and "needs loader='trajectory'" in str(bad.record.get("error"))
+
+
+def test_loss_curves_read_result_rows_and_csv_rows():
+    from turbda_kit.errors import InputError
+    from turbda_kit.viz.plots import loss_curves
+
+    rows = [{"step": 1, "kind": "train", "train_loss": 1.0},
+            {"step": 2, "kind": "train", "train_loss": 0.5},
+            {"step": 2, "kind": "val", "val_loss": 0.7, "train_loss": None}]
+    curves = loss_curves(rows)
+    assert [e.label for e in curves if e.label] == ["train", "validation"]
+    as_text = [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows]
+    assert len(loss_curves(as_text[:2])) == 1        # metrics.csv gives text; no val rows
+    with pytest.raises(InputError, match="kind 'train'"):
+        loss_curves([{"step": 1, "kind": "other"}])

@@ -3,9 +3,11 @@ distribution strategy on 2 gloo ranks (torchrun / mpiexec subprocesses)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ import torch
 from turbda_kit.errors import InputError
 from turbda_kit.parallel import distributed as pd
 from turbda_kit.surrogate.config import load_vit_config
+from turbda_kit.surrogate.export import load_surrogate
 from turbda_kit.surrogate.trainer import (
     TrainConfig,
     build_deepspeed_config,
@@ -24,19 +27,22 @@ from turbda_kit.surrogate.trainer import (
     train,
     warmup_cosine,
 )
-from turbda_kit.surrogate.vit import load_surrogate
 
 from ..conftest import run_mpi
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
+from payloads import Payload, file_kinds, plant  # noqa: E402
 from synthetic_data import ShiftDataset, ShiftRollouts, ShiftStream  # noqa: E402
 
 TORCH_CASES = ["ddp", "fsdp:FULL_SHARD", "fsdp:SHARD_GRAD_OP+ac", "fsdp:HYBRID_SHARD",
                "fsdp:FULL_SHARD+bf16"]
 TORCH_RESUME = ["ddp", "fsdp:FULL_SHARD"]
-DS_CASES = ["deepspeed:1", "deepspeed:2+ac", "deepspeed:3", "deepspeed:1+bf16"]
+DS_CASES = ["deepspeed:0", "deepspeed:1", "deepspeed:2+ac", "deepspeed:3", "deepspeed:1+bf16"]
 DS_RESUME = ["deepspeed:3"]
+# Payloads are planted in every kind of checkpoint file of these (all strategies).
+TORCH_PLANT = ["ddp", "fsdp:FULL_SHARD", "fsdp:SHARD_GRAD_OP+ac", "fsdp:HYBRID_SHARD"]
+DS_PLANT = DS_CASES
 FP32_CASES = [c for c in TORCH_CASES + DS_CASES if "bf16" not in c]
 
 
@@ -64,23 +70,24 @@ def _launch(command: list[str], out: Path, timeout: float = 240) -> dict:
     return json.loads(results.read_text())
 
 
-def _torchrun(out: Path, cases: list[str], resume: list[str]) -> dict:
+def _torchrun(out: Path, cases: list[str], resume: list[str], plant: list[str]) -> dict:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node", "2", str(SCRIPTS / "train_strategies.py"), "--out", str(out),
-               "--cases", ",".join(cases), "--resume", ",".join(resume)]
+               "--cases", ",".join(cases), "--resume", ",".join(resume),
+               "--plant", ",".join(plant)]
     return _launch(command, out)
 
 
 @pytest.fixture(scope="module")
 def torch_strategies(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("torch_strategies")
-    return _torchrun(out, TORCH_CASES, TORCH_RESUME)["cases"]
+    return _torchrun(out, TORCH_CASES, TORCH_RESUME, TORCH_PLANT)["cases"]
 
 
 @pytest.fixture(scope="module")
 def deepspeed_strategies(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("deepspeed_strategies")
-    return _torchrun(out, DS_CASES, DS_RESUME)["cases"]
+    return _torchrun(out, DS_CASES, DS_RESUME, DS_PLANT)["cases"]
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +162,28 @@ def test_train_sections_of_presets_load():
     assert load_train_config("sqg_256").strategy == "deepspeed"
     with pytest.raises(InputError, match="unknown train config keys"):
         TrainConfig.from_dict({"strategy": "ddp", "learning_rate": 1e-3})
+
+
+def test_from_preset_takes_none_as_the_presets_value():
+    preset = load_train_config("sqg_64_cpu")
+    assert TrainConfig.from_preset("sqg_64_cpu") == preset
+    same = TrainConfig.from_preset("sqg_64_cpu", lr=None, batch_size=None, max_steps=None,
+                                   precision=None, augment_x_shift=None)
+    assert same == preset
+    changed = TrainConfig.from_preset("sqg_64_cpu", lr=2e-4, augment_x_shift=True)
+    assert (changed.lr, changed.augment_x_shift, changed.max_steps) == (2e-4, True, 4000)
+    # Epochs without steps train by epochs; the preset's max_steps no longer applies.
+    by_epochs = TrainConfig.from_preset("tiny", max_epochs=3)
+    assert (by_epochs.max_epochs, by_epochs.max_steps) == (3, None)
+    both = TrainConfig.from_preset("tiny", max_epochs=3, max_steps=10)
+    assert (both.max_epochs, both.max_steps) == (3, 10)
+    # No strategy given: none on one process, else the preset's (ddp for a 'none' preset).
+    assert TrainConfig.from_preset("sqg_256").strategy == "none"
+    assert TrainConfig.from_preset("sqg_256", world_size=8).strategy == "deepspeed"
+    assert TrainConfig.from_preset("tiny", world_size=2).strategy == "ddp"
+    assert TrainConfig.from_preset("tiny", world_size=2, strategy="fsdp").strategy == "fsdp"
+    with pytest.raises(InputError, match="unknown train config keys"):
+        TrainConfig.from_preset("tiny", learning_rate=1e-3)
 
 
 def test_deepspeed_config_keeps_paper_knobs():
@@ -319,6 +348,36 @@ def test_early_stopping_on_validation_loss(tiny, tmp_path, one_thread):
     assert (tmp_path / "export" / "vit_best.pt").exists()
 
 
+def test_the_logged_learning_rate_is_the_one_each_step_used(tiny, tmp_path, one_thread):
+    cfg = TrainConfig(batch_size=4, lr=2e-3, warmup_steps=2, max_steps=6, log_every=1)
+    result = train(tiny, cfg, ShiftDataset(n_samples=4), tmp_path, show_progress=False)
+    logged = [row["lr"] for row in result.history if row["kind"] == "train"]
+    assert logged == pytest.approx([2e-3 * warmup_cosine(s, 2, 6) for s in range(6)],
+                                   rel=1e-12)
+
+
+def test_flop_checks_need_the_math_attention_backend(tiny, one_thread):
+    # torch's FlopCounterMode has no formula for the fused CPU attention kernel: under the
+    # default backend it misses the attention products; with the MATH backend attention
+    # is plain matmuls and the count equals the analytic one behind tflops_per_device.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from turbda_kit.surrogate.flops import forward_flops
+    from turbda_kit.surrogate.vit import ViT
+
+    model = ViT(tiny, generator=torch.Generator().manual_seed(0)).eval()
+    fields, leads = torch.zeros(1, 2, 32, 32), torch.full((1,), 12.0)
+    counts = {}
+    for name, backend in (("default", contextlib.nullcontext()),
+                          ("math", sdpa_kernel(SDPBackend.MATH))):
+        with torch.no_grad(), backend, FlopCounterMode(display=False) as counter:
+            model(fields, leads)
+        counts[name] = counter.get_total_flops() / forward_flops(tiny)
+    assert counts["math"] == 1.0
+    assert counts["default"] < 0.99
+
+
 def test_iterable_dataset_and_accumulation_equivalences(tiny, tmp_path, one_thread):
     cfg = TrainConfig(batch_size=4, lr=3e-3, max_steps=3, log_every=1, shuffle=False)
     mapped = train(tiny, cfg, ShiftDataset(n_samples=8), tmp_path / "map", show_progress=False)
@@ -344,6 +403,228 @@ def test_bf16_and_activation_checkpointing_single_process(tiny, tmp_path, one_th
     assert bf16.step_losses[1] == pytest.approx(fp32.step_losses[1], rel=1e-2)
 
 
+# ----------------------------------------------------------------------------- augmentation
+
+
+def test_shift_along_x_rolls_each_sample_by_its_own_shift():
+    from turbda_kit.surrogate.training.augment import shift_along_x
+
+    fields = torch.randn(3, 2, 2, 4, 6, generator=torch.Generator().manual_seed(0))
+    shifts = torch.tensor([0, 1, 5])
+    out = shift_along_x(fields, shifts)
+    for b in range(3):
+        torch.testing.assert_close(out[b], torch.roll(fields[b], int(shifts[b]), dims=-1),
+                                   rtol=0, atol=0)
+    assert torch.equal(shift_along_x(fields[:, 0], shifts), out[:, 0])   # (B, V, N, N) too
+
+
+def test_x_shifts_are_a_pure_function_of_seed_epoch_and_micro_batch():
+    from turbda_kit.surrogate.training.augment import x_shifts
+
+    first = x_shifts(3, 0, 5, 16, 64)
+    assert torch.equal(first, x_shifts(3, 0, 5, 16, 64))
+    assert first.min() >= 0 and first.max() < 64 and first.dtype == torch.int64
+    others = [x_shifts(4, 0, 5, 16, 64), x_shifts(3, 1, 5, 16, 64), x_shifts(3, 0, 6, 16, 64)]
+    assert not any(torch.equal(first, other) for other in others)
+
+
+def test_augmented_batches_shift_input_and_every_target_alike_on_any_number_of_ranks():
+    from turbda_kit.surrogate.training.augment import shift_along_x, x_shifts
+    from turbda_kit.surrogate.training.batches import train_batches
+
+    data = ShiftRollouts(n_samples=8, seed=0, steps=2)
+    plain_cfg = TrainConfig(batch_size=4, seed=7)
+    cfg = plain_cfg.replace(augment_x_shift=True)
+    one = pd.DistEnv()
+    for micro, (plain, shifted) in enumerate(zip(train_batches(data, plain_cfg, one, 1, 0),
+                                                 train_batches(data, cfg, one, 1, 0))):
+        shifts = x_shifts(7, 1, micro, 4, 32)
+        torch.testing.assert_close(shifted[0], shift_along_x(plain[0], shifts), rtol=0, atol=0)
+        torch.testing.assert_close(shifted[1], shift_along_x(plain[1], shifts), rtol=0, atol=0)
+        assert torch.equal(shifted[2], plain[2])
+    # Two ranks of two samples each see the halves of the one-rank batches.
+    halves = cfg.replace(batch_size=2)
+    ranks = [list(train_batches(data, halves, pd.DistEnv(rank=r, world_size=2), 1, 0))
+             for r in (0, 1)]
+    for micro, whole in enumerate(train_batches(data, cfg, one, 1, 0)):
+        joined = torch.cat([ranks[0][micro][0], ranks[1][micro][0]])
+        torch.testing.assert_close(joined, whole[0], rtol=0, atol=0)
+    # Resuming at micro-batch 1 draws the shifts of an uninterrupted epoch.
+    resumed = next(iter(train_batches(data, cfg, one, 1, 1)))
+    torch.testing.assert_close(resumed[1], list(train_batches(data, cfg, one, 1, 0))[1][1],
+                               rtol=0, atol=0)
+
+
+def test_training_with_x_shifts_learns_and_resumes_exactly(tiny, tmp_path, one_thread):
+    data = ShiftDataset(n_samples=12, seed=1)
+    cfg = TrainConfig(batch_size=4, lr=3e-3, max_steps=7, log_every=1, checkpoint_every=4,
+                      keep_checkpoints=3, seed=5, augment_x_shift=True)
+    full = train(tiny, cfg, data, tmp_path / "full", show_progress=False)
+    plain = train(tiny, cfg.replace(augment_x_shift=False), data, tmp_path / "plain",
+                  show_progress=False)
+    assert full.step_losses[2] != plain.step_losses[2]     # other samples after step 1
+    resumed = train(tiny, cfg, data, tmp_path / "resumed", show_progress=False,
+                    resume=tmp_path / "full" / "checkpoints" / "step_00000004")
+    assert resumed.step_losses == {s: full.step_losses[s] for s in (5, 6, 7)}
+    with pytest.raises(InputError, match="augment_x_shift"):
+        train(tiny, cfg.replace(augment_x_shift=False), data, tmp_path / "other",
+              resume=tmp_path / "full" / "checkpoints" / "step_00000004")
+    with pytest.raises(InputError, match="augment_x_shift"):
+        TrainConfig(augment_x_shift=1)
+
+
+# ----------------------------------------------------------------------------- safe resume
+
+
+def _assert_refused(message: str, planted_file: Path, ran: bool) -> None:
+    assert message.startswith("InputError"), message
+    assert str(planted_file) in message, message            # names the file
+    assert "weights_only=False" not in message               # never the advice that runs it
+    assert not ran, "the payload ran"
+
+
+def test_a_payload_planted_in_any_checkpoint_file_is_refused_and_never_runs(tiny, tmp_path,
+                                                                           one_thread):
+    data = ShiftDataset(n_samples=4)
+    cfg = TrainConfig(batch_size=2, max_steps=2, log_every=1)
+    checkpoint = Path(train(tiny, cfg, data, tmp_path / "run", show_progress=False)
+                      .last_checkpoint)
+    kinds = file_kinds(checkpoint)
+    assert set(kinds) == {"dcp/.metadata", "dcp/__0_0.distcp:tensor", "dcp/__0_0.distcp:bytes",
+                          "extras.pt", "rng_rank00000.pt"}
+    for i, kind in enumerate(kinds):
+        marker = tmp_path / f"ran-{i}"
+        copy = tmp_path / "planted" / str(i) / checkpoint.name
+        planted = plant(checkpoint, kind, copy, marker)
+        try:
+            train(tiny, cfg, data, tmp_path / f"resumed-{i}", resume=copy, show_progress=False)
+            outcome = "loaded"
+        except InputError as err:
+            outcome = f"InputError: {err}"
+        _assert_refused(outcome, planted, marker.exists())
+        assert "nothing in it ran" in outcome or "not readable" in outcome, outcome
+    # The payloads are live: an unrestricted load of the same files runs them.
+    live = tmp_path / "live"
+    plant(checkpoint, "extras.pt", tmp_path / "live-copy", live)
+    torch.load(tmp_path / "live-copy" / "extras.pt", weights_only=False)
+    assert live.exists()
+
+
+def test_resume_auto_refuses_a_planted_latest_checkpoint(tiny, tmp_path, one_thread):
+    # The reported attack: replace dcp/.metadata of the checkpoint latest.json names.
+    data = ShiftDataset(n_samples=4)
+    cfg = TrainConfig(batch_size=2, max_steps=2)
+    run = train(tiny, cfg, data, tmp_path, show_progress=False)
+    metadata = Path(run.last_checkpoint) / "dcp" / ".metadata"
+    marker = tmp_path / "ran"
+    metadata.write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(InputError) as info:
+        train(tiny, cfg, data, tmp_path, resume="auto", show_progress=False)
+    _assert_refused(f"InputError: {info.value}", metadata, marker.exists())
+    assert "posix.system" in str(info.value) or "os.system" in str(info.value)
+
+
+def test_checkpoint_pointers_name_only_checkpoints_beside_them(tiny, tmp_path, one_thread):
+    data = ShiftDataset(n_samples=4)
+    cfg = TrainConfig(batch_size=2, max_steps=1)
+    train(tiny, cfg, data, tmp_path, show_progress=False)
+    (tmp_path / "checkpoints" / "latest.json").write_text('{"name": "../../elsewhere"}')
+    with pytest.raises(InputError, match="not a step_XXXXXXXX"):
+        train(tiny, cfg, data, tmp_path, resume=True, show_progress=False)
+
+
+# ----------------------------------------------------------------------------- atomic saves
+
+
+class Killed(Exception):
+    """Stands for the job being killed at that moment."""
+
+
+def _kill_at(monkeypatch, where: str, step: int) -> None:
+    """Make the save of ``step`` fail at one moment of writing/publishing a checkpoint."""
+    from turbda_kit.surrogate.training import checkpoint as keeper
+    from turbda_kit.surrogate.training import checkpoint_files as files
+
+    def failing(module, name, applies):
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            if applies(*args, **kwargs):
+                raise Killed(where)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    tag = f"step_{step:08d}"
+    if where == "writing":        # a rank's files half written
+        failing(files, "save_rng_state", lambda directory, *a: tag in str(directory))
+    elif where == "renaming":     # complete, not yet renamed into place
+        failing(keeper, "_rename_into_place", lambda tmp, final: tag in final.name)
+    elif where == "pointing":     # renamed, latest.json not yet switched
+        failing(keeper, "_point", lambda pointer, record: record["step"] == step)
+    elif where == "pruning":      # latest.json switched, older ones not yet deleted
+        failing(keeper, "_prune", lambda root, keep: tag in (root / "latest.json").read_text())
+
+
+MOMENTS = ["writing", "renaming", "pointing", "pruning"]
+
+
+@pytest.mark.parametrize("where", MOMENTS)
+def test_a_kill_while_saving_leaves_a_loadable_checkpoint(tiny, tmp_path, one_thread,
+                                                         monkeypatch, where):
+    data = ShiftDataset(n_samples=8, seed=1)
+    cfg = TrainConfig(batch_size=4, lr=3e-3, max_steps=4, log_every=1, checkpoint_every=2,
+                      keep_checkpoints=1, seed=5)
+    full = train(tiny, cfg, data, tmp_path / "full", show_progress=False)
+    with monkeypatch.context() as patch:
+        _kill_at(patch, where, step=4)
+        with pytest.raises(Killed):
+            train(tiny, cfg, data, tmp_path / "run", show_progress=False)
+    root = tmp_path / "run" / "checkpoints"
+    latest = json.loads((root / "latest.json").read_text())
+    assert (root / latest["name"] / "trainer_state.json").is_file()
+    resumed = train(tiny, cfg, data, tmp_path / "run", resume=True, show_progress=False)
+    assert resumed.step == 4
+    assert resumed.step_losses == {s: full.step_losses[s] for s in resumed.step_losses}
+    assert set(resumed.step_losses) == ({3, 4} if latest["step"] == 2 else set())
+
+
+@pytest.mark.parametrize("where", MOMENTS)
+def test_a_kill_while_replacing_a_checkpoint_of_the_same_step_leaves_one(tiny, tmp_path,
+                                                                         one_thread,
+                                                                         monkeypatch, where):
+    # A rerun from step 2 saves step 4 again while the first run's step_00000004 exists:
+    # the old one must stay until the new one is in place and pointed at.
+    data = ShiftDataset(n_samples=8, seed=1)
+    cfg = TrainConfig(batch_size=4, lr=3e-3, max_steps=4, log_every=1, checkpoint_every=2,
+                      keep_checkpoints=2, seed=5)
+    full = train(tiny, cfg, data, tmp_path, show_progress=False)
+    root = tmp_path / "checkpoints"
+    with monkeypatch.context() as patch:
+        _kill_at(patch, where, step=4)
+        with pytest.raises(Killed):
+            train(tiny, cfg, data, tmp_path, resume=root / "step_00000002",
+                  show_progress=False)
+    latest = json.loads((root / "latest.json").read_text())
+    assert latest["step"] == 4 and (root / latest["name"] / "trainer_state.json").is_file()
+    again = train(tiny, cfg, data, tmp_path, resume=True, show_progress=False)
+    assert again.step == 4 and not again.step_losses
+    torch.testing.assert_close(load_surrogate(again.export_path)[0].state_dict(),
+                               load_surrogate(full.export_path)[0].state_dict())
+
+
+def test_a_rerun_of_the_same_step_gets_a_fresh_directory_and_the_old_one_goes(tiny, tmp_path,
+                                                                             one_thread):
+    data = ShiftDataset(n_samples=8, seed=1)
+    cfg = TrainConfig(batch_size=4, max_steps=4, checkpoint_every=2, keep_checkpoints=2)
+    train(tiny, cfg, data, tmp_path, show_progress=False)
+    root = tmp_path / "checkpoints"
+    train(tiny, cfg.replace(keep_checkpoints=1), data, tmp_path, resume=root / "step_00000002",
+          show_progress=False)
+    assert json.loads((root / "latest.json").read_text())["name"] == "step_00000004.1"
+    assert sorted(p.name for p in root.iterdir()) == ["latest.json", "step_00000004.1"]
+
+
 # ----------------------------------------------------------------------------- distributed
 
 
@@ -367,6 +648,34 @@ def test_all_strategies_start_from_the_same_loss(request, single_process_referen
     for case in (c for c in TORCH_CASES + DS_CASES if "bf16" in c):
         assert _all_results(request, case)["fixed_losses"][0] == pytest.approx(
             reference[0], rel=1e-2), case
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("case", TORCH_PLANT + DS_PLANT)
+def test_a_payload_in_any_checkpoint_file_is_refused_on_two_ranks(request, case):
+    planted = _all_results(request, case)["planted"]
+    kinds = set(planted) - {"deepspeed-forced"}
+    assert {"rng_rank00000.pt", "rng_rank00001.pt"} <= kinds
+    if case.startswith("deepspeed"):
+        assert len([k for k in kinds if k.startswith("deepspeed/state/")]) >= 1
+        # Past the check, DeepSpeed's own load is forced weights-only: refused, not run.
+        forced = planted["deepspeed-forced"]
+        assert forced["outcome"] != "loaded" and not forced["marker"], forced
+    else:
+        assert "dcp/.metadata" in kinds and "extras.pt" in kinds
+        assert any(k.endswith(":tensor") for k in kinds) and any(k.endswith(":bytes")
+                                                                  for k in kinds)
+    for kind in sorted(kinds):
+        record = planted[kind]
+        _assert_refused(record["outcome"], Path(record["file"]), record["marker"])
+
+
+@pytest.mark.distributed
+def test_every_strategy_logs_the_learning_rate_its_step_used(request):
+    # The scripts' runs: lr 3e-3, no warm-up, cosine over 8 steps, a row every step.
+    expected = [3e-3 * warmup_cosine(s, 0, 8) for s in range(8)]
+    for case in ("ddp", "fsdp:FULL_SHARD", "deepspeed:1", "deepspeed:3"):
+        assert _all_results(request, case)["lrs"] == pytest.approx(expected, rel=1e-12), case
 
 
 @pytest.mark.distributed

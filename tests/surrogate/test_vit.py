@@ -352,7 +352,7 @@ def test_residual_output_is_input_plus_plain_head():
 
 
 def test_residual_flag_survives_export_and_load(tmp_path):
-    from turbda_kit.surrogate.vit import load_surrogate, save_surrogate
+    from turbda_kit.surrogate.export import load_surrogate, save_surrogate
 
     cfg = ViTConfig(**SMALL_CONFIGS["tiny"], residual=True)
     model = ViT(cfg)

@@ -2,7 +2,10 @@
 
 A rollout feeds each forecast back as the next input: ``x_{k+1} = model(x_k, lead)``. The
 model works on normalised fields; everything returned here is in physical units (K for
-SQG) through the data set's :class:`~turbda_kit.data.shards.Normaliser`.
+SQG) through the data set's :class:`~turbda_kit.data.shards.Normaliser`. The model is a
+ViT or any :data:`ForecastFunction`; the forecast model of the cycling engine,
+:class:`~turbda_kit.surrogate.forecast_model.SurrogateModel`, is built on
+:func:`iter_rollout`.
 
 * :func:`iter_rollout` — a generator yielding one forecast per step (memory for one step);
 * :func:`rollout` — the stacked forecasts ``(n_steps, B, V, N, N)``;
@@ -17,7 +20,7 @@ model's train/eval mode as it found it.
 Example
 -------
 >>> from turbda_kit.surrogate.rollout import rollout, rollout_rmse, split_trajectory
->>> from turbda_kit.surrogate.vit import load_surrogate
+>>> from turbda_kit.surrogate.export import load_surrogate
 >>> from turbda_kit.data.shards import open_shards
 >>> model, _ = load_surrogate("runs/03_train_vit/surrogate.pt")      # doctest: +SKIP
 >>> catalog = open_shards("runs/02_preprocess/shards")                # doctest: +SKIP
@@ -34,32 +37,25 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..data.datasets import TrajectoryPairs
+from ..data.normaliser import Normaliser
 from ..errors import InputError
 
-__all__ = ["Forecaster", "Normalising", "iter_rollout", "rollout", "trajectory_windows",
+__all__ = ["ForecastFunction", "iter_rollout", "rollout", "trajectory_windows",
            "rmse_per_variable", "RolloutScores", "rollout_rmse", "split_trajectory",
-           "TrajectoryPairs", "normaliser_from_metadata"]
+           "TrajectoryPairs"]
 
-Forecaster = nn.Module | Callable[[Tensor, Tensor], Tensor]
-"""A ViT (or any ``f(fields (B, V, N, N), lead_time_hours (B,)) -> (B, V, N, N)``, such as
-``TrainResult.predict``) working on normalised fields."""
-
-
-class Normalising(Protocol):
-    """What the rollout needs of a normaliser (e.g. :class:`turbda_kit.data.shards.Normaliser`):
-    per-variable maps between physical ``(..., V, N, N)`` fields and normalised ones, in the
-    tensor's own dtype and device."""
-
-    def normalise(self, x: Tensor) -> Tensor: ...
-
-    def denormalise(self, x: Tensor) -> Tensor: ...
+ForecastFunction = Callable[[Tensor, Tensor], Tensor]
+"""``f(fields (B, V, N, N), lead_time_hours (B,)) -> (B, V, N, N)`` on normalised fields:
+a ViT, ``TrainResult.predict``, or any such function. (A type alias for the functions the
+rollout accepts, not a model protocol: the forecast-model interface is
+``turbda_kit.models.base.ForecastModel``.)"""
 
 
 # ----------------------------------------------------------------------------- checks
@@ -88,7 +84,7 @@ def _check_lead(lead_time_hours: Any) -> float:
     return float(lead_time_hours)
 
 
-def _model_device_dtype(model: Forecaster, fallback: Tensor) -> tuple[torch.device, torch.dtype]:
+def _model_device_dtype(model: ForecastFunction, fallback: Tensor) -> tuple[torch.device, torch.dtype]:
     """Device and floating dtype of the model's parameters (else of ``fallback``)."""
     if isinstance(model, nn.Module):
         for parameter in model.parameters():
@@ -101,7 +97,7 @@ def _model_device_dtype(model: Forecaster, fallback: Tensor) -> tuple[torch.devi
 
 
 @contextlib.contextmanager
-def _evaluating(model: Forecaster) -> Iterator[None]:
+def _evaluating(model: ForecastFunction) -> Iterator[None]:
     """Eval mode and no autograd for the rollout; the caller's mode is restored after."""
     was_training = isinstance(model, nn.Module) and model.training
     if was_training:
@@ -117,8 +113,8 @@ def _evaluating(model: Forecaster) -> Iterator[None]:
 # ----------------------------------------------------------------------------- rollouts
 
 
-def iter_rollout(model: Forecaster, initial: Tensor, n_steps: int, lead_time_hours: float,
-                 normaliser: Normalising | None = None, *, normalised: bool = False
+def iter_rollout(model: ForecastFunction, initial: Tensor, n_steps: int, lead_time_hours: float,
+                 normaliser: Normaliser | None = None, *, normalised: bool = False
                  ) -> Iterator[Tensor]:
     """Yield the autoregressive forecasts one step at a time, in physical units.
 
@@ -134,7 +130,7 @@ def iter_rollout(model: Forecaster, initial: Tensor, n_steps: int, lead_time_hou
     lead_time_hours : float
         Lead time of one step, hours (> 0); step ``k`` (from 1) is valid at
         ``k * lead_time_hours``.
-    normaliser : Normalising or None
+    normaliser : Normaliser or None
         Maps physical fields to the model's normalised space and back. ``None``: the model
         works in the units of ``initial`` (and ``normalised`` must be False).
     normalised : bool
@@ -167,8 +163,8 @@ def iter_rollout(model: Forecaster, initial: Tensor, n_steps: int, lead_time_hou
             yield state if normaliser is None else normaliser.denormalise(state)
 
 
-def rollout(model: Forecaster, initial: Tensor, n_steps: int, lead_time_hours: float,
-            normaliser: Normalising | None = None, *, normalised: bool = False) -> Tensor:
+def rollout(model: ForecastFunction, initial: Tensor, n_steps: int, lead_time_hours: float,
+            normaliser: Normaliser | None = None, *, normalised: bool = False) -> Tensor:
     """Autoregressive forecasts of ``n_steps`` steps, stacked, in physical units.
 
     Parameters
@@ -309,6 +305,19 @@ class RolloutScores:
                                         "variable": list(self.variables)},
                           attrs={"n_cases": self.n_cases})
 
+    def to_dict(self) -> dict[str, Any]:
+        """The scores as JSON-ready lists (``*_K`` per lead and variable, ``*_all_K`` pooled)."""
+        out: dict[str, Any] = {
+            "n_test_windows": self.n_cases, "lead_hours": self.lead_hours.tolist(),
+            "variables": list(self.variables), "rmse_K": self.rmse.tolist(),
+            "persistence_rmse_K": self.persistence_rmse.tolist(),
+            "rmse_all_K": self.rmse_all.tolist(),
+            "persistence_rmse_all_K": self.persistence_rmse_all.tolist()}
+        if self.climatology_rmse is not None:
+            out["climatology_rmse_K"] = self.climatology_rmse.tolist()
+            out["climatology_rmse_all_K"] = self._pooled(self.climatology_rmse).tolist()
+        return out
+
     def table(self) -> str:
         """A plain-text table: lead, then surrogate / persistence RMSE per variable."""
         head = "lead (h) " + "".join(f"| {v + ' ViT':>14} {v + ' pers.':>14} "
@@ -322,8 +331,8 @@ class RolloutScores:
         return "\n".join(rows)
 
 
-def rollout_rmse(model: Forecaster, trajectory: Tensor, n_steps: int, lead_time_hours: float,
-                 normaliser: Normalising | None = None, *, hours_per_step: float | None = None,
+def rollout_rmse(model: ForecastFunction, trajectory: Tensor, n_steps: int, lead_time_hours: float,
+                 normaliser: Normaliser | None = None, *, hours_per_step: float | None = None,
                  stride: int = 1, batch_size: int = 64, climatology: Tensor | None = None,
                  variables: Sequence[str] | None = None) -> RolloutScores:
     """Score autoregressive rollouts from every window of a truth trajectory.
@@ -338,7 +347,7 @@ def rollout_rmse(model: Forecaster, trajectory: Tensor, n_steps: int, lead_time_
         Forecast steps per window.
     lead_time_hours : float
         Lead of one forecast step, hours; a whole multiple of ``hours_per_step``.
-    normaliser : Normalising or None
+    normaliser : Normaliser or None
         See :func:`iter_rollout`.
     hours_per_step : float or None
         Spacing of ``trajectory``, hours (default: ``lead_time_hours``).
@@ -456,25 +465,3 @@ def split_trajectory(root: Any, split: str = "test", variables: Sequence[str] | 
     return torch.from_numpy(data), float(catalog.hours_per_step)
 
 
-def normaliser_from_metadata(metadata: dict[str, Any]):
-    """The :class:`~turbda_kit.data.shards.Normaliser` stored in a surrogate export.
-
-    Parameters
-    ----------
-    metadata : dict
-        From :func:`turbda_kit.surrogate.vit.load_surrogate`; the training notebook stores
-        ``variables``, ``normalize_mean`` and ``normalize_std`` (K) there.
-
-    Returns
-    -------
-    Normaliser
-    """
-    from ..data.normaliser import Normaliser
-
-    missing = [k for k in ("variables", "normalize_mean", "normalize_std") if k not in metadata]
-    if missing:
-        raise InputError(f"the surrogate's metadata lacks {missing}: export it with the "
-                         "training notebook (03_train_vit), which stores the normalisation")
-    return Normaliser(tuple(metadata["variables"]),
-                      np.asarray(metadata["normalize_mean"], dtype=np.float64),
-                      np.asarray(metadata["normalize_std"], dtype=np.float64))

@@ -29,8 +29,6 @@ and stores it in checkpoints.
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +38,7 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import InputError
 from .config import SEED_LEAD_TIME_DIVISOR, ViTConfig
 
-__all__ = ["ViT", "Block", "sincos_pos_embed_2d", "lead_time_input", "patchify", "unpatchify",
-           "save_surrogate", "load_surrogate"]
+__all__ = ["ViT", "Block", "sincos_pos_embed_2d", "lead_time_input", "patchify", "unpatchify"]
 
 
 def sincos_pos_embed_2d(grid_patches: int, embed_dim: int, dtype: torch.dtype = torch.float32,
@@ -367,67 +364,3 @@ class ViT(nn.Module):
         out = unpatchify(out, cfg.n_vars, cfg.patch_size)
         return fields + out if cfg.residual else out
 
-
-EXPORT_FORMAT = "turbda_kit.surrogate.vit/1"
-
-
-def save_surrogate(config: ViTConfig, state_dict: dict[str, Tensor], path: str | os.PathLike,
-                   metadata: dict[str, str | int | float] | None = None) -> Path:
-    """Write a consolidated, single-device checkpoint for inference (atomically).
-
-    Parameters
-    ----------
-    config : ViTConfig
-        Architecture of the weights.
-    state_dict : dict of str to Tensor
-        Full (unsharded) ``ViT`` state dict; stored as float32 CPU tensors.
-    path : path-like
-        Destination ``.pt`` file.
-    metadata : dict, optional
-        Small JSON-like extras (training step, validation loss, ...).
-
-    Returns
-    -------
-    Path
-        The written file; load it with :func:`load_surrogate` (``weights_only=True`` safe).
-    """
-    from ..io import atomic_path
-
-    payload = {
-        "format": EXPORT_FORMAT,
-        "config": config.to_dict(),
-        "state_dict": {k: v.detach().to("cpu", torch.float32).clone()
-                       for k, v in state_dict.items()},
-        "metadata": dict(metadata or {}),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return Path(path)
-
-
-def load_surrogate(path: str | os.PathLike, device: torch.device | str = "cpu"
-                   ) -> tuple[ViT, dict[str, str | int | float]]:
-    """Load a file written by :func:`save_surrogate` into a ready-to-use model.
-
-    Parameters
-    ----------
-    path : path-like
-        Exported ``.pt`` file.
-    device : torch.device or str
-        Where to put the model.
-
-    Returns
-    -------
-    (ViT, dict)
-        The model in eval mode, and the stored metadata.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"no exported surrogate at {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
-        raise InputError(f"{path} is not a ViT surrogate export (format {EXPORT_FORMAT!r})")
-    config = ViTConfig.from_dict(payload["config"])
-    model = ViT(config)
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval(), payload.get("metadata", {})

@@ -559,3 +559,45 @@ def field_panels(rows: Mapping[str, Mapping[str, np.ndarray]], x_km: np.ndarray 
     columns = max(len(row) for row in rows.values())
     return _both(hv.Layout(panels).cols(columns),
                  matplotlib={"sublabel_format": "", "hspace": 0.7, "vspace": 0.3})
+
+
+def loss_curves(history: list[Mapping], title: str = "training loss", logy: bool = True):
+    """Training and validation loss against the optimiser step, from the trainer's rows.
+
+    Parameters
+    ----------
+    history : list of mapping
+        ``TrainResult.history`` or the rows of the trainer's ``metrics.csv``: ``step``,
+        ``kind`` (``"train"`` or ``"val"``) and ``train_loss`` / ``val_loss`` (MSE in
+        normalised units; text from a CSV is read as numbers).
+    title : str
+    logy : bool
+        Logarithmic loss axis.
+
+    Returns
+    -------
+    holoviews.Overlay
+        The training curve, and the validation curve with its points when there are
+        validation rows.
+    """
+    hv = _hv()
+
+    def points(kind: str, key: str) -> list[tuple[float, float]]:
+        return [(float(row["step"]), float(row[key])) for row in history
+                if row.get("kind") == kind and row.get(key) not in (None, "")]
+
+    train, val = points("train", "train_loss"), points("val", "val_loss")
+    if not train and not val:
+        raise InputError("loss_curves needs rows with kind 'train' (train_loss) or 'val' "
+                         "(val_loss): pass TrainResult.history or the rows of metrics.csv")
+    axis = ("step", "MSE (normalised)")
+    elements = []
+    if train:
+        elements.append(_line(hv.Curve(train, *axis, label="train"), PALETTE[0]))
+    if val:
+        elements.append(_line(hv.Curve(val, *axis, label="validation"), PALETTE[1]))
+        elements.append(_points(hv.Scatter(val, *axis), PALETTE[1]))
+    return _both(hv.Overlay(elements), {"title": title, "logy": logy, "show_grid": True,
+                                        "legend_position": "top_right"},
+                 {"fig_inches": 5, "hooks": [_readable_log_ticks, _box_aspect(1.6)]},
+                 {"width": 520, "height": 340})

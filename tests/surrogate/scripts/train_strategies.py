@@ -4,16 +4,19 @@ Launched by tests/surrogate/test_trainer.py with ``torchrun --standalone --nproc
 or ``mpiexec -n 2``. Cases: ``ddp``, ``fsdp:FULL_SHARD``, ``fsdp:SHARD_GRAD_OP``,
 ``fsdp:HYBRID_SHARD``, ``deepspeed:1`` ... ``deepspeed:3``.
 
-For each case: 8 steps on one fixed global batch (the loss must fall), the wrapped model's
-predictions on fixed inputs (to compare with the exported weights on one process) and, for
-the ``--resume`` cases, an uninterrupted 7-step run with dropout and validation against a
-run resumed from its step-4 checkpoint.
+For each case: 8 steps on one fixed global batch (the loss must fall; the logged learning
+rates are recorded), the wrapped model's predictions on fixed inputs (to compare with the
+exported weights on one process); for the ``--resume`` cases, an uninterrupted 7-step run
+with dropout and validation against a run resumed from its step-4 checkpoint; for the
+``--plant`` cases, the final checkpoint with a payload planted in each kind of file in
+turn (``payloads.py``): every load must raise InputError and no payload may run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 import traceback
@@ -22,11 +25,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from payloads import file_kinds, payload_bytes, plant  # noqa: E402
 from synthetic_data import ShiftDataset, ShiftRollouts  # noqa: E402
 
+from turbda_kit.errors import InputError  # noqa: E402
 from turbda_kit.parallel import distributed as pd  # noqa: E402
+from turbda_kit.surrogate import TrainConfig, Trainer, train  # noqa: E402
 from turbda_kit.surrogate.config import load_vit_config  # noqa: E402
-from turbda_kit.surrogate.trainer import TrainConfig, train  # noqa: E402
+from turbda_kit.surrogate.training import checkpoint_files  # noqa: E402
+from turbda_kit.surrogate.training.checkpoint import load_checkpoint  # noqa: E402
 
 PER_RANK_BATCH = 2
 
@@ -47,11 +54,62 @@ def strategy_config(case: str, **changes) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def _attempt(load) -> str:
+    """What a load did: "loaded", the InputError's message, or another error's name."""
+    try:
+        load()
+    except InputError as err:
+        return f"InputError: {err}"
+    except Exception as err:   # recorded for the test to judge
+        return f"{type(err).__name__}: {str(err)[:300]}"
+    return "loaded"
+
+
+def planted_loads(case: str, model_cfg, checkpoint: Path, out: Path, env) -> dict:
+    """Load copies of ``checkpoint`` with a payload in each kind of file in turn."""
+    config = strategy_config(case, max_steps=8, shuffle=False)
+    device = pd.device_for(env)
+    trainer = Trainer(model_cfg, config, env, device, 8)
+    results = {}
+    for i, kind in enumerate(file_kinds(checkpoint)):
+        destination = out / "planted" / str(i) / checkpoint.name
+        marker = out / "planted" / f"ran-{i}"
+        if env.is_main:
+            plant(checkpoint, kind, destination, marker)
+        pd.barrier()
+        outcome = _attempt(lambda d=destination: load_checkpoint(trainer.strategy, d, env,
+                                                                 device))
+        pd.barrier()
+        results[kind] = {"outcome": outcome, "marker": marker.exists(),
+                         "file": str(destination / kind.partition(":")[0])}
+    if config.strategy == "deepspeed":
+        # Past the check: DeepSpeed's own load, every file planted (a swap after the check).
+        destination = out / "planted" / "forced" / checkpoint.name
+        marker = out / "planted" / "ran-forced"
+        if env.is_main:
+            shutil.rmtree(destination, ignore_errors=True)
+            shutil.copytree(checkpoint, destination)
+            for path in (destination / "deepspeed").rglob("*.pt"):
+                path.write_bytes(payload_bytes(marker))
+        pd.barrier()
+
+        def load() -> None:
+            with checkpoint_files.deepspeed_loading():
+                trainer.strategy.engine.load_checkpoint(str(destination / "deepspeed"),
+                                                        tag="state")
+
+        outcome = _attempt(load)
+        pd.barrier()
+        results["deepspeed-forced"] = {"outcome": outcome, "marker": marker.exists(), "file": ""}
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--cases", required=True, help="comma-separated")
     parser.add_argument("--resume", default="", help="comma-separated cases to resume-test")
+    parser.add_argument("--plant", default="", help="comma-separated cases to plant payloads in")
     parser.add_argument("--rollout", type=int, default=1,
                         help="train on rollouts of this many steps (targets (k, V, N, N))")
     args = parser.parse_args()
@@ -76,6 +134,7 @@ def main() -> None:
                                                    shuffle=False),
                         fixed, out / name / "fixed", env=env, show_progress=False)
             record["fixed_losses"] = [res.step_losses[s] for s in sorted(res.step_losses)]
+            record["lrs"] = [row["lr"] for row in res.history if row["kind"] == "train"]
             record["export_path"] = res.export_path
             inputs = torch.stack([probe[i][0] for i in range(3)])
             leads = torch.tensor([probe[i][2] for i in range(3)])
@@ -83,7 +142,10 @@ def main() -> None:
             if env.is_main:
                 torch.save(pred, out / name / "pred.pt")
             record["pred_path"] = str(out / name / "pred.pt")
+            checkpoint = Path(res.last_checkpoint)
             del res
+            if case in args.plant.split(","):
+                record["planted"] = planted_loads(case, model_cfg, checkpoint, out / name, env)
             if case in args.resume.split(","):
                 cfg_a = strategy_config(case, max_steps=7, checkpoint_every=2, keep_checkpoints=5,
                                         eval_every=3, grad_accum_steps=1)
