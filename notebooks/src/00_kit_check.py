@@ -15,7 +15,7 @@ import torch
 import xarray as xr
 
 from turbda_kit import provenance
-from turbda_kit.info import environment_report
+from turbda_kit.workflow import environment_report
 from turbda_kit.io import write_dataset
 
 print(environment_report())

@@ -41,7 +41,7 @@ def test_notebook_declares_parameters_with_out_dir(path):
         assert "#" in ln, f"{path.name}: parameter line without a comment: {ln!r}"
     # papermill silently drops lines it cannot parse (e.g. comments with '=' or quotes),
     # which would turn those parameters into "unknown parameter" errors.
-    from turbda_kit.runner import notebook_parameters
+    from turbda_kit.workflow import notebook_parameters
 
     names = {ln.split(":")[0].split("=")[0].strip() for ln in lines}
     assert names == set(notebook_parameters(path)), f"{path.name}: papermill cannot parse " \

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from ..conftest import mpiexec_path
-from .test_runner import make_notebook
+from .test_execute import make_notebook
 
 pytestmark = pytest.mark.mpi
 

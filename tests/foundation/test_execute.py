@@ -1,4 +1,4 @@
-"""The notebook runner and the `turbda` CLI: run directories, run.json, bad input."""
+"""Notebook execution and the `turbda` CLI: run directories, run.json, output, bad input."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from turbda_kit.cli import main
 from turbda_kit.errors import InputError
-from turbda_kit.runner import notebook_parameters, parse_value, run_notebook
+from turbda_kit.workflow import notebook_parameters, parse_value, run_notebook
+from turbda_kit.workflow.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -148,7 +148,7 @@ def test_param_file_and_cli_override(ok_notebook, tmp_path):
 
 def test_help_of_every_subcommand():
     for args in (["--help"], ["run", "--help"], ["pipeline", "--help"], ["info", "--help"]):
-        proc = subprocess.run([sys.executable, "-m", "turbda_kit.cli", *args], capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "turbda_kit", *args], capture_output=True,
                               text=True, timeout=60)
         assert proc.returncode == 0 and "usage: turbda" in proc.stdout
 
@@ -161,7 +161,15 @@ def test_info_reports_versions_and_devices(capsys):
     assert "MPICH" in out or "Open MPI" in out
 
 
-def test_live_output_is_streamed_while_running(ok_notebook, tmp_path, capsys):
+def test_live_output_is_streamed_without_papermill_chatter(ok_notebook, tmp_path, capsys):
     run_notebook(ok_notebook, {"x": 5}, tmp_path / "o", log_output=True)
-    out = capsys.readouterr().out
-    assert "value 5" in out and "Executing Cell" in out
+    captured = capsys.readouterr()
+    assert "value 5" in captured.out and "Executing Cell" not in captured.out
+    assert "without encryption" not in captured.err
+
+
+def test_verbose_shows_cells_and_quiet_prints_nothing(ok_notebook, tmp_path, capsys):
+    assert main(["run", str(ok_notebook), "--out", str(tmp_path / "v"), "-v", "-p", "x", "5"]) == 0
+    assert "Executing Cell" in capsys.readouterr().out
+    assert main(["run", str(ok_notebook), "--out", str(tmp_path / "q"), "-q"]) == 0
+    assert capsys.readouterr().out == ""

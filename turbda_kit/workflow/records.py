@@ -1,0 +1,83 @@
+"""``run.json``: the record of one notebook run, and how failures are merged into it.
+
+Rank 0's ``turbda run`` writes the record when the run starts (``"status": "running"``) and
+when it ends. Under a parallel launch a failing rank (its kernel, or its ``turbda run``
+when the kernel died) writes its failure into the same record *before* the job is
+aborted, because the abort may kill rank 0 before it can write anything. The first
+failure recorded is kept: later writers add their end time but do not overwrite it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..io import write_json
+from ..provenance import utc_now
+
+RUN_RECORD = "run.json"
+FAILED, OK, RUNNING = "failed", "ok", "running"
+
+
+def read_record(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The run directory's ``run.json`` as a dict, or None if absent or unreadable."""
+    path = Path(run_dir) / RUN_RECORD
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else None
+    return None
+
+
+def merge_final(record: dict[str, Any], on_disk: dict[str, Any] | None) -> dict[str, Any]:
+    """``record`` (this process's view at the end of a run) merged with the record on disk.
+
+    A failure a rank already wrote there (it has ``failed_rank``) is kept, with this
+    process's end time and wall time; this process's own different error goes under
+    ``also``.
+    """
+    if not on_disk or on_disk.get("status") != FAILED or on_disk.get("failed_rank") is None:
+        return record
+    merged = dict(record)
+    for key in ("error", "failed_rank", "traceback"):
+        if key in on_disk:
+            merged[key] = on_disk[key]
+    merged["status"] = FAILED
+    if record.get("status") == FAILED and record.get("error") and \
+            record["error"] not in str(on_disk.get("error")):
+        merged["also"] = f"rank {record.get('rank', 0)}: {record['error']}"
+    return merged
+
+
+def record_failure(run_dir: str | os.PathLike, rank: int, error: str,
+                   traceback_text: str | None = None) -> bool:
+    """Write a failure of ``rank`` into ``run.json`` unless a failure is already recorded.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        The run directory (shared by all ranks).
+    rank : int
+        The failing rank.
+    error : str
+        One line: ``"ExceptionType: message"``.
+    traceback_text : str, optional
+        The full traceback, kept in the record as ``traceback``.
+
+    Returns
+    -------
+    bool
+        True if this call wrote the failure, False if one was recorded already (or there
+        is no record to update: rank 0 had not started).
+    """
+    record = read_record(run_dir)
+    if record is None or record.get("status") == FAILED:
+        return False
+    record.update(status=FAILED, error=f"rank {rank}: {error}", failed_rank=rank,
+                  end_utc=utc_now())
+    if traceback_text:
+        record["traceback"] = traceback_text
+    write_json(Path(run_dir) / RUN_RECORD, record)
+    return True
