@@ -35,7 +35,16 @@ from ..errors import InputError
 from ..io import write_json
 from .environment import with_process_defaults
 from .parameters import OUT_DIR_PARAMETER, check_parameters, notebook_parameters
-from .records import FAILED, OK, RUN_RECORD, RUNNING, merge_final, read_record, record_failure
+from .records import (
+    FAILED,
+    OK,
+    RUN_RECORD,
+    RUNNING,
+    merge_final,
+    read_record,
+    record_failure,
+    start_watcher,
+)
 
 MPI_GUARD_TAG = "turbda-mpi-guard"
 PLAIN_PROGRESS_VARIABLE = "TURBDA_PLAIN_PROGRESS"
@@ -325,6 +334,8 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict[str, Any] | None 
         record.update(extra_record)
     if rank == 0:
         write_json(run_dir / RUN_RECORD, record)
+        if parallel:
+            start_watcher(run_dir)  # marks the record if the launcher kills this process
 
     start = time.monotonic()
     status, error = OK, None
@@ -346,6 +357,8 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict[str, Any] | None 
     wall = time.monotonic() - start
     record.update(status=status, error=error, end_utc=provenance.utc_now(),
                   wall_seconds=round(wall, 3))
+    if parallel and status == FAILED:
+        record.update(error=f"rank {rank}: {error}", failed_rank=rank)
     if rank == 0:
         record = merge_final(record, read_record(run_dir))
         write_json(run_dir / RUN_RECORD, record)

@@ -92,6 +92,8 @@ def install(run_dir: str, rank: int) -> None:
         if _mpi() is None or _state["done"]:
             return None
         error = "".join(traceback.format_exception_only(etype, evalue)).strip().splitlines()[-1]
+        while tb is not None and f"{os.sep}IPython{os.sep}" in tb.tb_frame.f_code.co_filename:
+            tb = tb.tb_next  # IPython's own frames say nothing about the error
         text = "".join(traceback.format_exception(etype, evalue, tb))
         atexit.register(report_and_abort, run_dir, rank, error, text)
         timer = threading.Timer(ABORT_AFTER_SECONDS, report_and_abort,

@@ -5,6 +5,12 @@ when it ends. Under a parallel launch a failing rank (its kernel, or its ``turbd
 when the kernel died) writes its failure into the same record *before* the job is
 aborted, because the abort may kill rank 0 before it can write anything. The first
 failure recorded is kept: later writers add their end time but do not overwrite it.
+
+When ``mpiexec`` (Hydra) ends a job because a rank died, it kills every rank's process
+with SIGKILL, rank 0's ``turbda run`` included. A small watcher process in its own session
+(:func:`start_watcher`) then marks a record still saying ``running`` as failed. Under
+``srun`` the watcher lives in the job step and is killed with it: a ``run.json`` still
+saying ``"running"`` with no ``end_utc`` then marks a run that was killed.
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +54,7 @@ def merge_final(record: dict[str, Any], on_disk: dict[str, Any] | None) -> dict[
         if key in on_disk:
             merged[key] = on_disk[key]
     merged["status"] = FAILED
-    if record.get("status") == FAILED and record.get("error") and \
-            record["error"] not in str(on_disk.get("error")):
+    if record.get("status") == FAILED and record.get("failed_rank") != on_disk["failed_rank"]:
         merged["also"] = f"rank {record.get('rank', 0)}: {record['error']}"
     return merged
 
@@ -81,3 +89,39 @@ def record_failure(run_dir: str | os.PathLike, rank: int, error: str,
         record["traceback"] = traceback_text
     write_json(Path(run_dir) / RUN_RECORD, record)
     return True
+
+
+KILLED_MESSAGE = ("turbda run on rank 0 was killed before it finished the record (by a signal: "
+                  "the launcher ended the job because another rank died, or the job was "
+                  "cancelled or ran out of time)")
+
+
+def watch_record(pid: int, run_dir: str | os.PathLike, poll_seconds: float = 0.5) -> None:
+    """Wait until process ``pid`` ends; then mark ``run.json`` failed if it still says running."""
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        except PermissionError:  # pid reused by another user's process: ours is gone
+            break
+        time.sleep(poll_seconds)
+    record = read_record(run_dir)
+    if record is not None and record.get("status") == RUNNING:
+        record.update(status=FAILED, error=KILLED_MESSAGE, failed_rank=record.get("rank", 0),
+                      end_utc=utc_now())
+        write_json(Path(run_dir) / RUN_RECORD, record)
+
+
+def start_watcher(run_dir: str | os.PathLike) -> subprocess.Popen | None:
+    """Start :func:`watch_record` on this process in a new session (out of the launcher's
+    process group), or return None if it cannot start."""
+    code = (f"from turbda_kit.workflow.records import watch_record; "
+            f"watch_record({os.getpid()}, {str(Path(run_dir).resolve())!r})")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_"))}
+    try:
+        return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True, env=env, close_fds=True)
+    except OSError:
+        return None
