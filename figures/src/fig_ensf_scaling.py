@@ -7,7 +7,7 @@
 # ideal time `T(p0)`. Writes `fig_ensf_scaling.png` / `.html` (one row per mode) and
 # `fig_ensf_scaling.json` (the files read and the plotted numbers).
 
-# %% [parameters]
+# %% tags=["parameters"]
 out_dir: str = "."  # where the figure goes (set by `turbda run`)
 run_dirs: list = []  # directories holding scaling_strong.nc / scaling_weak.nc, searched with their subdirectories; empty: the parent of out_dir
 files: list = []  # extra scaling files (any name; the mode is read from the file)

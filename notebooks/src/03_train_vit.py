@@ -7,7 +7,7 @@
 # against the truth and persistence, and exports the consolidated inference checkpoint
 # `surrogate.pt` (weights, config and the normalisation) that the coupled experiments load.
 
-# %% [parameters]
+# %% tags=["parameters"]
 out_dir: str = "."  # run directory (set by `turbda run`)
 config: str = "tiny"  # ViT preset (tiny, sqg_64, sqg_64_coupled, sqg_128, sqg_256) or a YAML path
 data_root: str = ""  # shard root; empty means {out_dir}/../02_preprocess/shards

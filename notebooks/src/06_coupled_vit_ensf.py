@@ -7,7 +7,7 @@
 # `sqg_letkf`, `sqg_ensf`, `sqg_free`. Writes `coupled_<experiment>.nc` (the cycling
 # engine's Dataset; ViT runs add `surrogate_drift`) and plots RMSE against time.
 
-# %% [parameters]
+# %% tags=["parameters"]
 out_dir: str = "."  # run directory (set by `turbda run`)
 checkpoint: str = ""  # surrogate export; empty means {out_dir}/../03_train_vit/surrogate.pt
 nature_run: str = ""  # 12-hourly nature run; empty means {out_dir}/../01_generate_data/nature_sqg.nc
