@@ -146,11 +146,14 @@ def test_param_file_and_cli_override(ok_notebook, tmp_path):
     assert (out2 / "x.txt").read_text() == "14"
 
 
-def test_help_of_every_subcommand():
-    for args in (["--help"], ["run", "--help"], ["pipeline", "--help"], ["info", "--help"]):
-        proc = subprocess.run([sys.executable, "-m", "turbda_kit", *args], capture_output=True,
-                              text=True, timeout=60)
-        assert proc.returncode == 0 and "usage: turbda" in proc.stdout
+def test_help_of_every_subcommand(capsys):
+    proc = subprocess.run([sys.executable, "-m", "turbda_kit", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "usage: turbda" in proc.stdout  # python -m turbda_kit
+    for args in (["run", "--help"], ["pipeline", "--help"], ["info", "--help"]):
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+        assert stop.value.code == 0 and "usage: turbda" in capsys.readouterr().out
 
 
 def test_info_reports_versions_and_devices(capsys):

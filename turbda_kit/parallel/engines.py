@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
+
 from ..errors import InputError
 from ..workflow.environment import PROCESS_DEFAULTS
 
@@ -121,9 +123,10 @@ def stop_mpi_cluster(cluster, client, timeout_s: float = 30.0) -> None:
         with contextlib.suppress(Exception):  # engines already gone: nothing to ask
             client.shutdown(targets="all", hub=False, block=True)
         client.close()
+        # Wait for the engines' launcher process (mpiexec/srun, a psutil.Process) to end.
+        processes = [getattr(es, "process", None) for es in getattr(cluster, "engines", {}).values()]
         deadline = time.monotonic() + timeout_s
-        engine_sets = list(getattr(cluster, "engines", {}).values())
-        while any(es.state != "after" for es in engine_sets) and time.monotonic() < deadline:
+        while any(_alive(p) for p in processes) and time.monotonic() < deadline:
             time.sleep(0.1)
         cluster.stop_cluster_sync()
     finally:
@@ -146,6 +149,16 @@ def mpi_engines(n_engines: int, launcher: str = "auto", mpi_args: tuple[str, ...
         yield client[order]
     finally:
         stop_mpi_cluster(cluster, client)
+
+
+def _alive(process) -> bool:
+    """Whether a launcher's process (a psutil.Process) still runs (a zombie has ended)."""
+    if process is None:
+        return False
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _mpi_rank() -> int:
