@@ -80,7 +80,7 @@ def start_mpi_cluster(n_engines: int, launcher: str = "auto", mpi_args: tuple[st
     Returns
     -------
     (ipyparallel.Cluster, ipyparallel.Client)
-        Stop with ``cluster.stop_cluster_sync()``.
+        Stop with :func:`stop_mpi_cluster` (quietly), or ``cluster.stop_cluster_sync()``.
     """
     if n_engines < 1:
         raise InputError(f"n_engines must be ≥ 1, got {n_engines}")

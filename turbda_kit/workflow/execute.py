@@ -302,9 +302,10 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict[str, Any] | None 
     nb_path = Path(notebook)
     declared = notebook_parameters(nb_path)
     params = check_parameters(declared, dict(parameters or {}), nb_path)
-    run_dir = check_run_dir(out_dir if out_dir is not None else default_run_dir(nb_path),
-                            allow_existing)
     rank = provenance.process_rank()
+    # Only rank 0 requires an empty directory: the others may find its files already there.
+    run_dir = check_run_dir(out_dir if out_dir is not None else default_run_dir(nb_path),
+                            allow_existing or rank != 0)
     parallel = provenance.process_world_size() > 1
     if OUT_DIR_PARAMETER in declared and OUT_DIR_PARAMETER not in params:
         params[OUT_DIR_PARAMETER] = str(run_dir.resolve())
