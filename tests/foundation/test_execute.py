@@ -70,9 +70,10 @@ def test_run_writes_executed_notebook_and_run_json(ok_notebook, tmp_path):
     assert record["parameters"]["x"] == 21 and record["parameters_given"] == {
         "x": 21, "out_dir": str(out.resolve())}
     for key in ("turbda_kit_version", "git", "python", "torch", "numpy", "host", "device",
-                "rank", "world_size", "slurm_job_id", "start_utc", "end_utc", "wall_seconds"):
+                "rank", "world_size", "slurm_job_id", "start_utc", "end_utc", "wall_seconds",
+                "cpu_seconds"):
         assert key in record, key
-    assert record["wall_seconds"] > 0
+    assert record["wall_seconds"] > 0 and record["cpu_seconds"] > 0  # the kernel's CPU
     executed = nbformat.read(out / "ok.ipynb", as_version=4)
     assert any("value 21" in o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
 
