@@ -177,3 +177,20 @@ def test_verbose_shows_cells_and_quiet_prints_nothing(ok_notebook, tmp_path, cap
     assert "Executing Cell" in capsys.readouterr().out
     assert main(["run", str(ok_notebook), "--out", str(tmp_path / "q"), "-q"]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_every_type_hint_reaches_the_notebook_without_warnings(tmp_path, capfd):
+    # papermill cannot read `Literal[...]` or `int | None` lines; the kit can, and injects
+    # checked values without papermill's "Passed unknown parameter" warning.
+    params = ("from typing import Literal, Optional\n"
+              "mode: Literal['a', 'b'] = 'a'  # a choice\n"
+              "limit: int | None = None  # optional\n"
+              "scale: float = 1.0  # ints accepted\n"
+              "out_dir: str = '.'  # run dir")
+    nb = make_notebook(tmp_path / "hints.ipynb",
+                       "from pathlib import Path\n"
+                       "Path(out_dir, 'v.txt').write_text(repr((mode, limit, scale)))", params)
+    assert main(["run", str(nb), "--out", str(tmp_path / "r"), "-p", "mode", "b",
+                 "-p", "limit", "7", "-p", "scale", "2"]) == 0
+    assert (tmp_path / "r" / "v.txt").read_text() == "('b', 7, 2.0)"
+    assert "Passed unknown parameter" not in capfd.readouterr().err

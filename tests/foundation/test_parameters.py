@@ -81,6 +81,7 @@ def test_command_line_text_is_read_against_the_hint():
     assert read("label", "2024") == "2024"      # stays text for a str parameter
     assert read("label", "[1,") == "[1,"        # even when YAML cannot read it
     assert read("n", "2024") == 2024
+    assert read("x", "2") == 2.0 and isinstance(read("x", "2"), float)  # int given for a float
     assert read("x", "1e-3") == pytest.approx(1e-3) and read("x", "null") is None
     assert read("s", "{radius: 1.5e6}") == {"radius": 1.5e6}
     assert read("k", "2") == "2"                # a Literal of strings takes the text

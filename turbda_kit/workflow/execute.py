@@ -191,6 +191,15 @@ class _DropPapermillChatter(logging.Filter):
         return not str(record.msg).startswith(_PAPERMILL_CHATTER)
 
 
+class _DropUnknownParameterWarnings(logging.Filter):
+    """papermill's own reading of the parameters cell misses hints such as ``Literal[...]``
+    or ``int | None`` and then warns "Passed unknown parameter"; the kit checked the names
+    itself (:func:`~turbda_kit.workflow.parameters.check_parameters`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Passed unknown parameter")
+
+
 class _Below(logging.Filter):
     def __init__(self, level: int):
         super().__init__()
@@ -218,6 +227,8 @@ def _stream_handlers(verbose: bool) -> list[logging.Handler]:
 def _papermill_logging(handlers: list[logging.Handler]) -> Iterator[None]:
     logger = logging.getLogger("papermill")
     previous_level, previous_propagate = logger.level, logger.propagate
+    unknown = _DropUnknownParameterWarnings()
+    logger.addFilter(unknown)
     for h in handlers:
         logger.addHandler(h)
     logger.setLevel(logging.INFO)
@@ -225,6 +236,7 @@ def _papermill_logging(handlers: list[logging.Handler]) -> Iterator[None]:
     try:
         yield
     finally:
+        logger.removeFilter(unknown)
         for h in handlers:
             logger.removeHandler(h)
             h.close()

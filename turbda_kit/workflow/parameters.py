@@ -406,7 +406,8 @@ def check_value(param: NotebookParameter, value: Any, notebook: str | os.PathLik
     Returns
     -------
     The value to inject: unchanged, or the YAML reading of a :class:`CommandLineText`
-    (its raw text when the parameter takes a string and YAML reads something else).
+    (its raw text when the parameter takes a string and YAML reads something else); an
+    int given for a ``float`` hint becomes a float.
 
     Raises
     ------
@@ -422,19 +423,27 @@ def check_value(param: NotebookParameter, value: Any, notebook: str | os.PathLik
             if _accepts_text(spec):
                 return text
             raise
-        if accepts(spec, parsed):
-            return parsed
-        if _accepts_text(spec) and accepts(spec, text):
+        if not accepts(spec, parsed) and _accepts_text(spec) and accepts(spec, text):
             return text
         value = parsed
-    if not accepts(spec, value):
-        shown = repr(value)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        expected = describe(spec)
-        if expected.replace(" ", "") != param.type_name.replace(" ", ""):
-            expected += f" ({param.type_name})"
-        raise InputError(f"parameter {param.name} of {Path(notebook).name} expects {expected}, "
-                         f"got {shown} ({type(value).__name__})")
+    if accepts(spec, value):
+        return _as_float_where_hinted(spec, value)
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    expected = describe(spec)
+    if expected.replace(" ", "") != param.type_name.replace(" ", ""):
+        expected += f" ({param.type_name})"
+    raise InputError(f"parameter {param.name} of {Path(notebook).name} expects {expected}, "
+                     f"got {shown} ({type(value).__name__})")
+
+
+def _as_float_where_hinted(spec: TypeSpec, value: Any) -> Any:
+    """An int given for a ``float`` hint (alone or with None/str) becomes a float, so the
+    notebook computes with the type it declared (``-p dt 1`` -> 1.0)."""
+    options = spec[1] if spec[0] == "union" else (spec,)
+    takes_float = ("type", "float") in options and ("type", "int") not in options
+    if takes_float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
     return value
 
 
