@@ -20,7 +20,14 @@ from .environment import apply_process_defaults
 from .execute import run_notebook
 from .info import environment_report
 from .parameters import CommandLineText, load_parameter_file
-from .pipelines import PIPELINES, describe_pipeline, get_pipeline, outputs_of, run_pipeline
+from .pipelines import (
+    PIPELINES,
+    default_pipeline_dir,
+    describe_pipeline,
+    get_pipeline,
+    outputs_of,
+    run_pipeline,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -67,14 +74,17 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     if not args.name:
         raise InputError("name a pipeline (turbda pipeline --list shows them)")
     params = _collect_overrides(args)
-    results = run_pipeline(args.name, params, args.out, log_output=not args.quiet,
+    pipeline_dir = Path(args.out) if args.out else default_pipeline_dir(args.name)
+    results = run_pipeline(args.name, params, pipeline_dir, log_output=not args.quiet,
                            quick=args.quick, restart_from=args.restart_from,
                            verbose=args.verbose, announce=not args.quiet)
-    pipeline_dir = results[0].run_dir.parent if results else Path(args.out or ".")
     if not args.quiet and process_rank() == 0:
-        print("\nstage                     status   wall (s)")
-        for r in results:
-            print(f"{r.run_dir.name:<25} {r.status:<8} {r.wall_seconds:8.1f}")
+        if results:
+            print("\nstage                     status   wall (s)")
+            for r in results:
+                print(f"{r.run_dir.name:<25} {r.status:<8} {r.wall_seconds:8.1f}")
+        else:
+            print("\nevery stage was done already: nothing ran")
         _print_outputs(pipeline_dir)
     failed = [r for r in results if not r.ok]
     if failed:

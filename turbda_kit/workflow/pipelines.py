@@ -211,6 +211,11 @@ def split_overrides(stages: tuple[Stage, ...] | list[Stage], overrides: dict[str
     return per_stage
 
 
+def default_pipeline_dir(name: str, root: str | os.PathLike = "runs") -> Path:
+    """``runs/<UTC time>-<name>``."""
+    return Path(root) / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{name}"
+
+
 def get_pipeline(name: str) -> Pipeline:
     """The registered pipeline ``name``."""
     if name not in PIPELINES:
@@ -308,9 +313,7 @@ def run_pipeline(name: str, overrides: dict[str, Any] | None = None,
         raise InputError(f"restart_from={restart_from!r} is not a stage of {name}; stages: "
                          f"{', '.join(names)}")
     per_stage = split_overrides(pipeline.stages, dict(overrides or {}))
-    if out_dir is None:
-        out_dir = Path("runs") / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{name}"
-    pipeline_dir = Path(out_dir)
+    pipeline_dir = Path(out_dir) if out_dir is not None else default_pipeline_dir(name)
     if pipeline_dir.exists() and not pipeline_dir.is_dir():
         raise InputError(f"pipeline directory {pipeline_dir} is a file: give a directory for --out")
     pipeline_dir = pipeline_dir.resolve()
