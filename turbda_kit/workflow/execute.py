@@ -160,6 +160,7 @@ def _kernel_process_settings() -> Iterator[None]:
     def popen(*args, **kwargs):
         env = with_process_defaults(kwargs.get("env"))
         env.setdefault(PLAIN_PROGRESS_VARIABLE, "1")
+        env.pop("JPY_SESSION_NAME", None)  # a batch kernel, even when started from JupyterLab
         kwargs["env"] = env
         if pass_fds:
             kwargs["pass_fds"] = tuple(kwargs.get("pass_fds", ())) + pass_fds

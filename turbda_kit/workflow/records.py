@@ -97,7 +97,10 @@ KILLED_MESSAGE = ("turbda run on rank 0 was killed before it finished the record
 
 
 def watch_record(pid: int, run_dir: str | os.PathLike, poll_seconds: float = 0.5) -> None:
-    """Wait until process ``pid`` ends; then mark ``run.json`` failed if it still says running."""
+    """Wait until process ``pid`` ends; then mark ``run.json`` failed if it still says running.
+
+    Returns early once the record says anything but ``running`` (the run finished)."""
+    polls = 0
     while True:
         try:
             os.kill(pid, 0)
@@ -105,6 +108,9 @@ def watch_record(pid: int, run_dir: str | os.PathLike, poll_seconds: float = 0.5
             break
         except PermissionError:  # pid reused by another user's process: ours is gone
             break
+        polls += 1
+        if polls % 8 == 0 and (read_record(run_dir) or {}).get("status") != RUNNING:
+            return
         time.sleep(poll_seconds)
     record = read_record(run_dir)
     if record is not None and record.get("status") == RUNNING:
