@@ -274,12 +274,13 @@ def parse_parameters_cell(source: str) -> dict[str, NotebookParameter]:
             continue
         default = ast.get_source_segment(source, value) if value is not None else "None"
         default = default or "None"
-        if not hint:
-            hint = type(literal_or_source(default)).__name__ if isinstance(
-                literal_or_source(default), (bool, int, float, str, list, dict, tuple)) else "Any"
-            if hint == "str" and literal_or_source(default) == default and \
-                    not default.lstrip().startswith(("'", '"')):
-                hint = "Any"  # an expression, not a string literal
+        if not hint:  # the default's type, when the default is a literal
+            try:
+                literal = ast.literal_eval(value) if value is not None else None
+                hint = type(literal).__name__ if isinstance(
+                    literal, (bool, int, float, str, list, dict, tuple)) else "Any"
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                hint = "Any"  # an expression such as os.getcwd(): not checked
         help_text = next((comments[line] for line in range(node.lineno, node.end_lineno + 1)
                           if line in comments), "")
         for target in targets:
