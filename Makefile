@@ -9,12 +9,13 @@ STAMP := $(VENV)/.turbda-installed
 PYTEST_ARGS ?=
 QUICKSTART_ARGS ?=
 
-.PHONY: install quickstart test lint clean-runs help
+.PHONY: install quickstart test lint notebooks clean-runs help
 
 help:
 	@echo "make quickstart   install (if needed) and run the quickstart pipeline"
 	@echo "make test         install (if needed), ruff check, and the test suite"
 	@echo "make install      only create $(VENV) and install the kit"
+	@echo "make notebooks    rebuild notebooks/*.ipynb and figures/*.ipynb from their src/*.py"
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +25,8 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	@echo "[install] turbda_kit and its stack ..."
 	@$(PIP) install -q -c constraints-cpu.txt -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
 	@$(PY) -c "import turbda_kit, deepspeed, mpi4py, papermill, holoviews, xarray" 2>/dev/null
-	@$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
+	@# The kernel spec's env gives JupyterLab's kernels passive OpenMP waits too.
+	@$(PY) -m ipykernel install --sys-prefix --name python3 --env OMP_WAIT_POLICY PASSIVE > /dev/null
 	@touch $(STAMP)
 	@echo "[install] done: $(VENV)"
 
@@ -41,6 +43,11 @@ test: install
 
 quickstart: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(VENV)/bin/turbda pipeline quickstart $(QUICKSTART_ARGS)
+
+# Notebooks are paired with percent-format scripts (jupytext.toml); the scripts are the
+# source of truth. --sync writes each .ipynb from its newer script, without outputs.
+notebooks: install
+	$(VENV)/bin/jupytext --sync notebooks/src/*.py figures/src/*.py
 
 clean-runs:
 	rm -rf runs

@@ -1,9 +1,18 @@
 """Progress reporting for long work, one convention for the whole kit.
 
+* In a notebook open in JupyterLab (or Jupyter Notebook): a progress widget
+  (``tqdm.notebook``).
 * On an interactive terminal: a ``tqdm`` bar.
-* Elsewhere (papermill, Slurm logs, CI): plain lines, at most one every
-  ``every_seconds`` seconds plus the first and last, and no carriage returns.
+* Elsewhere (papermill, ``turbda run``, nbconvert, Slurm logs, CI): plain lines, at most
+  one every ``every_seconds`` seconds plus the first and last, and no carriage returns.
 * Under MPI / torch.distributed: only rank 0 reports.
+
+:func:`progress_mode` decides; ``TURBDA_PROGRESS=widget|terminal|plain`` overrides it
+(``TURBDA_PLAIN_PROGRESS=1``, which ``turbda run`` sets for its kernels, means ``plain``).
+A kernel counts as interactive when a Jupyter server started it: the server names the
+notebook in ``JPY_SESSION_NAME``, or the kernel's parent process is ``jupyter-lab``,
+``jupyter-notebook`` or ``jupyter-server``. A kernel that papermill, nbclient or nbconvert
+started has neither, so batch runs print plain lines even without ``turbda run``.
 
 Example
 -------
@@ -14,6 +23,7 @@ Example
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -39,13 +49,55 @@ def process_rank() -> int:
     return 0
 
 
-def _is_interactive(stream: TextIO) -> bool:
-    if os.environ.get("TURBDA_PLAIN_PROGRESS"):
-        return False
+PROGRESS_MODES = ("widget", "terminal", "plain")
+_JUPYTER_SERVERS = ("jupyter-lab", "jupyter-notebook", "jupyter-server", "jupyter_server",
+                    "jupyterlab", "notebook.app", "nbclassic")
+
+
+def _is_tty(stream: TextIO) -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def _kernel_parent_command() -> str:
+    """Command line of the process that started this Jupyter kernel ('' if unknown)."""
+    parent = os.environ.get("JPY_PARENT_PID", "")
+    if not parent.isdigit():
+        return ""
+    try:
+        import psutil
+
+        return " ".join(psutil.Process(int(parent)).cmdline())
+    except Exception:  # gone, no permission, psutil missing: unknown
+        return ""
+
+
+def in_interactive_notebook() -> bool:
+    """Whether this code runs in a Jupyter kernel that a person is looking at (a kernel a
+    Jupyter server started), as opposed to one papermill/nbclient/nbconvert drives."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
+        return False
+    if os.environ.get("JPY_SESSION_NAME"):
+        return True
+    command = _kernel_parent_command()
+    return any(name in command for name in _JUPYTER_SERVERS)
+
+
+def progress_mode(stream: TextIO | None = None) -> str:
+    """``"widget"``, ``"terminal"`` or ``"plain"``: how progress is shown here (see the
+    module docstring for the rules)."""
+    forced = os.environ.get("TURBDA_PROGRESS", "").strip().lower()
+    if forced in PROGRESS_MODES:
+        return forced
+    if os.environ.get("TURBDA_PLAIN_PROGRESS"):
+        return "plain"
+    if in_interactive_notebook():
+        return "widget" if importlib.util.find_spec("ipywidgets") is not None else "plain"
+    return "terminal" if _is_tty(stream or sys.stdout) else "plain"
 
 
 def _format_seconds(seconds: float) -> str:
@@ -136,7 +188,7 @@ def progress_bar(total: int | None, desc: str = "", every_seconds: float = 10.0,
     desc : str
         Label.
     every_seconds : float
-        Interval between plain lines when not on a terminal.
+        Interval between plain lines (see :func:`progress_mode`).
     enabled : bool or None
         ``None`` reports on rank 0 only; ``False`` never; ``True`` always.
     stream : TextIO or None
@@ -147,8 +199,13 @@ def progress_bar(total: int | None, desc: str = "", every_seconds: float = 10.0,
     if not enabled:
         return _SilentProgress()
     out = stream or sys.stdout
-    if _is_interactive(out):
-        from tqdm.auto import tqdm
+    mode = progress_mode(out)
+    if mode == "widget":
+        from tqdm.notebook import tqdm as notebook_tqdm
+
+        return notebook_tqdm(total=total, desc=desc)
+    if mode == "terminal":
+        from tqdm import tqdm
 
         return tqdm(total=total, desc=desc, file=out)
     return PlainProgress(total, desc, every_seconds, out)

@@ -11,7 +11,7 @@
 # `.html` (one mode each) and `fig_ensf_scaling.json` (the files read and the plotted
 # numbers).
 
-# %% [parameters]
+# %% tags=["parameters"]
 out_dir: str = "."  # where the figure goes (set by `turbda run`)
 run_dirs: list = []  # directories holding scaling_strong.nc / scaling_weak.nc, searched with their subdirectories; empty: the parent of out_dir
 files: list = []  # extra scaling files (any name; the mode is read from the file)

@@ -10,7 +10,7 @@
 # Runs are found by name in `run_dirs` (each searched with its subdirectories, so a
 # pipeline directory works); `files` adds result files, each `PATH` or `LABEL=PATH`.
 
-# %% [parameters]
+# %% tags=["parameters"]
 out_dir: str = "."  # where the figure goes (set by `turbda run`)
 run_dirs: list = []  # directories holding coupled_*.nc / cycling_*.nc, searched with their subdirectories; empty: the parent of out_dir
 files: list = []  # extra result files: paths, each optionally prefixed by a label and an equals sign

@@ -9,7 +9,7 @@
 # `skip_first` (warm-up). Writes `fig_vit_throughput.png` / `.html` and
 # `fig_vit_throughput.json` (the table).
 
-# %% [parameters]
+# %% tags=["parameters"]
 out_dir: str = "."  # where the figure goes (set by `turbda run`)
 run_dirs: list = []  # training runs: 03_train_vit run directories, trainer output directories, or directories holding several; empty: the parent of out_dir
 skip_first: int = 1  # logged intervals left out at the start of each run (warm-up)

@@ -3,7 +3,7 @@
 # Confirms the environment (versions, devices, MPI) and writes a tiny Dataset with
 # provenance into the run directory: the smallest stage of the quickstart pipeline.
 
-# %% [parameters]
+# %% tags=["parameters"]
 out_dir: str = "."  # run directory (set by `turbda run`)
 n_values: int = 8  # length of the demo array written to check.nc
 seed: int = 0  # seed of the demo array's torch.Generator
@@ -15,8 +15,8 @@ import torch
 import xarray as xr
 
 from turbda_kit import provenance
-from turbda_kit.info import environment_report
 from turbda_kit.io import write_dataset
+from turbda_kit.workflow import environment_report
 
 print(environment_report())
 

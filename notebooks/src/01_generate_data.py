@@ -9,7 +9,7 @@
 # 64/N. Re-running into the same `out_dir` resumes an interrupted run and returns a
 # finished one as is.
 
-# %% [parameters]
+# %% tags=["parameters"]
 out_dir: str = "."  # run directory (set by `turbda run`)
 model: str = "sqg"  # forecast model of the nature run (only "sqg" so far)
 N: int = 32  # grid points per side: 64 is bao2024_sqg64, 128 and 256 the ViT-scaling presets

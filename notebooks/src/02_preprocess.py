@@ -7,7 +7,7 @@
 # takes a share of the days (and chunks); the result is bit-identical to a serial run.
 # Re-running into the same directory resumes an interrupted run.
 
-# %% [parameters]
+# %% tags=["parameters"]
 out_dir: str = "."  # run directory (set by `turbda run`)
 nature_run: str = ""  # nature run (.nc or .zarr); empty means {out_dir}/../01_generate_data/nature_sqg.nc
 synthetic_if_missing: bool = False  # demo only: write a small synthetic nature run if the file is missing

@@ -9,7 +9,7 @@
 #
 # Parameters left at `None` take the ViT preset's `train:` value (`TrainConfig.from_preset`).
 
-# %% [parameters]
+# %% tags=["parameters"]
 out_dir: str = "."  # run directory (set by `turbda run`)
 config: str = "tiny"  # ViT preset (tiny, sqg_64, sqg_64_cpu, sqg_64_coupled, sqg_128, sqg_256) or a YAML path
 data_root: "Optional[str]" = None  # shard root; None: {out_dir}/../02_preprocess/shards

@@ -17,7 +17,7 @@
 #
 # The defaults are tiny (seconds). Realistic runs: `launch/frontier/ensf_scaling.sbatch`.
 
-# %% [parameters]
+# %% tags=["parameters"]
 out_dir: str = "."  # run directory (set by `turbda run`)
 mode: str = "both"  # "strong" (fixed total size), "weak" (fixed size per rank) or "both"
 sizes: list = [2048]  # strong: total ring sizes; weak: points per rank (multiples of align)

@@ -7,7 +7,7 @@
 # innovations, timings per cycle; rank histogram; settings and provenance in attrs) and
 # `summary.json`, then plots RMSE against time and a field snapshot.
 
-# %% [parameters]
+# %% tags=["parameters"]
 out_dir: str = "."  # run directory (set by `turbda run`)
 preset: str = "bao2024_sqg_linear"  # bao2024_sqg_linear, bao2024_sqg_arctan, yin2024_sqg_shocks, sakov2008, hoteit2015
 filters: list = ["free", "letkf", "ensf"]  # filters to run: any of free, letkf, ensf

@@ -9,7 +9,7 @@
 # engine's Dataset; ViT runs add `surrogate_drift`) and `summary.json`, and plots RMSE
 # against time.
 
-# %% [parameters]
+# %% tags=["parameters"]
 out_dir: str = "."  # run directory (set by `turbda run`)
 checkpoint: str = ""  # surrogate export; empty means {out_dir}/../03_train_vit/surrogate.pt
 nature_run: str = ""  # nature run; empty means {out_dir}/../01_generate_data/nature_sqg.nc

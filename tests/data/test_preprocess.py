@@ -506,7 +506,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_the_notebook_runs_serially_on_a_synthetic_run(tmp_path):
-    from turbda_kit.runner import run_notebook
+    from turbda_kit.workflow import run_notebook
 
     result = run_notebook(REPO / "notebooks" / "02_preprocess.ipynb",
                           {"synthetic_if_missing": True}, tmp_path / "02_preprocess",

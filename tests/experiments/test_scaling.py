@@ -327,10 +327,9 @@ def test_bad_input_aborts_the_mpi_job_instead_of_hanging(tmp_path):
 @pytest.mark.mpi
 def test_notebook_under_mpiexec_with_turbda_run(tmp_path):
     out = tmp_path / "run"
-    bindir = Path(sys.executable).parent
     proc = subprocess.run(
-        [mpiexec_path(), "-n", "2", str(bindir / "turbda"), "run", str(NOTEBOOK), "--out", str(out),
-         "-q", "-p", "sizes", "[512]", "-p", "n_members", "4", "-p", "euler_steps", "10",
+        [mpiexec_path(), "-n", "2", sys.executable, "-m", "turbda_kit", "run", str(NOTEBOOK),
+         "--out", str(out), "-q", "-p", "sizes", "[512]", "-p", "n_members", "4", "-p", "euler_steps", "10",
          "-p", "spinup_steps", "20", "-p", "plots", "false"],
         capture_output=True, text=True, timeout=300, env={**_env(), "HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

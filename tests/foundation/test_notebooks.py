@@ -1,12 +1,15 @@
-"""Committed notebooks: no outputs, a parameters cell with out_dir, in sync with their source."""
+"""Committed notebooks: no outputs, a parameters cell with out_dir, in sync with their
+percent-format source (jupytext pairing, ``jupytext.toml``)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
+
+from turbda_kit.workflow import notebook_parameters
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted(p for p in REPO.glob("*/**/*.ipynb")
@@ -14,11 +17,8 @@ NOTEBOOKS = sorted(p for p in REPO.glob("*/**/*.ipynb")
                    and ".ipynb_checkpoints" not in p.parts)
 
 
-def _py2nb():
-    spec = importlib.util.spec_from_file_location("py2nb", REPO / "tools" / "py2nb.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _cells(nb) -> list[tuple[str, str, list[str]]]:
+    return [(c.cell_type, c.source, list(c.metadata.get("tags", []))) for c in nb.cells]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: str(p.relative_to(REPO)))
@@ -39,21 +39,28 @@ def test_notebook_declares_parameters_with_out_dir(path):
     assert any(ln.startswith("out_dir") for ln in lines), f"{path.name}: declare out_dir"
     for ln in lines:
         assert "#" in ln, f"{path.name}: parameter line without a comment: {ln!r}"
-    # papermill silently drops lines it cannot parse (e.g. comments with '=' or quotes),
-    # which would turn those parameters into "unknown parameter" errors.
-    from turbda_kit.runner import notebook_parameters
-
+    # every line declares a parameter the kit can read (and check the type of)
     names = {ln.split(":")[0].split("=")[0].strip() for ln in lines}
-    assert names == set(notebook_parameters(path)), f"{path.name}: papermill cannot parse " \
+    assert names == set(notebook_parameters(path)), f"{path.name}: cannot parse " \
         f"{sorted(names - set(notebook_parameters(path)))}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: str(p.relative_to(REPO)))
 def test_notebook_matches_its_source(path):
     src = path.parent / "src" / f"{path.stem}.py"
-    if not src.exists():
-        pytest.skip("no percent-format source")
-    built = _py2nb().convert(src.read_text())
+    assert src.exists(), f"{path.name}: every notebook is paired with src/{path.stem}.py"
+    source = jupytext.read(src)
     committed = nbformat.read(path, as_version=4)
-    assert [c.source for c in built.cells] == [c.source for c in committed.cells], (
-        f"rebuild with: python tools/py2nb.py {src.relative_to(REPO)} {path.relative_to(REPO)}")
+    assert _cells(source) == _cells(committed), "rebuild with: make notebooks"
+    assert committed.metadata.get("kernelspec", {}).get("name") == "python3"
+
+
+def test_jupytext_pairs_every_source_with_its_notebook():
+    config = (REPO / "jupytext.toml").read_text()
+    assert 'formats = "ipynb,src//py:percent"' in config
+    sources = sorted(REPO.glob("*/src/*.py"))
+    assert sources and all(p.parent.parent.joinpath(f"{p.stem}.ipynb").exists()
+                           for p in sources)
+    for src in sources:
+        text = src.read_text()
+        assert "# %% [parameters]" not in text, f"{src.name}: tag with # %% tags=[\"parameters\"]"

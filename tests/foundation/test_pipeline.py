@@ -1,4 +1,4 @@
-"""Named notebook pipelines: stage directories, placeholders, overrides, failure stop."""
+"""Named notebook pipelines: stage directories, placeholders, overrides, failure stop, resume."""
 
 from __future__ import annotations
 
@@ -7,9 +7,23 @@ import json
 import pytest
 
 from turbda_kit.errors import InputError
-from turbda_kit.pipelines import PIPELINES, Stage, run_pipeline, split_overrides
+from turbda_kit.workflow.cli import main
+from turbda_kit.workflow.pipelines import (
+    PIPELINES,
+    Stage,
+    load_pipelines,
+    pipeline_from_data,
+    run_pipeline,
+    split_overrides,
+)
 
-from .test_runner import make_notebook
+from .test_execute import make_notebook
+
+
+def _counter(name: str) -> str:
+    """Cell body: append one line to <out_dir>/<name>.count (how often the stage ran)."""
+    return (f"from pathlib import Path\nwith open(Path(out_dir, '{name}.count'), 'a') as f:\n"
+            "    f.write('x')\n")
 
 
 def test_stages_pass_outputs_through_placeholders(tmp_path):
@@ -27,15 +41,58 @@ def test_stages_pass_outputs_through_placeholders(tmp_path):
     assert summary["status"] == "ok" and [s["stage"] for s in summary["stages"]] == ["first", "second"]
 
 
-def test_pipeline_stops_at_first_failure(tmp_path):
-    bad = make_notebook(tmp_path / "bad.ipynb", "raise ValueError('stage broke')")
-    good = make_notebook(tmp_path / "good.ipynb", "print('never')")
+def test_failed_pipeline_continues_where_it_stopped(tmp_path, capsys):
+    # Stage b fails on its first attempt and succeeds on the second, reading what the first
+    # attempt left in its own run directory: how a notebook resumes from its checkpoints.
+    a = make_notebook(tmp_path / "a.ipynb", _counter("a"))
+    b = make_notebook(tmp_path / "b.ipynb", _counter("b") +
+                      "if Path(out_dir, 'b.count').read_text() == 'x':\n"
+                      "    raise RuntimeError('first attempt dies')")
+    c = make_notebook(tmp_path / "c.ipynb", _counter("c"))
+    stages = [Stage("a", str(a)), Stage("b", str(b), resumable=True), Stage("c", str(c))]
     out = tmp_path / "pipe"
-    results = run_pipeline("demo", {}, out, log_output=False,
-                           stages=[Stage("bad", str(bad)), Stage("good", str(good))])
-    assert [r.status for r in results] == ["failed"]
-    assert json.loads((out / "pipeline.json").read_text())["status"] == "failed"
-    assert not (out / "good").exists()
+    first = run_pipeline("demo", {}, out, log_output=False, stages=stages)
+    assert [r.status for r in first] == ["ok", "failed"]
+    summary = json.loads((out / "pipeline.json").read_text())
+    assert summary["status"] == "failed" and summary["stages"][2]["status"] == "not run"
+    assert not (out / "c").exists()
+
+    second = run_pipeline("demo", {}, out, log_output=False, stages=stages)
+    assert [r.run_dir.name for r in second] == ["b", "c"] and all(r.ok for r in second)
+    assert (out / "a" / "a.count").read_text() == "x"     # completed stage skipped
+    assert (out / "b" / "b.count").read_text() == "xx"    # re-run in its own directory
+    summary = json.loads((out / "pipeline.json").read_text())
+    assert summary["status"] == "ok" and summary["stages"][0]["skipped"] is True
+    assert "1 already done" in capsys.readouterr().out
+
+
+def test_changed_parameters_of_a_completed_stage_are_refused_or_restarted(tmp_path):
+    a = make_notebook(tmp_path / "a.ipynb", _counter("a"))
+    stages = [Stage("a", str(a), {"x": 1})]
+    out = tmp_path / "pipe"
+    run_pipeline("demo", {}, out, log_output=False, stages=stages, announce=False)
+    with pytest.raises(InputError, match=r"stage a completed with other parameters \(x: 1 -> 2\)"):
+        run_pipeline("demo", {"x": 2}, out, log_output=False, stages=stages)
+    assert run_pipeline("demo", {}, out, log_output=False, stages=stages) == []  # nothing to do
+    results = run_pipeline("demo", {"x": 2}, out, log_output=False, stages=stages,
+                           restart_from="a", announce=False)
+    assert [r.status for r in results] == ["ok"]
+    assert json.loads((out / "a" / "run.json").read_text())["parameters"]["x"] == 2
+    kept = [p.name for p in out.iterdir() if p.name.startswith("a.replaced-")]
+    assert len(kept) == 1 and (out / kept[0] / "a.count").exists()
+
+
+def test_pipeline_directories_are_not_mixed_up(tmp_path):
+    a = make_notebook(tmp_path / "a.ipynb", "pass")
+    out = tmp_path / "pipe"
+    run_pipeline("one", {}, out, log_output=False, stages=[Stage("a", str(a))], announce=False)
+    with pytest.raises(InputError, match="holds pipeline 'one', not 'two'"):
+        run_pipeline("two", {}, out, log_output=False, stages=[Stage("a", str(a))])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty and holds no pipeline.json"):
+        run_pipeline("one", {}, other, log_output=False, stages=[Stage("a", str(a))])
 
 
 def test_overrides_go_to_declaring_stages_and_unknown_names_are_refused(tmp_path):
@@ -47,12 +104,35 @@ def test_overrides_go_to_declaring_stages_and_unknown_names_are_refused(tmp_path
         split_overrides(stages, {"z": 1})
     with pytest.raises(InputError, match="stage b has no parameter 'x'"):
         split_overrides(stages, {"b.x": 1})
+    with pytest.raises(InputError, match="a stage named 'nostage' does not exist"):
+        split_overrides(stages, {"nostage.x": 1})
 
 
-def test_registered_pipelines_name_existing_notebooks():
-    for name, stages in PIPELINES.items():
-        for stage in stages:
+def test_registered_pipelines_name_existing_notebooks_and_parameters():
+    for name, pipeline in PIPELINES.items():
+        assert pipeline.stages and pipeline.estimate() > 0
+        for stage in pipeline.stages:
             assert stage.notebook_path().exists(), (name, stage)
+            # every parameter a stage sets (at either size) is declared, with a fitting type
+            split_overrides((stage,), {**stage.parameters, **stage.quick})
+
+
+def test_pipeline_data_is_checked(tmp_path):
+    with pytest.raises(InputError, match="needs a non-empty 'stages' list"):
+        pipeline_from_data("p", {"stages": []})
+    with pytest.raises(InputError, match="unknown keys"):
+        pipeline_from_data("p", {"stages": [{"name": "a", "notebook": "a.ipynb", "typo": 1}]})
+    with pytest.raises(InputError, match="stage names repeat"):
+        pipeline_from_data("p", {"stages": [{"name": "a", "notebook": "x"}] * 2})
+    path = tmp_path / "p.yaml"
+    path.write_text("mine:\n  stages:\n    - {name: a, notebook: a.ipynb, estimate_cpu_s: 5}\n")
+    assert load_pipelines(path)["mine"].estimate() == 5
+
+
+def test_list_shows_stages_and_estimates(capsys):
+    assert main(["pipeline", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "quickstart" in out and "03_train_vit" in out and "estimated CPU time" in out
 
 
 def test_unknown_pipeline(tmp_path):

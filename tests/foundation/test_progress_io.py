@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import io
+import sys
+import types
 
+import nbformat
 import numpy as np
 import pytest
 import xarray as xr
 
+from turbda_kit import progress as progress_module
 from turbda_kit.errors import InputError
 from turbda_kit.io import atomic_path, open_dataset, write_dataset, write_json
-from turbda_kit.progress import PlainProgress, process_rank, progress
+from turbda_kit.progress import PlainProgress, process_rank, progress, progress_bar, progress_mode
 
 
 def test_plain_progress_prints_first_last_and_no_carriage_returns():
@@ -62,3 +66,73 @@ def test_write_dataset_round_trip(tmp_path, suffix):
 def test_write_dataset_unknown_suffix(tmp_path):
     with pytest.raises(InputError, match="suffix"):
         write_dataset(xr.Dataset(), tmp_path / "d.txt")
+
+
+class ZMQInteractiveShell:  # the name is what the detection looks at
+    pass
+
+
+@pytest.fixture
+def fake_kernel(monkeypatch):
+    """Pretend to run inside an ipykernel; returns a setter for the parent's command line."""
+    fake = types.SimpleNamespace(get_ipython=lambda: ZMQInteractiveShell())
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    for name in ("TURBDA_PROGRESS", "TURBDA_PLAIN_PROGRESS", "JPY_SESSION_NAME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def parent(command: str) -> None:
+        monkeypatch.setattr(progress_module, "_kernel_parent_command", lambda: command)
+
+    parent("")
+    return parent
+
+
+def test_progress_mode_in_jupyterlab_and_under_papermill(fake_kernel, monkeypatch):
+    fake_kernel("/venv/bin/python /venv/bin/jupyter-lab --no-browser")
+    assert progress_mode(io.StringIO()) == "widget"
+    fake_kernel("/venv/bin/python /venv/bin/papermill in.ipynb out.ipynb")
+    assert progress_mode(io.StringIO()) == "plain"
+    monkeypatch.setenv("JPY_SESSION_NAME", "/home/me/05_da_cycling.ipynb")  # set by jupyter_server
+    assert progress_mode(io.StringIO()) == "widget"
+    monkeypatch.setenv("TURBDA_PLAIN_PROGRESS", "1")  # what turbda run gives its kernels
+    assert progress_mode(io.StringIO()) == "plain"
+    monkeypatch.setenv("TURBDA_PROGRESS", "terminal")
+    assert progress_mode(io.StringIO()) == "terminal"
+
+
+def test_progress_mode_outside_a_kernel(monkeypatch):
+    for name in ("TURBDA_PROGRESS", "TURBDA_PLAIN_PROGRESS"):
+        monkeypatch.delenv(name, raising=False)
+    assert progress_mode(io.StringIO()) == "plain"  # a log file or pipe
+
+
+def test_widget_mode_makes_a_notebook_bar(monkeypatch):
+    monkeypatch.setenv("TURBDA_PROGRESS", "widget")
+    bar = progress_bar(3, desc="w", enabled=True)
+    assert type(bar).__module__ == "tqdm.notebook"
+    bar.close()
+
+
+def test_kernels_run_by_papermill_print_plain_progress(tmp_path, monkeypatch):
+    # A real kernel, started by papermill (not turbda run): plain lines; the same kernel
+    # started with a Jupyter server's session name: the widget.
+    import papermill
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "from turbda_kit.progress import progress_mode\nprint('mode', progress_mode())"))
+    nbformat.write(nb, tmp_path / "p.ipynb")
+    for name in ("TURBDA_PROGRESS", "TURBDA_PLAIN_PROGRESS", "JPY_SESSION_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    seen = []
+    for session in ("", "lab.ipynb"):
+        if session:
+            monkeypatch.setenv("JPY_SESSION_NAME", session)
+        out = tmp_path / f"out{len(seen)}.ipynb"
+        papermill.execute_notebook(str(tmp_path / "p.ipynb"), str(out), progress_bar=False,
+                                   cwd=str(tmp_path))
+        executed = nbformat.read(out, as_version=4)
+        seen.append(executed.cells[0].outputs[0]["text"].split()[1])
+    assert seen == ["plain", "widget"]

@@ -33,7 +33,7 @@ def shards(tmp_path_factory) -> Path:
 
 def test_the_notebook_trains_exports_and_scores_the_surrogate(shards, tmp_path):
     from turbda_kit.data.shards import open_shards
-    from turbda_kit.runner import run_notebook
+    from turbda_kit.workflow import run_notebook
     from turbda_kit.surrogate.export import load_surrogate, read_surrogate
     from turbda_kit.surrogate.rollout import rollout_rmse, split_trajectory
 
@@ -74,7 +74,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 def test_streamed_shards_and_a_resumed_train_dir(shards, tmp_path):
-    from turbda_kit.runner import run_notebook
+    from turbda_kit.workflow import run_notebook
 
     train_dir = tmp_path / "training"
     params = {"data_root": str(shards), "loader": "shards", "train_dir": str(train_dir),
@@ -91,7 +91,7 @@ def test_streamed_shards_and_a_resumed_train_dir(shards, tmp_path):
 
 @pytest.mark.slow
 def test_a_missing_data_root_fails_with_a_clear_message(tmp_path):
-    from turbda_kit.runner import run_notebook
+    from turbda_kit.workflow import run_notebook
 
     result = run_notebook(NOTEBOOK, {"data_root": str(tmp_path / "nowhere")}, tmp_path / "run",
                           log_output=False)
@@ -132,7 +132,7 @@ def test_the_launch_scripts_refuse_unknown_sizes_and_strategies(tmp_path):
 
 
 def test_the_notebook_fine_tunes_an_export_on_rollouts(shards, tmp_path):
-    from turbda_kit.runner import run_notebook
+    from turbda_kit.workflow import run_notebook
     from turbda_kit.surrogate.export import load_surrogate
 
     first = tmp_path / "first"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_plots import make_cycling_dirs, make_scaling_dirs, make_training_dir
 
-from turbda_kit.runner import run_notebook
+from turbda_kit.workflow import run_notebook
 
 FIGURES = Path(__file__).resolve().parents[2] / "figures"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

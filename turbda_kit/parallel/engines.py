@@ -14,13 +14,18 @@ Example
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
+
 from ..errors import InputError
+from ..workflow.environment import PROCESS_DEFAULTS
 
 
 def default_launcher() -> str:
@@ -75,7 +80,7 @@ def start_mpi_cluster(n_engines: int, launcher: str = "auto", mpi_args: tuple[st
     Returns
     -------
     (ipyparallel.Cluster, ipyparallel.Client)
-        Stop with ``cluster.stop_cluster_sync()``.
+        Stop with :func:`stop_mpi_cluster` (quietly), or ``cluster.stop_cluster_sync()``.
     """
     if n_engines < 1:
         raise InputError(f"n_engines must be ≥ 1, got {n_engines}")
@@ -85,14 +90,47 @@ def start_mpi_cluster(n_engines: int, launcher: str = "auto", mpi_args: tuple[st
     config = Config()
     config.MPILauncher.mpi_cmd = launcher_command(launcher)
     config.MPILauncher.mpi_args = list(mpi_args)
+    # Engines share cores with this kernel and each other: passive OpenMP waits unless the
+    # user chose otherwise (the launcher's environment is added to this process's).
+    config.MPIEngineSetLauncher.environment = {
+        name: value for name, value in PROCESS_DEFAULTS.items() if not os.environ.get(name)}
     kwargs = {"engines": "mpi", "n": n_engines, "config": config, "log_level": 30}
     if profile_dir is not None:
         Path(profile_dir).mkdir(parents=True, exist_ok=True)
         kwargs["profile_dir"] = str(profile_dir)
     cluster = ipp.Cluster(**kwargs)
-    client = cluster.start_and_connect_sync(activate=False)
-    client.wait_for_engines(n_engines, timeout=timeout_s)
+    cluster.start_cluster_sync(n_engines)
+    client = cluster.connect_client_sync()
+    # interactive=False: no tqdm bar (it would be drawn into the notebook or the log)
+    client.wait_for_engines(n_engines, timeout=timeout_s, interactive=False)
     return cluster, client
+
+
+def stop_mpi_cluster(cluster, client, timeout_s: float = 30.0) -> None:
+    """Stop engines and controller quietly.
+
+    The engines are asked to shut down through the client, so that they leave
+    ``MPI_Finalize`` together instead of being signalled mid-call. ipyparallel 9's engines
+    still end a requested shutdown with status 1 ("Event loop stopped before Future
+    completed"), for which the cluster prints each engine's whole log at WARNING level; an
+    expected shutdown is not worth ~80 lines, so the cluster's log is kept to errors while
+    it stops.
+    """
+    logger = cluster.log
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.suppress(Exception):  # engines already gone: nothing to ask
+            client.shutdown(targets="all", hub=False, block=True)
+        client.close()
+        # Wait for the engines' launcher process (mpiexec/srun, a psutil.Process) to end.
+        processes = [getattr(es, "process", None) for es in getattr(cluster, "engines", {}).values()]
+        deadline = time.monotonic() + timeout_s
+        while any(_alive(p) for p in processes) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        cluster.stop_cluster_sync()
+    finally:
+        logger.setLevel(previous)
 
 
 @contextlib.contextmanager
@@ -110,8 +148,17 @@ def mpi_engines(n_engines: int, launcher: str = "auto", mpi_args: tuple[str, ...
         order = [engine for _, engine in sorted(zip(ranks, client.ids))]
         yield client[order]
     finally:
-        client.close()
-        cluster.stop_cluster_sync()
+        stop_mpi_cluster(cluster, client)
+
+
+def _alive(process) -> bool:
+    """Whether a launcher's process (a psutil.Process) still runs (a zombie has ended)."""
+    if process is None:
+        return False
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _mpi_rank() -> int:

@@ -7,6 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+from .. import __version__, provenance
+from .environment import OMP_WAIT_POLICY, wait_policy_warning
 
 
 def _version(module: str) -> str:
@@ -17,14 +21,21 @@ def _version(module: str) -> str:
     return getattr(mod, "__version__", "installed")
 
 
+def find_mpiexec() -> str | None:
+    """``mpiexec`` next to this Python (the mpich wheel's, also when the venv is not
+    activated), else the one on PATH, else None."""
+    local = Path(sys.executable).parent / "mpiexec"
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    return shutil.which("mpiexec")
+
+
 def mpi_summary() -> str:
     """MPI library version and launch size, queried in a subprocess.
 
     A subprocess keeps ``MPI_Init`` out of this process (which may be a launcher for
     notebook kernels that must join the MPI world themselves).
     """
-    from .provenance import process_world_size
-
     code = "from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0].strip())"
     # Run as an MPI singleton: the launcher's PMI variables belong to this process's rank.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_"))}
@@ -35,9 +46,9 @@ def mpi_summary() -> str:
         return f"not usable ({err})"
     if out.returncode != 0:
         return f"not usable ({out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'error'})"
-    launcher = shutil.which("mpiexec")
-    return (f"{out.stdout.strip()} | launch size {process_world_size()} | "
-            f"mpiexec: {launcher or 'not on PATH'}")
+    launcher = find_mpiexec()
+    return (f"{out.stdout.strip()} | launch size {provenance.process_world_size()} | "
+            f"mpiexec: {launcher or 'not found (next to Python or on PATH)'}")
 
 
 def deepspeed_summary() -> str:
@@ -60,7 +71,8 @@ def _cuda() -> bool:
 
 
 def kernel_summary() -> str:
-    """Whether the ``python3`` Jupyter kernel exists and points at this Python."""
+    """Whether the ``python3`` Jupyter kernel exists, points at this Python, and sets
+    ``OMP_WAIT_POLICY`` for its kernels (JupyterLab's kernels get only the spec's env)."""
     try:
         from jupyter_client.kernelspec import KernelSpecManager
 
@@ -70,13 +82,21 @@ def kernel_summary() -> str:
     exe = spec.argv[0]
     same = os.path.realpath(shutil.which(exe) or exe) == os.path.realpath(sys.executable)
     note = "this Python" if same else f"{exe} (not this Python: run `make install`)"
-    return f"python3 -> {note}"
+    policy = (spec.env or {}).get(OMP_WAIT_POLICY)
+    omp = f"{OMP_WAIT_POLICY}={policy}" if policy else (
+        f"no {OMP_WAIT_POLICY} in its env: JupyterLab kernels spin-wait; reinstall with "
+        "`python -m ipykernel install --sys-prefix --name python3 --env OMP_WAIT_POLICY PASSIVE`")
+    return f"python3 -> {note}; {omp}"
+
+
+def openmp_summary() -> str:
+    """This process's OpenMP wait policy, with a warning when it is unset or active."""
+    warning = wait_policy_warning()
+    return f"WARNING: {warning}" if warning else f"{OMP_WAIT_POLICY}=PASSIVE"
 
 
 def environment_report() -> str:
-    """Multi-line human-readable report of versions, devices, MPI, DeepSpeed, kernel."""
-    from . import __version__, provenance
-
+    """Multi-line human-readable report of versions, devices, MPI, DeepSpeed, kernel, OpenMP."""
     dev = provenance.device_summary()
     git = provenance.git_revision()
     lines = [
@@ -93,5 +113,6 @@ def environment_report() -> str:
         f"mpi          {mpi_summary()}",
         f"deepspeed    {deepspeed_summary()}",
         f"kernel       {kernel_summary()}",
+        f"openmp       {openmp_summary()}",
     ]
     return "\n".join(lines)

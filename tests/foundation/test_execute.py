@@ -1,4 +1,4 @@
-"""The notebook runner and the `turbda` CLI: run directories, run.json, bad input."""
+"""Notebook execution and the `turbda` CLI: run directories, run.json, output, bad input."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from turbda_kit.cli import main
 from turbda_kit.errors import InputError
-from turbda_kit.runner import notebook_parameters, parse_value, run_notebook
+from turbda_kit.workflow import notebook_parameters, parse_value, run_notebook
+from turbda_kit.workflow.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,9 +70,10 @@ def test_run_writes_executed_notebook_and_run_json(ok_notebook, tmp_path):
     assert record["parameters"]["x"] == 21 and record["parameters_given"] == {
         "x": 21, "out_dir": str(out.resolve())}
     for key in ("turbda_kit_version", "git", "python", "torch", "numpy", "host", "device",
-                "rank", "world_size", "slurm_job_id", "start_utc", "end_utc", "wall_seconds"):
+                "rank", "world_size", "slurm_job_id", "start_utc", "end_utc", "wall_seconds",
+                "cpu_seconds"):
         assert key in record, key
-    assert record["wall_seconds"] > 0
+    assert record["wall_seconds"] > 0 and record["cpu_seconds"] > 0  # the kernel's CPU
     executed = nbformat.read(out / "ok.ipynb", as_version=4)
     assert any("value 21" in o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
 
@@ -146,11 +147,14 @@ def test_param_file_and_cli_override(ok_notebook, tmp_path):
     assert (out2 / "x.txt").read_text() == "14"
 
 
-def test_help_of_every_subcommand():
-    for args in (["--help"], ["run", "--help"], ["pipeline", "--help"], ["info", "--help"]):
-        proc = subprocess.run([sys.executable, "-m", "turbda_kit.cli", *args], capture_output=True,
-                              text=True, timeout=60)
-        assert proc.returncode == 0 and "usage: turbda" in proc.stdout
+def test_help_of_every_subcommand(capsys):
+    proc = subprocess.run([sys.executable, "-m", "turbda_kit", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "usage: turbda" in proc.stdout  # python -m turbda_kit
+    for args in (["run", "--help"], ["pipeline", "--help"], ["info", "--help"]):
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+        assert stop.value.code == 0 and "usage: turbda" in capsys.readouterr().out
 
 
 def test_info_reports_versions_and_devices(capsys):
@@ -161,7 +165,32 @@ def test_info_reports_versions_and_devices(capsys):
     assert "MPICH" in out or "Open MPI" in out
 
 
-def test_live_output_is_streamed_while_running(ok_notebook, tmp_path, capsys):
+def test_live_output_is_streamed_without_papermill_chatter(ok_notebook, tmp_path, capsys):
     run_notebook(ok_notebook, {"x": 5}, tmp_path / "o", log_output=True)
-    out = capsys.readouterr().out
-    assert "value 5" in out and "Executing Cell" in out
+    captured = capsys.readouterr()
+    assert "value 5" in captured.out and "Executing Cell" not in captured.out
+    assert "without encryption" not in captured.err
+
+
+def test_verbose_shows_cells_and_quiet_prints_nothing(ok_notebook, tmp_path, capsys):
+    assert main(["run", str(ok_notebook), "--out", str(tmp_path / "v"), "-v", "-p", "x", "5"]) == 0
+    assert "Executing Cell" in capsys.readouterr().out
+    assert main(["run", str(ok_notebook), "--out", str(tmp_path / "q"), "-q"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_every_type_hint_reaches_the_notebook_without_warnings(tmp_path, capfd):
+    # papermill cannot read `Literal[...]` or `int | None` lines; the kit can, and injects
+    # checked values without papermill's "Passed unknown parameter" warning.
+    params = ("from typing import Literal, Optional\n"
+              "mode: Literal['a', 'b'] = 'a'  # a choice\n"
+              "limit: int | None = None  # optional\n"
+              "scale: float = 1.0  # ints accepted\n"
+              "out_dir: str = '.'  # run dir")
+    nb = make_notebook(tmp_path / "hints.ipynb",
+                       "from pathlib import Path\n"
+                       "Path(out_dir, 'v.txt').write_text(repr((mode, limit, scale)))", params)
+    assert main(["run", str(nb), "--out", str(tmp_path / "r"), "-p", "mode", "b",
+                 "-p", "limit", "7", "-p", "scale", "2"]) == 0
+    assert (tmp_path / "r" / "v.txt").read_text() == "('b', 7, 2.0)"
+    assert "Passed unknown parameter" not in capfd.readouterr().err
