@@ -24,11 +24,11 @@ pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
 ROWS, IN, OUT = 128, 96, 192
 
 
-def _tensors(shape=(2, ROWS // 2, IN), bias=True, seed=0, dtype=torch.float32):
+def _tensors(shape=(2, ROWS // 2, IN), bias=True, seed=0, dtype=torch.float32, n_out=OUT):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=gen, dtype=dtype, requires_grad=True)
-    w = torch.randn(OUT, IN, generator=gen, dtype=dtype, requires_grad=True)
-    b = torch.randn(OUT, generator=gen, dtype=dtype, requires_grad=True) if bias else None
+    w = torch.randn(n_out, shape[-1], generator=gen, dtype=dtype, requires_grad=True)
+    b = torch.randn(n_out, generator=gen, dtype=dtype, requires_grad=True) if bias else None
     return x, w, b
 
 
@@ -49,15 +49,20 @@ def _grads(fn, x, w, b, grad_out):
     return out.detach(), grads
 
 
+@pytest.mark.parametrize("n_in, n_out", [(IN, OUT), (OUT, IN)], ids=["widening", "narrowing"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
 @pytest.mark.parametrize("layout", ["2d", "3d", "transposed_input"])
-def test_onednn_linear_equals_f_linear_to_round_off(layout, bias):
-    shape = {"2d": (ROWS, IN), "3d": (2, ROWS // 2, IN), "transposed_input": (IN, ROWS)}[layout]
-    x, w, b = _tensors(shape, bias)
-    if layout == "transposed_input":                      # a non-contiguous (ROWS, IN) view
+def test_onednn_linear_equals_f_linear_to_round_off(layout, bias, n_in, n_out):
+    # Widening and narrowing layers take the two ways of the weight gradient.
+    shape = {"2d": (ROWS, n_in), "3d": (2, ROWS // 2, n_in),
+             "transposed_input": (n_in, ROWS)}[layout]
+    x, w, b = _tensors(shape, bias, n_out=n_out)
+    if layout == "transposed_input":                      # a non-contiguous (ROWS, n_in) view
         x = x.detach().t().requires_grad_(True)
+        w = torch.randn(n_out, n_in, generator=torch.Generator().manual_seed(4),
+                        requires_grad=True)
     assert onednn_applies(x, w)
-    grad_out = torch.randn(*x.shape[:-1], OUT, generator=torch.Generator().manual_seed(5))
+    grad_out = torch.randn(*x.shape[:-1], n_out, generator=torch.Generator().manual_seed(5))
     out, grads = _grads(onednn_linear, x, w, b, grad_out)
     ref_out, ref_grads = _grads(F.linear, x, w, b, grad_out)
     assert out.shape == ref_out.shape

@@ -56,7 +56,7 @@ _ONEDNN_BUILT = torch.backends.mkldnn.is_available()
 @torch.library.custom_op("turbda_kit::onednn_linear", mutates_args=())
 def _onednn_product(inputs: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``inputs @ weight.T (+ bias)`` through oneDNN; ``inputs`` and ``weight`` 2-D with any
-    strides (transposed views are read in place, no copies).
+    strides (a transposed ``weight`` view is read in place; ``inputs`` are made contiguous).
 
     A custom op rather than a direct call so that ``torch.compile`` keeps it as an opaque
     kernel: inductor's own lowering of ``mkldnn._linear_pointwise`` expects frozen
@@ -92,8 +92,12 @@ class _OneDNNLinear(torch.autograd.Function):
             grad_in = _onednn_product(grad, weight.t(), None).reshape(
                 *grad_out.shape[:-1], flat.shape[-1])
         if ctx.needs_input_grad[1]:
-            # dL/dW = g^T x, as "g^T times (x^T)^T": both transposed views, contiguous result.
-            grad_weight = _onednn_product(grad.t(), flat.t(), None)
+            # dL/dW = g^T x. oneDNN reads a transposed weight view in place but makes its
+            # input contiguous, so transpose the smaller activation: (rows, in) or (rows, out).
+            if flat.shape[1] <= grad.shape[1]:
+                grad_weight = _onednn_product(flat.t(), grad.t(), None).t().contiguous()
+            else:
+                grad_weight = _onednn_product(grad.t(), flat.t(), None)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(0)
         return grad_in, grad_weight, grad_bias
