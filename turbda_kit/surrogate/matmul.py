@@ -45,8 +45,8 @@ on CPU), ``"onednn"`` oneDNN for float32 CPU tensors."""
 
 MIN_ONEDNN_MACS = 2**21
 """Smallest product (multiply-adds, ``rows * in_features * out_features``) sent to oneDNN:
-the break-even of its extra per-call cost (~30 us with the custom-op dispatch) against its
-gain (~1.3e-11 s per multiply-add at one thread here)."""
+about where its extra fixed cost per call (primitive set-up and the custom-op dispatch, tens
+of microseconds) equals its gain at one thread on our build machine."""
 
 _PLAIN = (Tensor, nn.Parameter)
 # Read once: torch.compile does not trace into torch.backends.
@@ -107,9 +107,8 @@ def onednn_applies(inputs: Tensor, weight: Tensor) -> bool:
     """Whether :func:`onednn_linear` computes ``F.linear(inputs, weight)`` through oneDNN.
 
     True for plain float32 CPU tensors with autocast off and a torch built with oneDNN, for
-    products of at least :data:`MIN_ONEDNN_MACS` multiply-adds (below that oneDNN's
-    per-call overhead, about 20 us here against 5 us for ``F.linear``, outweighs its
-    faster kernel).
+    products of at least :data:`MIN_ONEDNN_MACS` multiply-adds (below that oneDNN's fixed
+    cost per call, a few times ``F.linear``'s, outweighs its faster kernel).
     """
     macs = inputs.numel() * weight.shape[0]
     return (macs >= MIN_ONEDNN_MACS

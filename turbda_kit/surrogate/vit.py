@@ -18,7 +18,9 @@ per side, patch side ``p``, ``L = (N/p)**2`` patches, width ``D``):
    (the head's output layer starts at zero, so the untrained model is persistence).
 
 The module is pure: it imports nothing from :mod:`torch.distributed`; wrapping for
-DDP/FSDP/DeepSpeed happens in :mod:`turbda_kit.parallel.distributed`.
+DDP/FSDP/DeepSpeed happens in :mod:`turbda_kit.parallel.distributed`. Its linear layers
+(:class:`turbda_kit.surrogate.matmul.Linear`) can run their float32 CPU products through
+oneDNN (:func:`turbda_kit.surrogate.matmul.set_matmul_backend`).
 
 Randomness: weights are initialised from an explicit :class:`torch.Generator` (seed 0 when
 none is given). Dropout and stochastic depth draw from torch's default generator of the
@@ -240,6 +242,9 @@ class ViT(nn.Module):
     ``"meta"`` to count parameters of a big preset without memory) or with ``.to(device)``.
     Set ``model.activation_checkpointing = True`` to recompute block activations in the
     backward pass (less memory, ~1/3 more compute).
+    Every linear layer is a :class:`turbda_kit.surrogate.matmul.Linear`: for float32 CPU
+    training, ``set_matmul_backend(model, "onednn")`` runs their products through oneDNN
+    (equal to round-off, faster where torch's BLAS is slow; see ``docs/vit.md``).
 
     Examples
     --------
