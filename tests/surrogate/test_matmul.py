@@ -156,3 +156,59 @@ def test_compiled_block_with_onednn_is_traceable():
     torch.testing.assert_close(out, eager(tokens), rtol=1e-6, atol=1e-6)
     out.sum().backward()
     assert tokens.grad is not None and eager.attn.qkv.weight.grad is not None
+
+
+@pytest.fixture
+def one_rank_group():
+    """A one-rank gloo process group for the wrappers (nothing launched)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.filterwarnings("ignore:FSDP is switching to use `NO_SHARD`")
+@pytest.mark.parametrize("wrapper", ["ddp", "fsdp", "fsdp2"])
+def test_onednn_runs_inside_ddp_and_fsdp(one_rank_group, wrapper):
+    # One rank only (FSDP1 then runs NO_SHARD; FSDP2 still gathers DTensor shards): that
+    # the wrapped layers still take the oneDNN path and train like the default backend.
+    from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    from torch.nn.parallel import DistributedDataParallel
+
+    from turbda_kit.surrogate.vit import Block
+
+    cfg = load_vit_config("tiny", embed_dim=128)
+    gen = torch.Generator().manual_seed(0)
+    fields, targets = torch.randn(8, 2, 32, 32, generator=gen), torch.randn(8, 2, 32, 32,
+                                                                             generator=gen)
+
+    def losses(model):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        out = []
+        for _ in range(2):
+            loss = F.mse_loss(model(fields, 12.0), targets)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            out.append(loss.detach())
+        return torch.stack(out)
+
+    model = set_matmul_backend(ViT(cfg), "onednn")
+    if wrapper == "ddp":
+        model = DistributedDataParallel(model)
+    elif wrapper == "fsdp":
+        model = FullyShardedDataParallel(model, use_orig_params=True,
+                                         device_id=torch.device("cpu"),
+                                         auto_wrap_policy=ModuleWrapPolicy({Block}))
+    else:
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        wrapped = losses(model)
+    assert any(event.name == "turbda_kit::onednn_linear" for event in prof.events())
+    torch.testing.assert_close(wrapped, losses(ViT(cfg)), rtol=1e-5, atol=0)
