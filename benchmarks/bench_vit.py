@@ -1,141 +1,325 @@
-"""ViT surrogate training throughput: samples/s and achieved model TFLOPS on this machine.
+"""ViT training throughput: the kit's ViT against the seed-style model, in the same run.
 
-For each preset a few AdamW training steps of the plain model are timed (after one
-warm-up step) and turned into achieved TFLOPS with the analytic FLOPs of
-:mod:`turbda_kit.surrogate.flops` (3x forward per sample). Baselines measured in the
-same run:
+Sides, each trained on the same data with the same optimiser settings (one AdamW parameter
+group: lr 1e-4, betas (0.9, 0.95), weight decay 1e-5, torch's default implementation) and
+the same initial function (the seed model's weights mapped onto the kit's ViT):
 
-* a dense fp32 matmul at the model's width, the best this CPU does on the operation that
-  dominates the ViT (the ratio is a model-FLOPs utilisation, MFU);
-* for ``tiny``, the full trainer (:func:`turbda_kit.surrogate.trainer.train`, strategy
-  ``none``) on the same batch, to show the loop's overhead (data, logging).
+* ``seed``: :class:`turbda_kit.baselines.SeedViT`, the paper code's model as its code
+  computes it, with its training step (``mse`` metric dict, loss, backward, AdamW);
+* ``kit``: the kit's :class:`~turbda_kit.surrogate.vit.ViT` with default kernels (what the
+  trainer runs today; bit-identical to the stored training reference);
+* ``kit_onednn``: the kit's ViT with ``set_matmul_backend(model, "onednn")``
+  (:mod:`turbda_kit.surrogate.matmul`), the kit's CPU training setting;
+* optional: ``kit_onednn_fused_adamw`` (``--fused-adamw``: the same with
+  ``AdamW(fused=True)``, the only side whose optimiser implementation differs) and
+  ``kit_onednn_compiled`` (``--compile``: each block ``torch.compile``-d; the compile time
+  is reported separately).
+
+For each thread count (``--threads 1,2``: one-thread and two-thread figures are separate
+runs in one process), after ``--warmup`` steps per side, ``--rounds`` rounds each time
+``--steps`` training steps of every side, in an order that rotates from round to round, and
+keep each side's best round (the least disturbed by other processes). Both wall time
+(``time.perf_counter``) and the process's CPU time (``time.process_time``, all threads)
+are recorded; on a shared machine the CPU-time ratio is the steadier one, on a quiet machine
+the wall figures are the ones to quote (with two threads only wall time shows the
+parallel speed-up: CPU time counts the work of both threads). A probe in the same run measures the machine's
+float32 matmul peak at each thread count (a 2048^3 product through torch's BLAS and
+through oneDNN, best of 3), and the model FLOP utilisation (MFU) of each side is the
+analytic training FLOPs (:func:`turbda_kit.surrogate.flops.training_flops`, 3x forward per
+sample, the kit's count for both sides) per second over that peak: ``MFU`` from wall
+times, ``MFU cpu`` per CPU-second of the step over the probe's per-CPU-second peak.
 
 Usage::
 
-    python benchmarks/bench_vit.py                      # tiny and sqg_64, fp32
-    python benchmarks/bench_vit.py --configs tiny --steps 20 --precision bf16
+    python benchmarks/bench_vit.py                              # issue #19's config, 1 and 2 threads
+    python benchmarks/bench_vit.py --threads 1 --rounds 3 --steps 2   # quick
+    python benchmarks/bench_vit.py --json vit_bench.json        # also write the summary
+    python benchmarks/bench_vit.py --preset sqg_64_cpu --batch 8 --fused-adamw --compile
+
+The default config is issue #19's equal small config: 64x64 grid, patch 4, width 256,
+depth 4, 8 heads, mlp ratio 4, decoder depth 2, two variables, batch 8, float32, no dropout
+(``--dropout 0.1`` sets the seed presets' dropout and drop-path rates on both sides).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
-from turbda_kit.device import resolve_device, synchronize
-from turbda_kit.surrogate.config import load_vit_config
-from turbda_kit.surrogate.flops import (
-    achieved_tflops,
-    count_parameters,
-    forward_flops,
-    training_flops,
-)
-from turbda_kit.surrogate.trainer import TrainConfig, train
+from turbda_kit.baselines import seed_mse, seed_vit_from_config
+from turbda_kit.io import write_json
+from turbda_kit.provenance import collect
+from turbda_kit.surrogate.config import ViTConfig, load_vit_config
+from turbda_kit.surrogate.flops import count_parameters, forward_flops, training_flops
+from turbda_kit.surrogate.matmul import onednn_linear, set_matmul_backend
+from turbda_kit.surrogate.seed_checkpoint import seed_to_kit_state_dict
 from turbda_kit.surrogate.vit import ViT
 
-DEFAULT_BATCH = {"tiny": 16, "sqg_64": 2, "sqg_64_coupled": 1}
+SUMMARY_FORMAT = "turbda_kit.bench_vit/1"
+"""``format`` field of the ``--json`` summary."""
+
+ISSUE_19_CONFIG = dict(img_size=64, patch_size=4, embed_dim=256, depth=4, num_heads=8,
+                       mlp_ratio=4.0, decoder_depth=2, variables=("sqg_0", "sqg_10000"))
+"""The equal small config of issue #19 (plus the seed's positional embedding and lead time,
+so that the kit's ViT computes the seed model's function)."""
+
+OPTIMISER = dict(lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-5)
+"""Optimiser settings shared by every side."""
+
+PROBE_SIZE = 2048
+"""Side of the square float32 matmul of the peak probe (17.2 GFLOP)."""
 
 
-def matmul_tflops(width: int, device: torch.device, repeats: int = 5) -> float:
-    """Best-of achieved TFLOPS of a (4*width, width) x (width, width) fp32 matmul."""
-    a = torch.randn(4 * width, width, device=device)
-    b = torch.randn(width, width, device=device)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * 4 * width**3 / best / 1e12
+@dataclass
+class Side:
+    """One model + optimiser + loss, and its per-round timings (seconds per step)."""
+
+    name: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss: Callable[[], Tensor]
+    note: str
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    first_step_s: float = 0.0
+
+    def step(self) -> None:
+        self.loss().backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
 
-def time_training_steps(name: str, batch: int, steps: int, device: torch.device,
-                        precision: str) -> dict:
-    """Time ``steps`` training steps of the plain model on random data."""
-    cfg = load_vit_config(name, drop_rate=0.0, drop_path_rate=0.0)
-    model = ViT(cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95),
-                                  weight_decay=1e-5)
+def bench_config(args: argparse.Namespace) -> ViTConfig:
+    """The benchmarked architecture, seed-compatible (learned pos. embedding, seed lead)."""
+    rates = dict(drop_rate=args.dropout, drop_path_rate=args.dropout)
+    seed_options = dict(pos_embed="learned", lead_time_convention="seed", residual=False)
+    if args.preset:
+        return load_vit_config(args.preset, **rates, **seed_options)
+    return ViTConfig(name="issue_19", **ISSUE_19_CONFIG, **rates, **seed_options)
+
+
+def make_data(cfg: ViTConfig, batch: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One fixed batch: normal fields and targets, lead one data step (hours)."""
     gen = torch.Generator().manual_seed(0)
     shape = (batch, cfg.n_vars, cfg.img_size, cfg.img_size)
-    inputs = torch.randn(shape, generator=gen).to(device)
-    targets = torch.randn(shape, generator=gen).to(device)
-    leads = torch.full((batch,), 12.0, device=device)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=precision == "bf16"):
-            pred = model(inputs, leads)
-        F.mse_loss(pred.float(), targets).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step()  # warm-up: allocations, optimiser state
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize(device)
-    elapsed = time.perf_counter() - start
-    rate = steps * batch / elapsed
-    return {"config": name, "params": count_parameters(cfg),
-            "fwd_gflop_per_sample": forward_flops(cfg) / 1e9, "batch": batch, "steps": steps,
-            "seconds_per_step": elapsed / steps, "samples_per_s": rate,
-            "tokens_per_s": rate * cfg.n_tokens, "tflops": achieved_tflops(cfg, rate, 1),
-            "width": cfg.embed_dim}
+    fields = torch.randn(shape, generator=gen)
+    targets = fields + 0.1 * torch.randn(shape, generator=gen)
+    return fields, targets, torch.full((batch,), cfg.lead_time_scale_hours)
 
 
-def trainer_throughput(batch: int, steps: int) -> float:
-    """samples/s reported by the trainer for ``tiny`` (same batch, fp32, one process)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "surrogate"
-                           / "scripts"))
-    from synthetic_data import ShiftDataset
+def make_sides(cfg: ViTConfig, data: tuple[Tensor, Tensor, Tensor], fused_adamw: bool,
+               compile_blocks: bool) -> list[Side]:
+    """Build every side; all start from the seed model's (mapped) weights."""
+    fields, targets, hours = data
+    seed_leads = hours / cfg.lead_time_scale_hours / 100      # the seed loader's steps / 100
+    seed = seed_vit_from_config(cfg, generator=torch.Generator().manual_seed(0))
+    weights = seed_to_kit_state_dict(seed.state_dict(), cfg)
 
-    with tempfile.TemporaryDirectory() as out:
-        result = train(load_vit_config("tiny"),
-                       TrainConfig(batch_size=batch, max_steps=steps + 1, log_every=1,
-                                   shuffle=False),
-                       ShiftDataset(n_samples=batch), out, show_progress=False)
-    rates = [r["samples_per_s"] for r in result.history if r["kind"] == "train"][1:]
-    return len(rates) / sum(1.0 / r for r in rates)   # harmonic mean = total samples / time
+    def seed_loss() -> Tensor:
+        return seed_mse(seed(fields, seed_leads), targets, cfg.variables)["loss"]
+
+    sides = [Side("seed", seed, torch.optim.AdamW(seed.parameters(), **OPTIMISER), seed_loss,
+                  "SeedViT (jqyin/sqg_vit SQG_ViT, timm-style blocks)")]
+
+    def kit_side(name: str, note: str, backend: str, fused: bool = False,
+                 compiled: bool = False) -> Side:
+        model = ViT(cfg)
+        model.load_state_dict(weights)
+        set_matmul_backend(model, backend)
+        if compiled:
+            for block in model.blocks:
+                block.compile()
+        extra = {"fused": True} if fused else {}
+        optimizer = torch.optim.AdamW(model.parameters(), **OPTIMISER, **extra)
+
+        def loss() -> Tensor:
+            return F.mse_loss(model(fields, hours), targets)
+
+        return Side(name, model, optimizer, loss, note)
+
+    sides.append(kit_side("kit", "ViT, default kernels (BLAS matmuls)", "default"))
+    sides.append(kit_side("kit_onednn", "ViT, oneDNN matmuls", "onednn"))
+    if fused_adamw:
+        sides.append(kit_side("kit_onednn_fused_adamw", "ViT, oneDNN matmuls, AdamW(fused=True)",
+                              "onednn", fused=True))
+    if compile_blocks:
+        sides.append(kit_side("kit_onednn_compiled", "ViT, oneDNN matmuls, blocks compiled",
+                              "onednn", compiled=True))
+    return sides
 
 
-def main() -> None:
+def matmul_probe(threads: int, repeats: int = 3) -> dict[str, float]:
+    """Best-of float32 GFLOP/s of a ``PROBE_SIZE``^3 product: torch's BLAS and oneDNN."""
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(PROBE_SIZE, PROBE_SIZE, generator=gen)
+    b = torch.randn(PROBE_SIZE, PROBE_SIZE, generator=gen)
+    flop = 2 * PROBE_SIZE**3
+    out: dict[str, float] = {}
+    for name, product in (("blas", lambda: torch.mm(a, b.t())),
+                          ("onednn", lambda: onednn_linear(a, b))):
+        product()
+        wall = cpu = float("inf")
+        for _ in range(repeats):
+            w0, c0 = time.perf_counter(), time.process_time()
+            product()
+            wall = min(wall, time.perf_counter() - w0)
+            cpu = min(cpu, time.process_time() - c0)
+        out[f"{name}_gflops"] = flop / wall / 1e9
+        # Per thread-second: what the same product reaches per busy core.
+        out[f"{name}_gflops_per_cpu_s"] = flop / cpu / 1e9
+    out["peak_gflops"] = max(out["blas_gflops"], out["onednn_gflops"])
+    out["peak_gflops_per_cpu_s"] = max(out["blas_gflops_per_cpu_s"],
+                                       out["onednn_gflops_per_cpu_s"])
+    return out
+
+
+def time_sides(sides: list[Side], steps: int, rounds: int, warmup: int) -> None:
+    """Warm up every side, then ``rounds`` rotating rounds of ``steps`` steps each."""
+    for side in sides:
+        start = time.perf_counter()
+        side.step()
+        side.first_step_s = time.perf_counter() - start
+        for _ in range(warmup - 1):
+            side.step()
+    for r in range(rounds):
+        for side in sides[r % len(sides):] + sides[: r % len(sides)]:
+            w0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                side.step()
+            side.wall.append((time.perf_counter() - w0) / steps)
+            side.cpu.append((time.process_time() - c0) / steps)
+
+
+def summarise(sides: list[Side], cfg: ViTConfig, batch: int, threads: int,
+              probe: dict[str, float]) -> dict:
+    """Figures of one thread count: per side and ratios against ``seed``."""
+    flop_per_sample = training_flops(cfg)
+    rows = {}
+    for side in sides:
+        wall, cpu = min(side.wall), min(side.cpu)
+        rate = batch / wall
+        rows[side.name] = {
+            "note": side.note, "threads": threads,
+            "seconds_per_step_wall": wall, "seconds_per_step_cpu": cpu,
+            "median_seconds_per_step_wall": statistics.median(side.wall),
+            "median_seconds_per_step_cpu": statistics.median(side.cpu),
+            "samples_per_s": rate, "samples_per_cpu_s": batch / cpu,
+            "tflops": flop_per_sample * rate / 1e12,
+            "mfu": flop_per_sample * rate / (probe["peak_gflops"] * 1e9),
+            "mfu_cpu_time": flop_per_sample * batch / cpu / (probe["peak_gflops_per_cpu_s"] * 1e9),
+            "first_step_s": side.first_step_s,
+        }
+    seed = rows["seed"]
+    ratios = {name: {"samples_per_s": row["samples_per_s"] / seed["samples_per_s"],
+                     "samples_per_cpu_s": row["samples_per_cpu_s"] / seed["samples_per_cpu_s"]}
+              for name, row in rows.items() if name != "seed"}
+    return {"threads": threads, "matmul_probe": probe, "sides": rows, "vs_seed": ratios}
+
+
+def print_run(run: dict) -> None:
+    probe = run["matmul_probe"]
+    print(f"\n== {run['threads']} thread(s): matmul probe ({PROBE_SIZE}^3 fp32): "
+          f"BLAS {probe['blas_gflops']:.1f}, oneDNN {probe['onednn_gflops']:.1f} GFLOP/s "
+          f"(per CPU-second {probe['blas_gflops_per_cpu_s']:.1f}, "
+          f"{probe['onednn_gflops_per_cpu_s']:.1f}) -> peak {probe['peak_gflops']:.1f}")
+    print(f"{'side':<24}{'threads':>8}{'s/step':>9}{'cpu s/step':>11}{'samples/s':>11}"
+          f"{'per cpu-s':>10}{'MFU':>7}{'MFU cpu':>8}{'x seed':>8}{'x seed cpu':>11}")
+    for name, row in run["sides"].items():
+        ratio = run["vs_seed"].get(name, {"samples_per_s": 1.0, "samples_per_cpu_s": 1.0})
+        print(f"{name:<24}{row['threads']:>8}{row['seconds_per_step_wall']:>9.3f}"
+              f"{row['seconds_per_step_cpu']:>11.3f}{row['samples_per_s']:>11.2f}"
+              f"{row['samples_per_cpu_s']:>10.2f}{row['mfu']:>7.1%}{row['mfu_cpu_time']:>8.1%}"
+              f"{ratio['samples_per_s']:>8.2f}{ratio['samples_per_cpu_s']:>11.2f}")
+    for name, row in run["sides"].items():
+        if name.endswith("compiled"):
+            compile_s = row["first_step_s"] - row["seconds_per_step_wall"]
+            print(f"  {name}: first step {row['first_step_s']:.1f} s (compile ~{compile_s:.0f} s)")
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="tiny,sqg_64")
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=None, help="default: per preset")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"precision {args.precision}")
-    print(f"{'config':<16}{'params':>10}{'GFLOP/fwd':>11}{'batch':>6}{'s/step':>9}"
-          f"{'samples/s':>11}{'tokens/s':>11}{'TFLOPS':>9}{'MFU':>7}")
-    for name in args.configs.split(","):
-        batch = args.batch or DEFAULT_BATCH.get(name, 1)
-        row = time_training_steps(name, batch, args.steps, device, args.precision)
-        peak = matmul_tflops(row["width"], device)
-        print(f"{name:<16}{row['params'] / 1e6:>9.2f}M{row['fwd_gflop_per_sample']:>11.3f}"
-              f"{batch:>6}{row['seconds_per_step']:>9.3f}{row['samples_per_s']:>11.2f}"
-              f"{row['tokens_per_s']:>11.0f}{row['tflops']:>9.4f}{row['tflops'] / peak:>7.1%}")
-        print(f"  baseline: fp32 matmul at width {row['width']}: {peak:.4f} TFLOPS; "
-              f"model FLOPs/step {training_flops(load_vit_config(name)) * batch / 1e12:.4f} TFLOP")
-        if name == "tiny" and args.precision == "fp32" and device.type == "cpu":
-            rate = trainer_throughput(batch, max(args.steps, 5))
-            print(f"  baseline: full trainer loop (strategy none): {rate:.2f} samples/s "
-                  f"({rate / row['samples_per_s']:.0%} of the bare step loop)")
+    parser.add_argument("--preset", default=None,
+                        help="a ViT preset instead of issue #19's config (seed options forced)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--steps", type=int, default=3, help="training steps per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="drop_rate and drop_path_rate of both models")
+    parser.add_argument("--fused-adamw", action="store_true",
+                        help="add kit_onednn_fused_adamw (AdamW(fused=True))")
+    parser.add_argument("--compile", action="store_true",
+                        help="add kit_onednn_compiled (torch.compile of each block; minutes)")
+    parser.add_argument("--json", default=None, help="write the summary to this JSON file")
+    args = parser.parse_args(argv)
+    if min(args.batch, args.steps, args.rounds, args.warmup) < 1:
+        parser.error("--batch, --steps, --rounds and --warmup must be >= 1")
+    thread_counts = [int(t) for t in args.threads.split(",")]
+
+    cfg = bench_config(args)
+    data = make_data(cfg, args.batch)
+    load_before = os.getloadavg()
+    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{os.cpu_count()} CPUs, load average {load_before[0]:.1f} (figures under load when "
+          "it is near or above the CPU count)")
+    print(f"config {cfg.name}: {cfg.img_size}^2, patch {cfg.patch_size}, width {cfg.embed_dim}, "
+          f"depth {cfg.depth}, heads {cfg.num_heads}, batch {args.batch}, fp32, dropout "
+          f"{args.dropout}; {count_parameters(cfg):,} parameters, "
+          f"{training_flops(cfg) / 1e9:.2f} GFLOP per training sample")
+    runs = []
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        probe = matmul_probe(threads)
+        sides = make_sides(cfg, data, args.fused_adamw, args.compile)
+        time_sides(sides, args.steps, args.rounds, args.warmup)
+        runs.append(summarise(sides, cfg, args.batch, threads, probe))
+        print_run(runs[-1])
+    load_after = os.getloadavg()
+    summary = {
+        "format": SUMMARY_FORMAT,
+        "benchmark": "vit_training_vs_seed",
+        "command": "python benchmarks/bench_vit.py " + " ".join(argv if argv is not None
+                                                                else sys.argv[1:]),
+        "config": cfg.to_dict(), "batch": args.batch, "precision": "fp32",
+        "parameters": count_parameters(cfg),
+        "forward_flops_per_sample": forward_flops(cfg),
+        "training_flops_per_sample": training_flops(cfg),
+        "optimiser": {"name": "AdamW", **OPTIMISER, "betas": list(OPTIMISER["betas"])},
+        "steps_per_round": args.steps, "rounds": args.rounds, "warmup": args.warmup,
+        "timing": "best round per side; wall = time.perf_counter, cpu = time.process_time",
+        "load_average": {"before": list(load_before), "after": list(load_after),
+                         "cpu_count": os.cpu_count()},
+        "cpu": {"capability": torch.backends.cpu.get_cpu_capability(),
+                "processor": _cpu_model()},
+        "runs": runs,
+        "provenance": collect(),
+    }
+    if args.json:
+        write_json(args.json, summary)
+        print(f"\nsummary written to {args.json}")
+    return summary
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 if __name__ == "__main__":

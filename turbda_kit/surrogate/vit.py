@@ -18,7 +18,9 @@ per side, patch side ``p``, ``L = (N/p)**2`` patches, width ``D``):
    (the head's output layer starts at zero, so the untrained model is persistence).
 
 The module is pure: it imports nothing from :mod:`torch.distributed`; wrapping for
-DDP/FSDP/DeepSpeed happens in :mod:`turbda_kit.parallel.distributed`.
+DDP/FSDP/DeepSpeed happens in :mod:`turbda_kit.parallel.distributed`. Its linear layers
+(:class:`turbda_kit.surrogate.matmul.Linear`) can run their float32 CPU products through
+oneDNN (:func:`turbda_kit.surrogate.matmul.set_matmul_backend`).
 
 Randomness: weights are initialised from an explicit :class:`torch.Generator` (seed 0 when
 none is given). Dropout and stochastic depth draw from torch's default generator of the
@@ -37,6 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import InputError
 from .config import SEED_LEAD_TIME_DIVISOR, ViTConfig
+from .matmul import Linear
 
 __all__ = ["ViT", "Block", "sincos_pos_embed_2d", "lead_time_input", "patchify", "unpatchify"]
 
@@ -143,8 +146,8 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.attn_drop = attn_drop
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -162,8 +165,8 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int, drop: float):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -202,9 +205,9 @@ class VariableAggregation(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.query = nn.Parameter(torch.zeros(1, 1, dim))
-        self.q_proj = nn.Linear(dim, dim)
-        self.kv_proj = nn.Linear(dim, 2 * dim)
-        self.out_proj = nn.Linear(dim, dim)
+        self.q_proj = Linear(dim, dim)
+        self.kv_proj = Linear(dim, 2 * dim)
+        self.out_proj = Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         b, n_vars, length, dim = x.shape
@@ -236,6 +239,9 @@ class ViT(nn.Module):
     ``"meta"`` to count parameters of a big preset without memory) or with ``.to(device)``.
     Set ``model.activation_checkpointing = True`` to recompute block activations in the
     backward pass (less memory, ~1/3 more compute).
+    Every linear layer is a :class:`turbda_kit.surrogate.matmul.Linear`: for float32 CPU
+    training, ``set_matmul_backend(model, "onednn")`` runs their products through oneDNN
+    (equal to round-off, faster where torch's BLAS is slow; see ``docs/vit.md``).
 
     Examples
     --------
@@ -267,7 +273,7 @@ class ViT(nn.Module):
             self.register_buffer(
                 "pos_embed", sincos_pos_embed_2d(config.grid_patches, dim).unsqueeze(0),
                 persistent=False)
-        self.lead_time_embed = nn.Linear(1, dim)
+        self.lead_time_embed = Linear(1, dim)
         self.pos_drop = nn.Dropout(config.drop_rate)
         # Python floats, not torch.linspace: construction must also work on the meta device.
         rates = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
@@ -277,8 +283,8 @@ class ViT(nn.Module):
         self.norm = nn.LayerNorm(dim)
         head: list[nn.Module] = []
         for _ in range(config.decoder_depth):
-            head += [nn.Linear(dim, dim), nn.GELU()]
-        head.append(nn.Linear(dim, n_vars * p * p))
+            head += [Linear(dim, dim), nn.GELU()]
+        head.append(Linear(dim, n_vars * p * p))
         self.head = nn.Sequential(*head)
         self.reset_parameters(generator)
 
