@@ -25,6 +25,9 @@ warmup_steps: "Optional[int]" = None  # linear warm-up steps; None: the preset's
 precision: "Optional[str]" = None  # fp32 | bf16 | fp16 (GPU only); None: the preset's (tiny: fp32, sqg_*: bf16)
 activation_checkpointing: "Optional[bool]" = None  # recompute block activations in backward; None: the preset's
 augment_x_shift: "Optional[bool]" = None  # roll each training pair by a random shift along x; None: the preset's (off)
+min_lr_ratio: "Optional[float]" = None  # final learning rate of the cosine, as a fraction of lr; None: the preset's
+matmul_backend: "Optional[str]" = None  # default | onednn (faster float32 CPU linear layers, equal to round-off); None: the preset's
+fused_adamw: "Optional[bool]" = None  # one fused AdamW kernel per step; None: the preset's (off)
 device: str = "auto"  # auto (a GPU per rank when visible) or cpu (hide GPUs)
 lead_steps: int = 1  # lead time of one forecast in data steps (12 h for 12-hourly data)
 loader: str = "trajectory"  # trajectory: every pair of the split (in memory); shards: ClimaX's in-shard pairs, streamed
@@ -53,14 +56,14 @@ from turbda_kit import surrogate as vit
 from turbda_kit.data.shards import open_shards
 from turbda_kit.errors import InputError
 from turbda_kit.io import write_json
-from turbda_kit.parallel import distributed as pd
+from turbda_kit.parallel import distributed as pdist
 from turbda_kit.surrogate.training.data import training_datasets
 
 if device not in ("auto", "cpu"):
     raise InputError(f"device={device!r}: use 'auto' (the trainer picks each rank's GPU) or 'cpu'")
 if num_threads is not None:
     torch.set_num_threads(num_threads)
-env = pd.discover_env()  # a collective under MPI: every rank runs this cell
+env = pdist.discover_env()  # a collective under MPI: every rank runs this cell
 out = Path(out_dir)
 root = Path(data_root) if data_root is not None else out / ".." / "02_preprocess" / "shards"
 if not root.is_dir():
@@ -82,7 +85,8 @@ tc = vit.TrainConfig.from_preset(
     config, world_size=env.world_size, strategy=strategy, sharding=sharding, zero_stage=zero_stage,
     max_steps=max_steps, max_epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
     precision=precision, activation_checkpointing=activation_checkpointing,
-    augment_x_shift=augment_x_shift, eval_every=eval_every, checkpoint_every=checkpoint_every,
+    augment_x_shift=augment_x_shift, min_lr_ratio=min_lr_ratio, matmul_backend=matmul_backend,
+    fused_adamw=fused_adamw, eval_every=eval_every, checkpoint_every=checkpoint_every,
     seed=seed)
 train_data, val_data = training_datasets(catalog, loader=loader, lead_steps=lead_steps,
                                          rollout_steps=train_rollout_steps, seed=seed, env=env)
@@ -100,7 +104,7 @@ start = time.perf_counter()
 result = vit.train(cfg, tc, train_data, run_dir, val_data=val_data, resume=resume,
                    denormalise=list(norm.std), env=env, init_weights=init_weights)
 train_seconds = time.perf_counter() - start
-pd.shutdown()  # the rest runs on rank 0 from the exported weights
+pdist.shutdown()  # the rest runs on rank 0 from the exported weights
 print(f"{result.step} steps in {train_seconds:.1f} s; best validation loss {result.best_val_loss} "
       f"at step {result.best_step}; stopped early: {result.stopped_early}")
 

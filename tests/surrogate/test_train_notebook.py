@@ -33,9 +33,9 @@ def shards(tmp_path_factory) -> Path:
 
 def test_the_notebook_trains_exports_and_scores_the_surrogate(shards, tmp_path):
     from turbda_kit.data.shards import open_shards
-    from turbda_kit.workflow import run_notebook
     from turbda_kit.surrogate.export import load_surrogate, read_surrogate
     from turbda_kit.surrogate.rollout import rollout_rmse, split_trajectory
+    from turbda_kit.workflow import run_notebook
 
     out = tmp_path / "03_train_vit"
     result = run_notebook(NOTEBOOK, {"data_root": str(shards), **TINY_RUN}, out, log_output=False)
@@ -132,8 +132,8 @@ def test_the_launch_scripts_refuse_unknown_sizes_and_strategies(tmp_path):
 
 
 def test_the_notebook_fine_tunes_an_export_on_rollouts(shards, tmp_path):
-    from turbda_kit.workflow import run_notebook
     from turbda_kit.surrogate.export import load_surrogate
+    from turbda_kit.workflow import run_notebook
 
     first = tmp_path / "first"
     assert run_notebook(NOTEBOOK, {"data_root": str(shards), **TINY_RUN, "max_steps": 4},

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from turbda_kit.errors import InputError
-from turbda_kit.parallel import distributed as pd
+from turbda_kit.parallel import distributed as pdist
 from turbda_kit.surrogate.config import load_vit_config
 from turbda_kit.surrogate.export import load_surrogate
 from turbda_kit.surrogate.trainer import (
@@ -199,33 +199,33 @@ def test_deepspeed_config_keeps_paper_knobs():
 
 
 def test_discover_env_launchers():
-    torchrun = pd.discover_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1",
+    torchrun = pdist.discover_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1",
                                 "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "h0",
                                 "MASTER_PORT": "1234"})
     assert (torchrun.rank, torchrun.world_size, torchrun.local_rank, torchrun.launcher) == (
         3, 4, 1, "torchrun")
-    slurm = pd.discover_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
+    slurm = pdist.discover_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
                              "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "frontier[00007-00008]",
                              "SLURM_JOB_ID": "123456"})
     assert (slurm.rank, slurm.world_size, slurm.local_rank, slurm.local_world_size) == (5, 8, 1, 4)
     assert slurm.master_addr == "frontier00007" and slurm.launcher == "slurm"
     assert slurm.master_port == 20000 + 123456 % 20000
-    mpi = pd.discover_env({"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "1",
+    mpi = pdist.discover_env({"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "1",
                            "MASTER_ADDR": "n1", "MASTER_PORT": "999"}, use_mpi=False)
     assert (mpi.rank, mpi.world_size, mpi.local_rank, mpi.launcher) == (1, 2, 1, "mpi")
-    ompi = pd.discover_env({"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "4",
+    ompi = pdist.discover_env({"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "4",
                             "OMPI_COMM_WORLD_LOCAL_RANK": "0"}, use_mpi=False)
     assert (ompi.rank, ompi.world_size, ompi.local_rank) == (2, 4, 0)
-    single = pd.discover_env({})
+    single = pdist.discover_env({})
     assert (single.rank, single.world_size, single.launcher) == (0, 1, "single")
 
 
 def test_expand_slurm_nodelist():
-    assert pd.expand_slurm_nodelist("node[01-03,07],gpu1") == [
+    assert pdist.expand_slurm_nodelist("node[01-03,07],gpu1") == [
         "node01", "node02", "node03", "node07", "gpu1"]
-    assert pd.expand_slurm_nodelist("rack[1-2]-n[08-09]") == [
+    assert pdist.expand_slurm_nodelist("rack[1-2]-n[08-09]") == [
         "rack1-n08", "rack1-n09", "rack2-n08", "rack2-n09"]
-    assert pd.expand_slurm_nodelist("login") == ["login"]
+    assert pdist.expand_slurm_nodelist("login") == ["login"]
 
 
 # ----------------------------------------------------------------------------- one process
@@ -435,7 +435,7 @@ def test_augmented_batches_shift_input_and_every_target_alike_on_any_number_of_r
     data = ShiftRollouts(n_samples=8, seed=0, steps=2)
     plain_cfg = TrainConfig(batch_size=4, seed=7)
     cfg = plain_cfg.replace(augment_x_shift=True)
-    one = pd.DistEnv()
+    one = pdist.DistEnv()
     for micro, (plain, shifted) in enumerate(zip(train_batches(data, plain_cfg, one, 1, 0),
                                                  train_batches(data, cfg, one, 1, 0))):
         shifts = x_shifts(7, 1, micro, 4, 32)
@@ -444,7 +444,7 @@ def test_augmented_batches_shift_input_and_every_target_alike_on_any_number_of_r
         assert torch.equal(shifted[2], plain[2])
     # Two ranks of two samples each see the halves of the one-rank batches.
     halves = cfg.replace(batch_size=2)
-    ranks = [list(train_batches(data, halves, pd.DistEnv(rank=r, world_size=2), 1, 0))
+    ranks = [list(train_batches(data, halves, pdist.DistEnv(rank=r, world_size=2), 1, 0))
              for r in (0, 1)]
     for micro, whole in enumerate(train_batches(data, cfg, one, 1, 0)):
         joined = torch.cat([ranks[0][micro][0], ranks[1][micro][0]])
@@ -864,3 +864,20 @@ def test_rollout_training_on_two_ranks_equals_one_process(rollout_strategies, ca
     losses = _case(rollout_strategies, case)["fixed_losses"]
     assert losses == pytest.approx(expected, rel=1e-4)
     assert losses[-1] < 0.99 * losses[0]
+
+
+def test_onednn_matmuls_and_fused_adamw_follow_the_default_run(tiny, tmp_path, one_thread):
+    """The speed options change kernels, not the maths: losses agree to round-off."""
+    data = ShiftDataset(n_samples=8, img_size=32)
+    cfg = TrainConfig(batch_size=4, max_steps=4, lr=1e-3, log_every=1, seed=3)
+    default = train(tiny, cfg, data, tmp_path / "default", show_progress=False)
+    fast = train(tiny, cfg.replace(matmul_backend="onednn", fused_adamw=True), data,
+                 tmp_path / "fast", show_progress=False)
+    steps = sorted(default.step_losses)
+    assert steps == sorted(fast.step_losses) and len(steps) == 4
+    for step in steps:
+        assert math.isclose(default.step_losses[step], fast.step_losses[step], rel_tol=1e-4)
+    with pytest.raises(InputError, match="matmul_backend"):
+        cfg.replace(matmul_backend="mkl")
+    with pytest.raises(InputError, match="fused_adamw"):
+        cfg.replace(fused_adamw="yes")

@@ -29,7 +29,7 @@ from payloads import file_kinds, payload_bytes, plant  # noqa: E402
 from synthetic_data import ShiftDataset, ShiftRollouts  # noqa: E402
 
 from turbda_kit.errors import InputError  # noqa: E402
-from turbda_kit.parallel import distributed as pd  # noqa: E402
+from turbda_kit.parallel import distributed as pdist  # noqa: E402
 from turbda_kit.surrogate import TrainConfig, Trainer, train  # noqa: E402
 from turbda_kit.surrogate.config import load_vit_config  # noqa: E402
 from turbda_kit.surrogate.training import checkpoint_files  # noqa: E402
@@ -68,7 +68,7 @@ def _attempt(load) -> str:
 def planted_loads(case: str, model_cfg, checkpoint: Path, out: Path, env) -> dict:
     """Load copies of ``checkpoint`` with a payload in each kind of file in turn."""
     config = strategy_config(case, max_steps=8, shuffle=False)
-    device = pd.device_for(env)
+    device = pdist.device_for(env)
     trainer = Trainer(model_cfg, config, env, device, 8)
     results = {}
     for i, kind in enumerate(file_kinds(checkpoint)):
@@ -76,10 +76,10 @@ def planted_loads(case: str, model_cfg, checkpoint: Path, out: Path, env) -> dic
         marker = out / "planted" / f"ran-{i}"
         if env.is_main:
             plant(checkpoint, kind, destination, marker)
-        pd.barrier()
+        pdist.barrier()
         outcome = _attempt(lambda d=destination: load_checkpoint(trainer.strategy, d, env,
                                                                  device))
-        pd.barrier()
+        pdist.barrier()
         results[kind] = {"outcome": outcome, "marker": marker.exists(),
                          "file": str(destination / kind.partition(":")[0])}
     if config.strategy == "deepspeed":
@@ -91,7 +91,7 @@ def planted_loads(case: str, model_cfg, checkpoint: Path, out: Path, env) -> dic
             shutil.copytree(checkpoint, destination)
             for path in (destination / "deepspeed").rglob("*.pt"):
                 path.write_bytes(payload_bytes(marker))
-        pd.barrier()
+        pdist.barrier()
 
         def load() -> None:
             with checkpoint_files.deepspeed_loading():
@@ -99,7 +99,7 @@ def planted_loads(case: str, model_cfg, checkpoint: Path, out: Path, env) -> dic
                                                         tag="state")
 
         outcome = _attempt(load)
-        pd.barrier()
+        pdist.barrier()
         results["deepspeed-forced"] = {"outcome": outcome, "marker": marker.exists(), "file": ""}
     return results
 
@@ -115,7 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
-    env = pd.discover_env()
+    env = pdist.discover_env()
     world = env.world_size
     model_cfg = load_vit_config("tiny")
     dropout_cfg = model_cfg.replace(drop_rate=0.1, drop_path_rate=0.1)
@@ -164,10 +164,10 @@ def main() -> None:
             print(record["error"], file=sys.stderr, flush=True)
         record["seconds"] = time.perf_counter() - start
         results["cases"][case] = record
-        pd.barrier()
+        pdist.barrier()
     if env.is_main:
         (out / "results.json").write_text(json.dumps(results, indent=1))
-    pd.shutdown()
+    pdist.shutdown()
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import torch.distributed as dist
 
 from ...errors import InputError
 from ...io import write_json
-from ...parallel import distributed as pd
+from ...parallel import distributed as pdist
 from ..config import ViTConfig
 from . import checkpoint_files as files
 from .config import TORCH_STRATEGIES, TrainConfig
@@ -107,7 +107,7 @@ def _prune(root: Path, keep: int) -> None:
 
 
 def _broadcast_name(name: str | None) -> str:
-    if not pd.is_distributed():
+    if not pdist.is_distributed():
         assert name is not None
         return name
     box = [name]
@@ -127,7 +127,7 @@ class CheckpointKeeper:
         Periodic checkpoints kept besides the best one.
     """
 
-    def __init__(self, root: Path, env: pd.DistEnv, keep: int):
+    def __init__(self, root: Path, env: pdist.DistEnv, keep: int):
         self.root, self.env, self.keep = Path(root), env, keep
 
     def save(self, strategy: Strategy, step: int, trainer_state: dict[str, Any],
@@ -137,10 +137,10 @@ class CheckpointKeeper:
         if self.env.is_main:
             shutil.rmtree(tmp, ignore_errors=True)   # of an earlier, interrupted save
             tmp.mkdir(parents=True)
-        pd.barrier()
+        pdist.barrier()
         strategy.save(tmp)
         files.save_rng_state(tmp, self.env.rank, device)
-        pd.barrier()
+        pdist.barrier()
         name = None
         if self.env.is_main:
             files.write_trainer_state(tmp, trainer_state)
@@ -194,7 +194,7 @@ def resolve_resume(resume: bool | str | os.PathLike | None, out_dir: Path) -> Pa
 
 
 def check_resumable(state: dict[str, Any], config: ViTConfig, train_config: TrainConfig,
-                    env: pd.DistEnv, path: Path) -> None:
+                    env: pdist.DistEnv, path: Path) -> None:
     """Refuse (InputError) a checkpoint this run cannot continue exactly; warn on a new
     learning-rate schedule."""
     tc = train_config
@@ -233,7 +233,7 @@ def check_resumable(state: dict[str, Any], config: ViTConfig, train_config: Trai
                       f"run of either schedule", stacklevel=3)
 
 
-def load_checkpoint(strategy: Strategy, directory: Path, env: pd.DistEnv,
+def load_checkpoint(strategy: Strategy, directory: Path, env: pdist.DistEnv,
                     device: torch.device) -> None:
     """Restore model, optimiser, schedule and this rank's RNG state (collective).
 

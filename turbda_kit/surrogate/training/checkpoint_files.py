@@ -44,7 +44,7 @@ import torch.distributed as dist
 
 from ...errors import InputError
 from ...io import write_json
-from ...parallel import distributed as pd
+from ...parallel import distributed as pdist
 from ..safe_loading import (
     failure_reason,
     is_refusal,
@@ -87,7 +87,7 @@ def agree(error: str | None) -> None:
     rank that stopped alone would leave the others waiting in the next collective, so
     every rank reports what it found and all raise together.
     """
-    if pd.is_distributed():
+    if pdist.is_distributed():
         errors: list[str | None] = [None] * dist.get_world_size()
         dist.all_gather_object(errors, error)
         found = [(rank, e) for rank, e in enumerate(errors) if e]
@@ -95,7 +95,7 @@ def agree(error: str | None) -> None:
         found = [(0, error)] if error else []
     if found:
         rank, message = found[0]
-        where = f" (rank {rank})" if pd.is_distributed() else ""
+        where = f" (rank {rank})" if pdist.is_distributed() else ""
         raise InputError(f"{message}{where}")
 
 

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ...parallel import distributed as pd
+from ...parallel import distributed as pdist
 from ..config import ViTConfig
 from .batches import validation_batches
 from .strategies import Strategy
@@ -22,7 +22,7 @@ Denormalise = Sequence[float] | Callable[[Tensor], Tensor]
 
 @torch.no_grad()
 def evaluate(strategy: Strategy, data: Dataset, config: ViTConfig, batch_size: int,
-             env: pd.DistEnv, device: torch.device, denormalise: Denormalise | None
+             env: pdist.DistEnv, device: torch.device, denormalise: Denormalise | None
              ) -> dict[str, float]:
     """Validation metrics of the strategy's model on ``data`` (collective).
 
@@ -55,7 +55,7 @@ def evaluate(strategy: Strategy, data: Dataset, config: ViTConfig, batch_size: i
     while True:
         batch = next(batches, None)
         more = torch.tensor([0.0 if batch is None else 1.0], device=device)
-        if pd.is_distributed():
+        if pdist.is_distributed():
             # Sharded models need every rank in every forward: ranks that ran out of samples
             # run a zero-weight dummy batch until all are done.
             dist.all_reduce(more, op=dist.ReduceOp.MAX)
@@ -81,7 +81,7 @@ def evaluate(strategy: Strategy, data: Dataset, config: ViTConfig, batch_size: i
             sums[:n_vars] += weight * sq
             sums[n_vars:2 * n_vars] += weight * sq_phys
             sums[-1] += weight * inputs.shape[0] * n * n
-    if pd.is_distributed():
+    if pdist.is_distributed():
         dist.all_reduce(sums)
     count = sums[-1].clamp_min(1.0)
     mse = sums[:n_vars] / count

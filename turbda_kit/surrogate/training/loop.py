@@ -35,11 +35,12 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ...errors import InputError
-from ...parallel import distributed as pd
+from ...parallel import distributed as pdist
 from ...progress import progress_bar
 from ..config import ViTConfig
 from ..export import read_surrogate, save_surrogate
 from ..flops import achieved_tflops
+from ..matmul import set_matmul_backend
 from ..vit import ViT
 from . import checkpoint_files as files
 from .batches import (
@@ -106,7 +107,7 @@ class Trainer:
         Weights to start from (a fine-tune) instead of the seeded initialisation.
     """
 
-    def __init__(self, model_config: ViTConfig, train_config: TrainConfig, env: pd.DistEnv,
+    def __init__(self, model_config: ViTConfig, train_config: TrainConfig, env: pdist.DistEnv,
                  device: torch.device, total_steps: int,
                  initial_state: dict[str, Tensor] | None = None):
         self.model_config, self.config, self.env, self.device = (model_config, train_config,
@@ -116,6 +117,8 @@ class Trainer:
         model = ViT(model_config, generator=torch.Generator().manual_seed(train_config.seed))
         if initial_state is not None:
             model.load_state_dict(initial_state)
+        # Kernel choice before any wrapping (DDP/FSDP/DeepSpeed see the chosen layers).
+        set_matmul_backend(model, train_config.matmul_backend)
         self.strategy = build_strategy(model.to(device), train_config, env, device, total_steps)
         self.progress = Progress()
 
@@ -247,7 +250,7 @@ class _Run:
         path = self.out_dir / "export" / name
         if self.trainer.env.is_main:
             save_surrogate(self.trainer.model_config, state, path, metadata)
-        pd.barrier()
+        pdist.barrier()
         return str(path)
 
     def log_step(self, outcome: StepOutcome, total_steps: int) -> dict[str, Any] | None:
@@ -257,7 +260,7 @@ class _Run:
         if self.step % tc.log_every and self.step < total_steps:
             return None
         steps = [s for s, _ in self.interval]
-        losses = pd.all_reduce_mean(torch.stack([loss for _, loss in self.interval]).float())
+        losses = pdist.all_reduce_mean(torch.stack([loss for _, loss in self.interval]).float())
         self.result.step_losses.update(zip(steps, losses.tolist()))
         device = trainer.device
         if device.type == "cuda":
@@ -304,7 +307,7 @@ class _Run:
         while True:
             group = [b for _, b in zip(range(tc.grad_accum_steps), batches)]
             complete = len(group) == tc.grad_accum_steps
-            if sharded_by_rank(train_data) and pd.is_distributed():
+            if sharded_by_rank(train_data) and pdist.is_distributed():
                 # Ranks read their own streams: all stop when the first runs dry.
                 flag = torch.tensor([float(complete)], device=trainer.device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MIN)
@@ -366,7 +369,7 @@ def _initial_weights(init_weights: str | os.PathLike | None, config: ViTConfig
 
 
 def _check_inputs(config: ViTConfig, train_config: TrainConfig, train_data: Dataset,
-                  val_data: Dataset | None, denormalise: Denormalise | None, env: pd.DistEnv
+                  val_data: Dataset | None, denormalise: Denormalise | None, env: pdist.DistEnv
                   ) -> tuple[torch.device, int]:
     """Refuse what cannot train (InputError, before any compute); the device and the
     schedule's length in optimiser steps."""
@@ -378,7 +381,7 @@ def _check_inputs(config: ViTConfig, train_config: TrainConfig, train_data: Data
     if tc.strategy == "none" and env.world_size > 1:
         raise InputError(f"strategy='none' but this launch has world_size={env.world_size}: "
                          "choose 'ddp', 'fsdp' or 'deepspeed'")
-    device = pd.device_for(env)
+    device = pdist.device_for(env)
     if tc.precision == "fp16" and device.type == "cpu":
         raise InputError("precision='fp16' is not supported on CPU: use 'bf16' or 'fp32'")
     check_dataset(train_data, config, "train_data",
@@ -418,7 +421,7 @@ def train(model_config: ViTConfig, train_config: TrainConfig, train_data: Datase
           out_dir: str | os.PathLike, *, val_data: Dataset | None = None,
           resume: bool | str | os.PathLike | None = None,
           denormalise: Denormalise | None = None,
-          env: pd.DistEnv | None = None, show_progress: bool | None = None,
+          env: pdist.DistEnv | None = None, show_progress: bool | None = None,
           init_weights: str | os.PathLike | None = None) -> TrainResult:
     """Train the ViT surrogate; every rank of a parallel launch calls this.
 
@@ -463,7 +466,7 @@ def train(model_config: ViTConfig, train_config: TrainConfig, train_data: Datase
     TrainResult
     """
     out_dir = Path(out_dir)
-    env = env or pd.discover_env()
+    env = env or pdist.discover_env()
     device, total_steps = _check_inputs(model_config, train_config, train_data, val_data,
                                         denormalise, env)
     initial_state = _initial_weights(init_weights, model_config)
@@ -475,7 +478,7 @@ def train(model_config: ViTConfig, train_config: TrainConfig, train_data: Datase
 
     # --- set-up (no training compute before this point)
     if train_config.strategy != "none":
-        pd.init_distributed(env)
+        pdist.init_distributed(env)
     trainer = Trainer(model_config, train_config, env, device, total_steps,
                       initial_state if saved is None else None)
     result, history = TrainResult(), []

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 
 from ...io import atomic_path
+from ...memory import peak_memory_bytes
 
 __all__ = ["MetricsLog", "peak_memory_gb"]
 
@@ -69,7 +69,4 @@ class MetricsLog:
 
 def peak_memory_gb(device: torch.device) -> float:
     """Peak memory of this process: GPU max allocated, else peak resident set (GB)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    # Linux reports ru_maxrss in KiB: the process's peak resident memory.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    return peak_memory_bytes(device) / 1e9

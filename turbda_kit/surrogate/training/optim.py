@@ -42,9 +42,11 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
 
 def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: TrainConfig
                     ) -> torch.optim.Optimizer:
-    """AdamW with the config's peak ``lr``, ``betas`` and decoupled ``weight_decay``."""
+    """AdamW with the config's peak ``lr``, ``betas``, decoupled ``weight_decay`` and, when
+    ``config.fused_adamw``, the fused implementation."""
     return torch.optim.AdamW(parameters, lr=config.lr, betas=config.betas,
-                             weight_decay=config.weight_decay)
+                             weight_decay=config.weight_decay,
+                             fused=True if config.fused_adamw else None)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int

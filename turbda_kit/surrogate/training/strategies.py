@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InputError
-from ...parallel import distributed as pd
+from ...parallel import distributed as pdist
 from ..safe_loading import describe_refusal
 from ..vit import Block, ViT
 from . import checkpoint_files as files
@@ -117,11 +117,11 @@ class TorchStrategy:
         Length of the learning-rate schedule.
     """
 
-    def __init__(self, model: ViT, config: TrainConfig, env: pd.DistEnv, device: torch.device,
+    def __init__(self, model: ViT, config: TrainConfig, env: pdist.DistEnv, device: torch.device,
                  total_steps: int):
         self.config, self.env, self.device = config, env, device
         dtype = DTYPES[config.precision]
-        self.model = pd.parallelize(
+        self.model = pdist.parallelize(
             model, config.strategy, device=device, env=env, sharding=config.sharding,
             param_dtype=dtype if config.strategy == "fsdp" else None, block_types=(Block,),
             activation_checkpointing=config.activation_checkpointing, compile=config.compile)
@@ -227,15 +227,15 @@ class DeepSpeedStrategy:
     Parameters are those of :class:`TorchStrategy`.
     """
 
-    def __init__(self, model: ViT, config: TrainConfig, env: pd.DistEnv, device: torch.device,
+    def __init__(self, model: ViT, config: TrainConfig, env: pdist.DistEnv, device: torch.device,
                  total_steps: int):
         self.config, self.env, self.device = config, env, device
-        pd.parallelize(model, "deepspeed", device=device, block_types=(Block,),
+        pdist.parallelize(model, "deepspeed", device=device, block_types=(Block,),
                        activation_checkpointing=config.activation_checkpointing,
                        compile=config.compile)
         optimizer = build_optimizer(model.parameters(), config)
         scheduler = build_scheduler(optimizer, config, total_steps)
-        self.model = self.engine = pd.deepspeed_initialize(
+        self.model = self.engine = pdist.deepspeed_initialize(
             model, optimizer, scheduler, build_deepspeed_config(config, env.world_size))
         self.input_dtype = DTYPES[config.precision] if config.precision != "fp32" \
             else torch.float32
@@ -307,7 +307,7 @@ class DeepSpeedStrategy:
                 if self.env.is_main else None)
 
 
-def build_strategy(model: ViT, config: TrainConfig, env: pd.DistEnv, device: torch.device,
+def build_strategy(model: ViT, config: TrainConfig, env: pdist.DistEnv, device: torch.device,
                    total_steps: int) -> Strategy:
     """The strategy ``config.strategy`` names, around the plain ``model``."""
     kind = DeepSpeedStrategy if config.strategy == "deepspeed" else TorchStrategy
