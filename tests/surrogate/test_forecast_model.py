@@ -112,7 +112,7 @@ def test_bad_grid_normalisation_and_steps_are_refused(vit):
         model.advance(torch.zeros(2, 2, 32, 32), 1)
     with pytest.raises(InputError, match="n_steps"):
         model.advance(torch.zeros(2, 2, 16, 16), -1)
-    with pytest.raises(InputError, match="std must be > 0"):
+    with pytest.raises(InputError, match="std > 0"):
         SurrogateModel(vit, MEAN, [1.0, 0.0])
     with pytest.raises(InputError, match="2 variables"):
         SurrogateModel(vit, [0.0], [1.0])

@@ -122,6 +122,8 @@ def test_the_launch_script_trains_on_two_ranks_locally(shards, tmp_path, script,
 
 
 def test_the_launch_scripts_refuse_unknown_sizes_and_strategies(tmp_path):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "activate").write_text("")  # an empty venv: activation succeeds
     for script in ("slurm", "frontier"):
         path = REPO / "launch" / script / "train_vit.sbatch"
         for env_change, message in (({"SIZE": "96"}, "SIZE=96"), ({"DIST": "zero"}, "DIST=zero")):
