@@ -81,6 +81,7 @@ __all__ = [
     "ensemble_transforms",
     "etkf_analysis",
     "letkf_analysis",
+    "uses_convolution",
 ]
 
 InflationKind = Literal["none", "multiplicative", "rtps", "rtpp"]
