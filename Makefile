@@ -9,12 +9,14 @@ STAMP := $(VENV)/.turbda-installed
 PYTEST_ARGS ?=
 QUICKSTART_ARGS ?=
 
-.PHONY: install quickstart test lint clean-runs help
+.PHONY: install quickstart test lint clean-runs help bench-dapper bench-letkf
 
 help:
 	@echo "make quickstart   install (if needed) and run the quickstart pipeline"
 	@echo "make test         install (if needed), ruff check, and the test suite"
 	@echo "make install      only create $(VENV) and install the kit"
+	@echo "make bench-dapper create .venv-dapper with DAPPER (for make bench-letkf)"
+	@echo "make bench-letkf  LETKF speed vs its FLOP floor and vs DAPPER (runs/bench_letkf.json)"
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +43,15 @@ test: install
 
 quickstart: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(VENV)/bin/turbda pipeline quickstart $(QUICKSTART_ARGS)
+
+# DAPPER pins older jupyter_client / ipykernel / notebook than papermill needs, so it gets
+# its own venv; bench_letkf.py runs it there as a subprocess.
+bench-dapper: install
+	$(PY) benchmarks/bench_letkf.py --setup-dapper
+
+bench-letkf: install
+	mkdir -p runs
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) benchmarks/bench_letkf.py --json runs/bench_letkf.json
 
 clean-runs:
 	rm -rf runs

@@ -43,8 +43,8 @@ def run(request: dict) -> dict:
     progressbar.disable_progbar = True
     hmm = HMM.copy()
     cycles = int(request["cycles"])
+    hmm.tseq.BurnIn = hmm.tseq.dto * (cycles // 2)    # statistics over the second half
     hmm.tseq.Ko = cycles - 1            # Ko + 1 observation times, one model step each
-    hmm.tseq.BurnIn = 0.05 * (cycles // 2)
     dapper.set_seed(int(request.get("seed", 0)))      # DAPPER draws from its global RNG
     xx, yy = hmm.simulate()
     xp = da.LETKF(N=7, infl=1.04, loc_rad=4, rot=bool(request.get("rot", False)))
