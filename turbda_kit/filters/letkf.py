@@ -297,8 +297,10 @@ def _validate_inputs(forecast_ensemble: Tensor, obs_ensemble: Tensor, obs: Tenso
         raise InputError(f"forecast_ensemble has {n_members} member(s) along dim 0; the "
                          f"ensemble filters need at least 2")
     like = {"dtype": forecast_ensemble.dtype, "device": forecast_ensemble.device}
-    obs_ensemble = torch.as_tensor(obs_ensemble).to(**like)
-    obs = torch.as_tensor(obs).to(**like)
+    # Converted straight to the forecast's dtype: a Python float or list must not pass
+    # through torch's default float32 on its way to float64.
+    obs_ensemble = torch.as_tensor(obs_ensemble, **like)
+    obs = torch.as_tensor(obs, **like)
     if obs.ndim != 1:
         raise InputError(f"obs must be shaped (n_obs,); got shape {tuple(obs.shape)}")
     n_obs = obs.shape[0]
@@ -306,14 +308,19 @@ def _validate_inputs(forecast_ensemble: Tensor, obs_ensemble: Tensor, obs: Tenso
         raise InputError(
             f"obs_ensemble has shape {tuple(obs_ensemble.shape)}; expected (member, n_obs) = "
             f"({n_members}, {n_obs}) to match forecast_ensemble and obs")
-    std = torch.as_tensor(obs_error_std).to(**like)
+    std = torch.as_tensor(obs_error_std, **like)
     if std.ndim > 1 or (std.ndim == 1 and std.shape[0] != n_obs):
         raise InputError(f"obs_error_std must be a scalar or shaped (n_obs,) = ({n_obs},); "
                          f"got shape {tuple(std.shape)}")
     # One synchronising check for the common case (NaN or inf anywhere makes the sum
     # non-finite; a finite overflow only sends us to the detailed checks below, which pass).
-    total = forecast_ensemble.sum() + obs_ensemble.sum() + obs.sum() + std.log().sum()
-    if math.isfinite(float(total)):
+    total = forecast_ensemble.sum() + obs_ensemble.sum() + obs.sum()
+    if isinstance(obs_error_std, numbers.Real):
+        std_ok = math.isfinite(obs_error_std) and obs_error_std > 0
+    else:
+        total = total + std.log().sum()
+        std_ok = True
+    if std_ok and math.isfinite(float(total)):
         return obs_ensemble, obs, std
     if torch.isnan(obs).any():
         raise InputError(f"obs contains {int(torch.isnan(obs).sum())} NaN value(s); drop "
@@ -430,7 +437,7 @@ def _analyse_gathered(augmented_t: Tensor, obs_variance: Tensor | None,
     """
     width = augmented_t.shape[1]
     block = _solve_block(plan.n_locations, width - 1, multiple=plan.chunk_size)
-    gather_buffer = augmented_t.new_empty(0)
+    gather_buffer = None
     for block_first in range(0, plan.n_locations, block):
         block_stop = min(block_first + block, plan.n_locations)
         gram = None
@@ -444,13 +451,17 @@ def _analyse_gathered(augmented_t: Tensor, obs_variance: Tensor | None,
                 weight = nerger_weights(weight, obs_variance[obs_index])
             root_weights = weight.sqrt()
             needed = obs_index.numel() * width
-            if gather_buffer.numel() < needed:
-                gather_buffer = augmented_t.new_empty(needed)
-            # Gather into a reused buffer: a fresh tens-of-MB allocation per chunk costs more
-            # in page faults than the gather itself. The copy is ours, so taper it in place.
-            tapered = torch.index_select(
-                augmented_t, 0, obs_index.reshape(-1),
-                out=gather_buffer[:needed].view(obs_index.numel(), width))
+            if plan.n_locations <= plan.chunk_size:    # one chunk: nothing to reuse
+                tapered = torch.index_select(augmented_t, 0, obs_index.reshape(-1))
+            else:
+                # Gather into a reused buffer: a fresh tens-of-MB allocation per chunk costs
+                # more in page faults than the gather itself.
+                if gather_buffer is None or gather_buffer.numel() < needed:
+                    gather_buffer = augmented_t.new_empty(needed)
+                tapered = torch.index_select(
+                    augmented_t, 0, obs_index.reshape(-1),
+                    out=gather_buffer[:needed].view(obs_index.numel(), width))
+            # The copy is ours, so taper it in place.
             tapered = tapered.view(*obs_index.shape, width).mul_(root_weights[..., None])
             if gram is None:
                 gram = tapered.transpose(1, 2) @ tapered
