@@ -111,6 +111,14 @@ def test_lattice_found_for_grids_and_grid_point_observations():
                              LETKFConfig(localization_radius=2.0e6)).lattice.shape == (16, 16)
 
 
+def test_lattice_sees_a_wrapped_coordinate_just_below_the_period_as_node_zero():
+    pos = grid_positions((10,), (10.0,))
+    obs = torch.tensor([[0.0], [10.0 - 1e-13], [3.0]], dtype=F64)
+    lattice = plan_localization(pos, obs, (10.0,), LETKFConfig(localization_radius=1.0)).lattice
+    assert lattice is not None and lattice.shape == (10,)
+    assert lattice.obs_node.tolist() == [0, 0, 3]
+
+
 def test_no_lattice_off_grid_bounded_or_global():
     prob = grid_problem()
     shifted = prob["obs_pos"].clone()
@@ -189,6 +197,16 @@ def test_convolution_keeps_unobserved_points_and_serves_lorenz96():
                               state_positions=pos, obs_positions=pos[obs_idx],
                               domain_lengths=(40.0,))
     torch.testing.assert_close(xa, gathered, rtol=0, atol=2e-6)
+
+
+def test_convolution_on_each_device_agrees_with_float64(device):
+    prob = grid_problem(seed=9, picks=torch.tensor([0, 4, 9, 33, 34, 61, 80, 95]))
+    expected = analyse(prob, LETKFConfig(localization_radius=2.2, gram="gather"))
+    to = dict(device=device, dtype=torch.float32)
+    on_device = {k: (v.to(**to) if isinstance(v, torch.Tensor) else v) for k, v in prob.items()}
+    got = analyse(on_device, LETKFConfig(localization_radius=2.2, gram="convolution"))
+    assert got.device.type == device.type and got.dtype == torch.float32
+    torch.testing.assert_close(got.cpu().double(), expected, rtol=0, atol=1e-5)
 
 
 def test_lattice_gram_equals_brute_force_sums():

@@ -326,22 +326,21 @@ def _lattice_axis(coordinates: Tensor, length: float, max_nodes: int
     coordinate is off that lattice or it would have more than ``max_nodes`` nodes.
     """
     values = torch.unique(coordinates.to(torch.float64))
-    if values.numel() == 1:
+    # Positions given in float32 are rounded to eps * length; allow that, nothing more.
+    # Gaps below that are one node seen twice (e.g. 0 and a wrapped L - tiny).
+    rounding = 16 * torch.finfo(coordinates.dtype).eps * length
+    gaps = torch.cat([torch.diff(values), values[:1] + length - values[-1:]])
+    gaps = gaps[gaps > 4 * rounding]
+    if gaps.numel() == 0:
         return 1, length, torch.zeros(coordinates.shape[0], dtype=torch.long,
                                       device=coordinates.device)
-    gaps = torch.diff(values)
-    smallest = min(float(gaps.min()), float(values[0]) + length - float(values[-1]))
-    if not smallest > 0:
-        return None
-    n_nodes = round(length / smallest)
+    n_nodes = round(length / float(gaps.min()))
     if n_nodes < 1 or n_nodes > max_nodes:
         return None
     spacing = length / n_nodes
     offsets = (coordinates.to(torch.float64) - float(values[0])) / spacing
     nearest = torch.round(offsets)
-    # Positions given in float32 are rounded to eps * length; allow that, nothing more.
-    tolerance = 16 * torch.finfo(coordinates.dtype).eps * n_nodes + 1e-12
-    if float((offsets - nearest).abs().max()) > tolerance:
+    if float((offsets - nearest).abs().max()) * spacing > rounding + 1e-12 * length:
         return None
     return n_nodes, spacing, torch.remainder(nearest.long(), n_nodes)
 
