@@ -128,7 +128,7 @@ class LETKFConfig:
         Analysis locations processed together; bounds the work arrays to about
         ``chunk_size * (n_obs + n_local_obs * (members + 1))`` numbers. 128 was fastest on
         a 2-core CPU for SQG 64x64 (keeps temporaries below glibc's mmap threshold);
-        larger chunks (1024+) suit GPUs. Used by the gather path.
+        larger chunks (1024+) suit GPUs. Used by the gathered and cross-validated paths.
     regularization : {"none", "nerger"}
         ``"nerger"``: Nerger et al.'s (2012) regulated R-localisation. The weight on
         ``R⁻¹`` becomes ``rho / (1 + (1 - rho) HPHᵀ/R)`` per observation (``HPHᵀ`` its
