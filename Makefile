@@ -9,13 +9,15 @@ STAMP := $(VENV)/.turbda-installed
 PYTEST_ARGS ?=
 QUICKSTART_ARGS ?=
 
-.PHONY: install quickstart test lint notebooks clean-runs help
+.PHONY: install quickstart test lint notebooks clean-runs help bench-dapper bench-letkf
 
 help:
 	@echo "make quickstart   install (if needed) and run the quickstart pipeline"
 	@echo "make test         install (if needed), ruff check, and the test suite"
 	@echo "make install      only create $(VENV) and install the kit"
 	@echo "make notebooks    rebuild notebooks/*.ipynb and figures/*.ipynb from their src/*.py"
+	@echo "make bench-dapper create .venv-dapper with DAPPER (for make bench-letkf)"
+	@echo "make bench-letkf  LETKF speed vs its FLOP floor and vs DAPPER (runs/bench_letkf.json)"
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +50,15 @@ quickstart: install
 # source of truth. --sync writes each .ipynb from its newer script, without outputs.
 notebooks: install
 	$(VENV)/bin/jupytext --sync notebooks/src/*.py figures/src/*.py
+
+# DAPPER pins older jupyter_client / ipykernel / notebook than papermill needs, so it gets
+# its own venv; bench_letkf.py runs it there as a subprocess.
+bench-dapper: install
+	$(PY) benchmarks/bench_letkf.py --setup-dapper
+
+bench-letkf: install
+	mkdir -p runs
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) benchmarks/bench_letkf.py --json runs/bench_letkf.json
 
 clean-runs:
 	rm -rf runs

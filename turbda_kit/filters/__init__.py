@@ -12,13 +12,22 @@ from .base import (
     make_filter,
     register_filter,
 )
+from .ensemble_space import (
+    batched_eigh,
+    cross_validated_transforms,
+    lattice_gram,
+    nerger_weights,
+    transforms_from_gram,
+)
 from .ensf import EnSF, EnSFConfig, EnSFResult, ensf_analysis, ensf_analysis_detailed
-from .letkf import LETKF, LETKFConfig, etkf_analysis, letkf_analysis
+from .letkf import LETKF, LETKFConfig, etkf_analysis, letkf_analysis, uses_convolution
 from .localization import (
+    LatticeGeometry,
     LocalizationPlan,
     gaspari_cohn,
     grid_point_positions,
     grid_positions,
+    lattice_geometry,
     plan_localization,
     sqg_positions,
 )
@@ -33,9 +42,12 @@ __all__ = [
     "FilterGeometry",
     "FunctionFilter",
     "LETKFConfig",
+    "LatticeGeometry",
     "LocalizationPlan",
     "as_filter",
     "available_filters",
+    "batched_eigh",
+    "cross_validated_transforms",
     "ensf_analysis",
     "ensf_analysis_detailed",
     "etkf_analysis",
@@ -43,9 +55,14 @@ __all__ = [
     "gaspari_cohn",
     "grid_point_positions",
     "grid_positions",
+    "lattice_geometry",
+    "lattice_gram",
     "letkf_analysis",
     "make_filter",
+    "nerger_weights",
     "plan_localization",
     "register_filter",
     "sqg_positions",
+    "transforms_from_gram",
+    "uses_convolution",
 ]

@@ -12,12 +12,29 @@ weights ``rho`` (R-localisation: the local ``R^-1`` is ``diag(rho) R^-1``):
     x_a,k = x̄ + X (w̄ + Wa[:, k])                             member k
 
 One batched ``torch.linalg.eigh`` on ``(n_locations, m, m)`` gives both ``C⁻¹`` and the
-square root. Local observation sets have different sizes; each chunk of locations pads them
-to its largest count with zero weight, which leaves ``C`` and ``w̄`` unchanged.
+square root (:mod:`turbda_kit.filters.ensemble_space`).
+
+The local sums ``[Y|d]ᵀ diag(rho) [Y|d]`` (the *Gram matrices*) are formed in one of two ways
+(``LETKFConfig.gram``):
+
+* ``"gather"``: per chunk of locations, gather each location's local observations
+  (padded to the chunk's largest count with zero weight, which changes nothing) and do one
+  batched matmul. Any observation positions. Cost ``~ n_locations * k * (m + 1)^2``.
+* ``"convolution"``: when locations and observations sit on the nodes of one periodic
+  lattice (the kit's grids and grid-point operators), the weight depends only on the node
+  offset, so every location's Gram matrix is one circular convolution of the per-node
+  outer products ``[y|d]ᵀ[y|d]`` with the taper, done by FFT for all locations at once:
+  ``~ (m + 1)^2 / 2 * n_nodes log n_nodes``. Rounding differs from the gathered sums.
+* ``"auto"`` (default): convolution for float32 (and lower) when the plan has a lattice;
+  gather otherwise, so float64 results stay bit-identical to the reference path.
 
 Grid points that share the localisation-relevant coordinates (e.g. the two SQG levels when
 there is no vertical localisation) are one analysis location: their weights are computed
 once and applied to all of them.
+
+Options beyond the plain filter: Nerger et al.'s regulated localisation weights
+(``regularization="nerger"``) and sqgturb's cross-validated perturbation update
+(``perturbations="cross_validation"``), see :class:`LETKFConfig`.
 
 The observation operator is never called: the analysis takes the observation-space ensemble
 ``HX`` (member, n_obs), so linear and nonlinear operators are treated alike (the ensemble
@@ -28,10 +45,12 @@ References
 Hunt, Kostelich & Szunyogh (2007), Physica D 230, 112–126.
 Whitaker & Hamill (2012), MWR 140, 3078–3089 (RTPS).
 Zhang, Snyder & Sun (2004), MWR 132, 1238–1253 (RTPP).
+Nerger, Janjić, Schröter & Hiller (2012), QJRMS 138, 802–812 (regulated localisation).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -43,6 +62,12 @@ from torch import Tensor
 
 from ..errors import InputError
 from .base import FilterGeometry, register_filter
+from .ensemble_space import (
+    cross_validated_transforms,
+    lattice_gram,
+    nerger_weights,
+    transforms_from_gram,
+)
 from .localization import (
     LocalizationPlan,
     global_plan,
@@ -56,10 +81,19 @@ __all__ = [
     "ensemble_transforms",
     "etkf_analysis",
     "letkf_analysis",
+    "uses_convolution",
 ]
 
 InflationKind = Literal["none", "multiplicative", "rtps", "rtpp"]
 _INFLATION_KINDS = ("none", "multiplicative", "rtps", "rtpp")
+RegularizationKind = Literal["none", "nerger"]
+_REGULARIZATIONS = ("none", "nerger")
+PerturbationUpdate = Literal["symmetric", "cross_validation"]
+_PERTURBATION_UPDATES = ("symmetric", "cross_validation")
+GramMethod = Literal["auto", "gather", "convolution"]
+_GRAM_METHODS = ("auto", "gather", "convolution")
+# Locations solved together: bounds the (n, m + 1, m + 1) Gram and transform arrays.
+_BLOCK_ELEMENTS = 2 ** 22
 
 
 @dataclass(frozen=True)
@@ -94,7 +128,31 @@ class LETKFConfig:
         Analysis locations processed together; bounds the work arrays to about
         ``chunk_size * (n_obs + n_local_obs * (members + 1))`` numbers. 128 was fastest on
         a 2-core CPU for SQG 64x64 (keeps temporaries below glibc's mmap threshold);
-        larger chunks (1024+) suit GPUs.
+        larger chunks (1024+) suit GPUs. Used by the gathered and cross-validated paths.
+    regularization : {"none", "nerger"}
+        ``"nerger"``: Nerger et al.'s (2012) regulated R-localisation. The weight on
+        ``R⁻¹`` becomes ``rho / (1 + (1 - rho) HPHᵀ/R)`` per observation (``HPHᵀ`` its
+        ensemble variance), so that a single observation's gain is exactly ``rho`` times
+        the unlocalised gain; plain R-localisation damps it less. sqgturb's default.
+    perturbations : {"symmetric", "cross_validation"}
+        ``"symmetric"``: the symmetric square root ``[(m - 1) C⁻¹]^{1/2}`` (Hunt et al.).
+        ``"cross_validation"``: sqgturb's ``lgetkf`` update (Whitaker): each group of
+        members is updated with the gain of the ensemble without it, in the gain form of
+        the square-root filter, then the members are re-centred on the LETKF mean. The
+        withheld members are not used to compute their own gain, which counters the
+        spread collapse of small ensembles (no inflation needed in sqgturb's set-up).
+        Costs one ``(m - g) x (m - g)`` eigendecomposition per group and location.
+    cv_groups : int or None
+        Number of member groups for ``"cross_validation"``; ``None`` (default) is
+        leave-one-out (one group per member, sqgturb's default). Must divide the number
+        of members and leave at least 2 members outside each group.
+    gram : {"auto", "gather", "convolution"}
+        How the local Gram matrices are formed (module docstring). ``"auto"``:
+        ``"convolution"`` for float32/16 when every location and observation is on one
+        periodic lattice (``plan.lattice``) and the options allow it, else ``"gather"``;
+        float64 always gathers, bit-identical to earlier versions. ``"convolution"``
+        requires the lattice and the plain weights (no Nerger, no cross-validation:
+        those weights depend on more than the node offset).
     """
 
     localization_radius: float = math.inf
@@ -102,6 +160,10 @@ class LETKFConfig:
     inflation: InflationKind = "none"
     inflation_factor: float = 1.0
     chunk_size: int = 128
+    regularization: RegularizationKind = "none"
+    perturbations: PerturbationUpdate = "symmetric"
+    cv_groups: int | None = None
+    gram: GramMethod = "auto"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.localization_radius, numbers.Real)
@@ -130,6 +192,28 @@ class LETKFConfig:
                 f"inflation_factor (alpha) for RTPP must be in [0, 1]; got {factor!r}")
         if not (isinstance(self.chunk_size, int) and self.chunk_size >= 1):
             raise InputError(f"chunk_size must be an integer >= 1; got {self.chunk_size!r}")
+        if self.regularization not in _REGULARIZATIONS:
+            raise InputError(f"regularization must be one of {_REGULARIZATIONS}; got "
+                             f"{self.regularization!r}")
+        if self.perturbations not in _PERTURBATION_UPDATES:
+            raise InputError(f"perturbations must be one of {_PERTURBATION_UPDATES}; got "
+                             f"{self.perturbations!r}")
+        groups = self.cv_groups
+        if groups is not None:
+            if self.perturbations != "cross_validation":
+                raise InputError("cv_groups is only used with perturbations="
+                                 "'cross_validation'; leave it None otherwise")
+            if not (isinstance(groups, int) and not isinstance(groups, bool) and groups >= 2):
+                raise InputError(f"cv_groups must be None (leave-one-out) or an integer >= 2 "
+                                 f"dividing the number of members; got {groups!r}")
+        if self.gram not in _GRAM_METHODS:
+            raise InputError(f"gram must be one of {_GRAM_METHODS}; got {self.gram!r}")
+        if self.gram == "convolution" and (self.regularization != "none"
+                                           or self.perturbations != "symmetric"):
+            raise InputError(
+                "gram='convolution' needs the plain taper weights: Nerger regularisation and "
+                "cross-validated perturbations weigh each observation by more than its "
+                "distance; use gram='auto' or 'gather' with them")
 
     @property
     def is_global(self) -> bool:
@@ -166,42 +250,33 @@ def ensemble_transforms(obs_anomalies: Tensor, innovations: Tensor, obs_weights:
     root_weights = obs_weights.sqrt()
     augmented = torch.cat([obs_anomalies, innovations[..., None]], dim=-1)
     tapered = augmented * root_weights[..., None]
-    return _transforms_from_gram(tapered.transpose(1, 2) @ tapered)
-
-
-def _transforms_from_gram(gram: Tensor) -> Tensor:
-    """ETKF transforms from the Gram matrix of the tapered ``[Y | d]`` columns.
-
-    ``gram = [Y|d]ᵀ diag(rho) [Y|d]``, shape (n_loc, m + 1, m + 1): its leading block is
-    ``Yᵀ diag(rho) Y`` and its last column ``Yᵀ diag(rho) d``, so one batched matmul over
-    the local observations yields both.
-    """
-    n_members = gram.shape[-1] - 1
-    precision = gram[:, :n_members, :n_members].clone()             # (n_loc, m, m)
-    precision.diagonal(dim1=-2, dim2=-1).add_(n_members - 1)
-    projected = gram[:, :n_members, n_members:]                     # (n_loc, m, 1)
-    eigenvalues, eigenvectors = torch.linalg.eigh(precision)      # eigenvalues >= m - 1 > 0
-    coefficients = eigenvectors.transpose(1, 2) @ projected
-    mean_weights = eigenvectors @ (coefficients / eigenvalues[..., None])   # (n_loc, m, 1)
-    root = torch.sqrt((n_members - 1) / eigenvalues)
-    transforms = (eigenvectors * root[:, None, :]) @ eigenvectors.transpose(1, 2)
-    return transforms + mean_weights
+    return transforms_from_gram(tapered.transpose(1, 2) @ tapered)
 
 
 def _apply_transforms(anomalies_t: Tensor, mean: Tensor, transforms: Tensor,
-                      state_index: Tensor, location_index: Tensor,
-                      out: Tensor) -> None:
-    """Write ``mean + a @ T`` for the given state points into ``out`` (n_state, m)."""
-    n_points, n_loc = state_index.numel(), transforms.shape[0]
-    anomalies = anomalies_t[state_index]                         # (n_points, m)
-    if n_points % n_loc == 0 and torch.equal(
+                      plan: LocalizationPlan, first: int, out: Tensor) -> None:
+    """Write ``mean + a @ T`` for the points of locations ``first:first + len(T)`` into
+    ``out`` (n_state, m)."""
+    n_loc = transforms.shape[0]
+    per = plan.points_per_location
+    if per:
+        state_index = plan.state_order[first * per:(first + n_loc) * per]
+        uniform = True
+    else:
+        points = slice(int(plan.location_starts[first]),
+                       int(plan.location_starts[first + n_loc]))
+        state_index = plan.state_order[points]
+        location_index = plan.location_of_state[state_index] - first
+        per, rest = divmod(state_index.numel(), n_loc)
+        uniform = rest == 0 and torch.equal(
             location_index, torch.arange(n_loc, device=location_index.device)
-            .repeat_interleave(n_points // n_loc)):
+            .repeat_interleave(per))
+    anomalies = anomalies_t[state_index]                         # (n_points, m)
+    if uniform:
         # Every location has the same number of points (1 per location, the SQG levels
         # sharing a column, or one global location): a batched matmul, no gather of T.
-        per = n_points // n_loc
         updated = anomalies.reshape(n_loc, per, -1) @ transforms
-        updated = updated.reshape(n_points, -1)
+        updated = updated.reshape(state_index.numel(), -1)
     else:
         updated = torch.einsum("pj,pjk->pk", anomalies, transforms[location_index])
     out[state_index] = updated + mean[state_index, None]
@@ -222,8 +297,10 @@ def _validate_inputs(forecast_ensemble: Tensor, obs_ensemble: Tensor, obs: Tenso
         raise InputError(f"forecast_ensemble has {n_members} member(s) along dim 0; the "
                          f"ensemble filters need at least 2")
     like = {"dtype": forecast_ensemble.dtype, "device": forecast_ensemble.device}
-    obs_ensemble = torch.as_tensor(obs_ensemble).to(**like)
-    obs = torch.as_tensor(obs).to(**like)
+    # Converted straight to the forecast's dtype: a Python float or list must not pass
+    # through torch's default float32 on its way to float64.
+    obs_ensemble = torch.as_tensor(obs_ensemble, **like)
+    obs = torch.as_tensor(obs, **like)
     if obs.ndim != 1:
         raise InputError(f"obs must be shaped (n_obs,); got shape {tuple(obs.shape)}")
     n_obs = obs.shape[0]
@@ -231,6 +308,20 @@ def _validate_inputs(forecast_ensemble: Tensor, obs_ensemble: Tensor, obs: Tenso
         raise InputError(
             f"obs_ensemble has shape {tuple(obs_ensemble.shape)}; expected (member, n_obs) = "
             f"({n_members}, {n_obs}) to match forecast_ensemble and obs")
+    std = torch.as_tensor(obs_error_std, **like)
+    if std.ndim > 1 or (std.ndim == 1 and std.shape[0] != n_obs):
+        raise InputError(f"obs_error_std must be a scalar or shaped (n_obs,) = ({n_obs},); "
+                         f"got shape {tuple(std.shape)}")
+    # One synchronising check for the common case (NaN or inf anywhere makes the sum
+    # non-finite; a finite overflow only sends us to the detailed checks below, which pass).
+    total = forecast_ensemble.sum() + obs_ensemble.sum() + obs.sum()
+    if isinstance(obs_error_std, numbers.Real):
+        std_ok = math.isfinite(obs_error_std) and obs_error_std > 0
+    else:
+        total = total + std.log().sum()
+        std_ok = True
+    if std_ok and math.isfinite(float(total)):
+        return obs_ensemble, obs, std
     if torch.isnan(obs).any():
         raise InputError(f"obs contains {int(torch.isnan(obs).sum())} NaN value(s); drop "
                          f"missing observations (and their operator rows) before the analysis")
@@ -240,10 +331,6 @@ def _validate_inputs(forecast_ensemble: Tensor, obs_ensemble: Tensor, obs: Tenso
         raise InputError("obs_ensemble (HX) contains NaN or inf")
     if not torch.isfinite(forecast_ensemble).all():
         raise InputError("forecast_ensemble contains NaN or inf")
-    std = torch.as_tensor(obs_error_std).to(**like)
-    if std.ndim > 1 or (std.ndim == 1 and std.shape[0] != n_obs):
-        raise InputError(f"obs_error_std must be a scalar or shaped (n_obs,) = ({n_obs},); "
-                         f"got shape {tuple(std.shape)}")
     if not (torch.isfinite(std).all() and (std > 0).all()):
         raise InputError(f"obs_error_std must be finite and > 0; got min "
                          f"{float(std.min()) if std.numel() else std!r}")
@@ -268,6 +355,33 @@ def _relax(analysis_anomalies: Tensor, forecast_anomalies: Tensor,
     return analysis_anomalies
 
 
+def uses_convolution(config: LETKFConfig, plan: LocalizationPlan, dtype: torch.dtype) -> bool:
+    """Whether an analysis with ``config`` and ``plan`` in ``dtype`` takes the lattice path.
+
+    Raises
+    ------
+    InputError
+        ``gram="convolution"`` on a plan without a lattice.
+    """
+    if config.gram == "gather":
+        return False
+    if config.gram == "convolution":
+        if plan.lattice is None:
+            raise InputError(
+                "gram='convolution' needs every analysis location and observation on the "
+                "nodes of one periodic lattice (periodic domain_lengths, grid-point "
+                "observations, a finite radius); this plan has none: use gram='auto'")
+        return True
+    return (plan.lattice is not None and dtype != torch.float64
+            and config.regularization == "none" and config.perturbations == "symmetric")
+
+
+def _solve_block(n_locations: int, n_members: int, multiple: int = 1) -> int:
+    """Locations per solve block: a multiple of ``multiple`` within ``_BLOCK_ELEMENTS``."""
+    per = max(1, _BLOCK_ELEMENTS // ((n_members + 1) ** 2 * multiple)) * multiple
+    return min(per, max(n_locations, 1))
+
+
 def _analyse(forecast_ensemble: Tensor, obs_ensemble: Tensor, obs: Tensor,
              obs_error_std: float | Tensor, plan: LocalizationPlan,
              config: LETKFConfig) -> Tensor:
@@ -285,33 +399,95 @@ def _analyse(forecast_ensemble: Tensor, obs_ensemble: Tensor, obs: Tensor,
         prior_anomalies_t = anomalies_t * config.inflation_factor
         obs_anomalies_t = obs_anomalies_t * config.inflation_factor
 
-    # Innovations ride along as an extra column: one gather and one matmul per chunk.
-    augmented_t = torch.cat([obs_anomalies_t, innovations[:, None]], dim=1)  # (n_obs, m+1)
     analysis_t = torch.empty_like(states_t)
-    gather_buffer = augmented_t.new_empty(0)
-    for first, stop in plan.chunk_bounds():
-        obs_index, obs_weight = plan.local_observations(first, stop)
-        root_weights = obs_weight.to(states_t.dtype).sqrt()
-        needed = obs_index.numel() * (n_members + 1)
-        if gather_buffer.numel() < needed:
-            gather_buffer = augmented_t.new_empty(needed)
-        # Gather into a reused buffer: a fresh tens-of-MB allocation per chunk costs more in
-        # page faults than the gather itself. The copy is ours, so taper it in place.
-        tapered = torch.index_select(
-            augmented_t, 0, obs_index.reshape(-1),
-            out=gather_buffer[:needed].view(obs_index.numel(), n_members + 1))
-        tapered = tapered.view(*obs_index.shape, n_members + 1).mul_(root_weights[..., None])
-        transforms = _transforms_from_gram(tapered.transpose(1, 2) @ tapered)
-        points = slice(int(plan.location_starts[first]), int(plan.location_starts[stop]))
-        state_index = plan.state_order[points]
-        _apply_transforms(prior_anomalies_t, mean, transforms, state_index,
-                          plan.location_of_state[state_index] - first, analysis_t)
+    if config.perturbations == "cross_validation":
+        _analyse_cross_validated(obs_anomalies_t, innovations, prior_anomalies_t, mean, plan,
+                                 config, analysis_t)
+    else:
+        # Innovations ride along as an extra column: one gather and one matmul per chunk.
+        augmented_t = torch.cat([obs_anomalies_t, innovations[:, None]], dim=1)  # (n_obs, m+1)
+        if uses_convolution(config, plan, states_t.dtype):
+            gram = lattice_gram(augmented_t, plan.lattice)
+            block = _solve_block(plan.n_locations, n_members)
+            for first in range(0, plan.n_locations, block):
+                _apply_transforms(prior_anomalies_t, mean,
+                                  transforms_from_gram(gram[first:first + block]), plan, first,
+                                  analysis_t)
+        else:
+            obs_variance = None
+            if config.regularization == "nerger":
+                obs_variance = obs_anomalies_t.square().sum(1) / (n_members - 1)
+            _analyse_gathered(augmented_t, obs_variance, prior_anomalies_t, mean, plan,
+                              analysis_t)
 
     if config.inflation in ("rtps", "rtpp"):
         analysis_mean = analysis_t.mean(dim=1, keepdim=True)
         relaxed = _relax(analysis_t - analysis_mean, anomalies_t, config)
         analysis_t = analysis_mean + relaxed
     return analysis_t.T.reshape(n_members, *state_shape)
+
+
+def _analyse_gathered(augmented_t: Tensor, obs_variance: Tensor | None,
+                      prior_anomalies_t: Tensor, mean: Tensor, plan: LocalizationPlan,
+                      analysis_t: Tensor) -> None:
+    """Symmetric-root LETKF with Gram matrices gathered chunk by chunk; fills analysis_t.
+
+    Gram matrices of several chunks are solved together (one eigendecomposition call,
+    split over threads); each matrix is computed and decomposed exactly as chunk by chunk.
+    """
+    width = augmented_t.shape[1]
+    block = _solve_block(plan.n_locations, width - 1, multiple=plan.chunk_size)
+    gather_buffer = None
+    for block_first in range(0, plan.n_locations, block):
+        block_stop = min(block_first + block, plan.n_locations)
+        gram = None
+        if block_stop - block_first > plan.chunk_size:
+            gram = augmented_t.new_empty(block_stop - block_first, width, width)
+        for first in range(block_first, block_stop, plan.chunk_size):
+            stop = min(first + plan.chunk_size, block_stop)
+            obs_index, obs_weight = plan.local_observations(first, stop)
+            weight = obs_weight.to(augmented_t.dtype)
+            if obs_variance is not None:
+                weight = nerger_weights(weight, obs_variance[obs_index])
+            root_weights = weight.sqrt()
+            needed = obs_index.numel() * width
+            if plan.n_locations <= plan.chunk_size:    # one chunk: nothing to reuse
+                tapered = torch.index_select(augmented_t, 0, obs_index.reshape(-1))
+            else:
+                # Gather into a reused buffer: a fresh tens-of-MB allocation per chunk costs
+                # more in page faults than the gather itself.
+                if gather_buffer is None or gather_buffer.numel() < needed:
+                    gather_buffer = augmented_t.new_empty(needed)
+                tapered = torch.index_select(
+                    augmented_t, 0, obs_index.reshape(-1),
+                    out=gather_buffer[:needed].view(obs_index.numel(), width))
+            # The copy is ours, so taper it in place.
+            tapered = tapered.view(*obs_index.shape, width).mul_(root_weights[..., None])
+            if gram is None:
+                gram = tapered.transpose(1, 2) @ tapered
+            else:
+                gram[first - block_first:stop - block_first] = tapered.transpose(1, 2) @ tapered
+        _apply_transforms(prior_anomalies_t, mean, transforms_from_gram(gram), plan,
+                          block_first, analysis_t)
+
+
+def _analyse_cross_validated(obs_anomalies_t: Tensor, innovations: Tensor,
+                             prior_anomalies_t: Tensor, mean: Tensor, plan: LocalizationPlan,
+                             config: LETKFConfig, analysis_t: Tensor) -> None:
+    """LETKF with cross-validated perturbations, chunk by chunk; fills analysis_t."""
+    n_members = obs_anomalies_t.shape[1]
+    n_groups = n_members if config.cv_groups is None else config.cv_groups
+    if n_members % n_groups or n_members - n_members // n_groups < 2:
+        raise InputError(
+            f"cv_groups={config.cv_groups!r} does not fit {n_members} members: the number "
+            f"of groups must divide the members and leave at least 2 outside each group "
+            f"(None = leave-one-out)")
+    for first, stop in plan.chunk_bounds():
+        obs_index, obs_weight = plan.local_observations(first, stop)
+        transforms = cross_validated_transforms(
+            obs_anomalies_t[obs_index], innovations[obs_index],
+            obs_weight.to(obs_anomalies_t.dtype), n_groups, config.regularization)
+        _apply_transforms(prior_anomalies_t, mean, transforms, plan, first, analysis_t)
 
 
 def letkf_analysis(forecast_ensemble: Tensor, obs_ensemble: Tensor, obs: Tensor,
@@ -408,16 +584,16 @@ def etkf_analysis(forecast_ensemble: Tensor, obs_ensemble: Tensor, obs: Tensor,
     obs : Tensor, shape (n_obs,)
     obs_error_std : float or Tensor, scalar or shape (n_obs,)
     config : LETKFConfig, optional
-        Only its inflation settings are used (radii are ignored).
+        Its inflation, regularisation and perturbation settings are used; radii and
+        ``gram`` are ignored.
 
     Returns
     -------
     Tensor, shape (member, *state_shape)
     """
     config = config or LETKFConfig()
-    global_config = LETKFConfig(inflation=config.inflation,
-                                inflation_factor=config.inflation_factor,
-                                chunk_size=config.chunk_size)
+    global_config = dataclasses.replace(config, localization_radius=math.inf,
+                                        vertical_localization_radius=None, gram="gather")
     return letkf_analysis(forecast_ensemble, obs_ensemble, obs, obs_error_std,
                           config=global_config)
 
@@ -496,11 +672,15 @@ class LETKF:
                               plan=self.plan_for(obs_operator, forecast_ensemble))
 
     def plan_for(self, obs_operator, forecast_ensemble: Tensor) -> LocalizationPlan:
-        """The localisation plan of ``obs_operator`` on the forecast's grid and device."""
+        """The localisation plan of ``obs_operator`` on the forecast's grid and device.
+
+        Local observation sets are precomputed only when the analysis gathers them (not
+        on the lattice path, which needs none).
+        """
         key = (obs_operator, forecast_ensemble.device)
         if self._planned_for is not None and self._planned_for[0] is key[0] \
                 and self._planned_for[1] == key[1]:
-            return self._plan
+            return self._with_chunks_if_gathering(forecast_ensemble.dtype)
         if self.state_positions is None or self.domain_lengths is None:
             raise InputError("LETKF localisation needs state_positions (*state_shape, n_dims) "
                              "and domain_lengths; pass them to LETKF(...), or use a config "
@@ -514,8 +694,14 @@ class LETKF:
         device = forecast_ensemble.device
         self._plan = plan_localization(grid.reshape(-1, n_dims).to(device),
                                        grid_point_positions(grid, locations).to(device),
-                                       self.domain_lengths, self.config, precompute=True)
+                                       self.domain_lengths, self.config)
         self._planned_for = key
+        return self._with_chunks_if_gathering(forecast_ensemble.dtype)
+
+    def _with_chunks_if_gathering(self, dtype: torch.dtype) -> LocalizationPlan:
+        if self._plan.cached_chunks is None and not uses_convolution(self.config, self._plan,
+                                                                     dtype):
+            self._plan = self._plan.with_cached_chunks()
         return self._plan
 
 

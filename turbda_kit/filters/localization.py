@@ -37,12 +37,14 @@ if TYPE_CHECKING:  # the config module imports this one
     from .letkf import LETKFConfig
 
 __all__ = [
+    "LatticeGeometry",
     "LocalizationPlan",
     "gaspari_cohn",
     "global_plan",
     "grid_point_positions",
     "grid_positions",
     "half_width_for_taper",
+    "lattice_geometry",
     "pairwise_distances",
     "periodic_difference",
     "plan_localization",
@@ -258,6 +260,190 @@ def grid_point_positions(state_positions: Tensor, grid_coordinates: Tensor) -> T
 
 
 # --------------------------------------------------------------------------------------
+# Lattice geometry: locations and observations on the nodes of one periodic grid
+# --------------------------------------------------------------------------------------
+
+# Vertical levels beyond which the lattice path is not worth it (one field per level pair).
+_MAX_LATTICE_LEVELS = 16
+
+
+@dataclass(frozen=True)
+class LatticeGeometry:
+    """Analysis locations and observations on the nodes of one periodic lattice.
+
+    On such a lattice the taper between a location and an observation depends only on
+    their node offset, so the weighted sum over observations that every location needs
+    (its local Gram matrix) is a circular convolution of per-node sums with one kernel,
+    done for all locations at once by FFT. :func:`lattice_geometry` builds it.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        Nodes per horizontal axis, in the order of the position columns.
+    spacing : tuple of float
+        Node spacing per axis (position units); ``shape[a] * spacing[a]`` is the period.
+    location_node, obs_node : Tensor, shape (n_locations,) / (n_obs,), int64
+        Flat (row-major over ``shape``) node index of each location / observation.
+    location_level, obs_level : Tensor, shape (n_locations,) / (n_obs,), int64
+        Row / column of ``level_weights`` (vertical level; all 0 without vertical
+        localisation).
+    level_weights : Tensor, shape (n_location_levels, n_obs_levels), float64
+        Vertical taper between levels (ones without vertical localisation).
+    kernel : Tensor, shape shape, float64
+        Horizontal Gaspari-Cohn taper of each node offset (minimum image).
+    observed : Tensor, shape (n_locations,), bool
+        Whether any observation lies within the cut-off of the location (the others keep
+        their forecast exactly).
+    """
+
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    location_node: Tensor
+    location_level: Tensor
+    obs_node: Tensor
+    obs_level: Tensor
+    level_weights: Tensor
+    kernel: Tensor
+    observed: Tensor
+
+    @property
+    def n_nodes(self) -> int:
+        """Number of lattice nodes per level."""
+        return math.prod(self.shape)
+
+    @property
+    def all_observed(self) -> bool:
+        """Whether every location has an observation within reach."""
+        return bool(self.observed.all())
+
+
+def _lattice_axis(coordinates: Tensor, length: float, max_nodes: int
+                  ) -> tuple[int, float, Tensor] | None:
+    """Nodes, spacing and node index of coordinates in [0, length) on one periodic axis.
+
+    The spacing is the smallest gap between distinct coordinates (the wrap-around gap
+    included), rounded so that a whole number of nodes fills the period; None when some
+    coordinate is off that lattice or it would have more than ``max_nodes`` nodes.
+    """
+    values = torch.unique(coordinates.to(torch.float64))
+    # Positions given in float32 are rounded to eps * length; allow that, nothing more.
+    # Gaps below that are one node seen twice (e.g. 0 and a wrapped L - tiny).
+    rounding = 16 * torch.finfo(coordinates.dtype).eps * length
+    gaps = torch.cat([torch.diff(values), values[:1] + length - values[-1:]])
+    gaps = gaps[gaps > 4 * rounding]
+    if gaps.numel() == 0:
+        return 1, length, torch.zeros(coordinates.shape[0], dtype=torch.long,
+                                      device=coordinates.device)
+    n_nodes = round(length / float(gaps.min()))
+    if n_nodes < 1 or n_nodes > max_nodes:
+        return None
+    spacing = length / n_nodes
+    offsets = (coordinates.to(torch.float64) - float(values[0])) / spacing
+    nearest = torch.round(offsets)
+    if float((offsets - nearest).abs().max()) * spacing > rounding + 1e-12 * length:
+        return None
+    return n_nodes, spacing, torch.remainder(nearest.long(), n_nodes)
+
+
+def _circular_convolution(fields: Tensor, kernel: Tensor) -> Tensor:
+    """``fields (..., *shape)`` circularly convolved with ``kernel (*shape)`` (real FFT)."""
+    dims = tuple(range(-kernel.ndim, 0))
+    spectrum = torch.fft.rfftn(fields, dim=dims) * torch.fft.rfftn(kernel, dim=dims)
+    return torch.fft.irfftn(spectrum, s=kernel.shape, dim=dims)
+
+
+def lattice_geometry(location_positions: Tensor, obs_positions: Tensor,
+                     domain_lengths: Sequence[float], half_width: float,
+                     vertical_half_width: float | None) -> LatticeGeometry | None:
+    """The lattice description of a localisation problem, or None if it has none.
+
+    It exists when every horizontal axis is periodic and all location and observation
+    coordinates lie on the nodes ``offset + i * L / n`` of one lattice per axis (the
+    kit's grids with grid-point observations: any subset of the nodes, on any level).
+
+    Parameters
+    ----------
+    location_positions : Tensor, shape (n_locations, n_dims)
+        Localisation-relevant coordinates, wrapped into ``[0, L)`` (as in a plan).
+    obs_positions : Tensor, shape (n_obs, n_dims)
+        Same columns and units.
+    domain_lengths : sequence of float
+        Period of each horizontal axis.
+    half_width : float
+        Horizontal Gaspari-Cohn half-width.
+    vertical_half_width : float or None
+        Vertical half-width; the last position column is then the vertical coordinate.
+
+    Returns
+    -------
+    LatticeGeometry or None
+    """
+    lengths = tuple(float(length) for length in domain_lengths)
+    if any(math.isinf(length) for length in lengths) or math.isinf(half_width):
+        return None
+    device = location_positions.device
+    n_locations, n_obs = location_positions.shape[0], obs_positions.shape[0]
+    if n_obs == 0 or n_locations == 0:
+        return None
+    # A lattice much finer than the points it holds would cost more than it saves.
+    max_nodes = 8 * (n_locations + n_obs)
+    shape, spacing = [], []
+    location_node = torch.zeros(n_locations, dtype=torch.long, device=device)
+    obs_node = torch.zeros(n_obs, dtype=torch.long, device=device)
+    for axis, length in enumerate(lengths):
+        both = torch.cat([location_positions[:, axis], obs_positions[:, axis]])
+        found = _lattice_axis(both, length, max_nodes)
+        if found is None or math.prod(shape) * found[0] > max_nodes:
+            return None
+        n_nodes, step, index = found
+        shape.append(n_nodes)
+        spacing.append(step)
+        location_node = location_node * n_nodes + index[:n_locations]
+        obs_node = obs_node * n_nodes + index[n_locations:]
+
+    if vertical_half_width is None:
+        location_level = torch.zeros(n_locations, dtype=torch.long, device=device)
+        obs_level = torch.zeros(n_obs, dtype=torch.long, device=device)
+        level_weights = torch.ones(1, 1, dtype=torch.float64, device=device)
+    else:
+        vertical = len(lengths)
+        location_z, location_level = torch.unique(
+            location_positions[:, vertical].to(torch.float64), return_inverse=True)
+        obs_z, obs_level = torch.unique(obs_positions[:, vertical].to(torch.float64),
+                                        return_inverse=True)
+        if location_z.numel() * obs_z.numel() > _MAX_LATTICE_LEVELS ** 2:
+            return None
+        level_weights = gaspari_cohn((location_z[:, None] - obs_z[None, :]).abs(),
+                                     vertical_half_width)
+
+    squared = torch.zeros(shape, dtype=torch.float64, device=device)
+    for axis, (n_nodes, step) in enumerate(zip(shape, spacing)):
+        offset = torch.arange(n_nodes, dtype=torch.float64, device=device)
+        offset = torch.minimum(offset, n_nodes - offset) * step
+        view = [1] * len(shape)
+        view[axis] = n_nodes
+        squared = squared + (offset ** 2).reshape(view)
+    cut_off = (2.0 * half_width) ** 2
+    kernel = torch.where(squared < cut_off, gaspari_cohn(squared.sqrt(), half_width),
+                         torch.zeros_like(squared))
+
+    # Observations within reach of each node, per observation level: an integer-valued
+    # convolution, exact after rounding.
+    n_nodes = math.prod(shape)
+    counts = torch.bincount(obs_level * n_nodes + obs_node,
+                            minlength=level_weights.shape[1] * n_nodes)
+    counts = counts.to(torch.float64).reshape(level_weights.shape[1], *shape)
+    reach = _circular_convolution(counts, (squared < cut_off).to(torch.float64))
+    reach = torch.round(reach).reshape(level_weights.shape[1], n_nodes)
+    seen = (level_weights > 0).to(torch.float64) @ reach             # (levels, nodes)
+    observed = seen[location_level, location_node] > 0
+    return LatticeGeometry(shape=tuple(shape), spacing=tuple(spacing),
+                           location_node=location_node, location_level=location_level,
+                           obs_node=obs_node, obs_level=obs_level,
+                           level_weights=level_weights, kernel=kernel, observed=observed)
+
+
+# --------------------------------------------------------------------------------------
 # Localisation plan: which observations each analysis location sees, and with what weight
 # --------------------------------------------------------------------------------------
 
@@ -287,6 +473,13 @@ class LocalizationPlan:
         Copied from the config the plan was built with.
     cached_chunks : tuple or None
         Precomputed ``(obs_index, obs_weight)`` per chunk when built with ``precompute``.
+    lattice : LatticeGeometry or None
+        Set when every location and observation sits on the nodes of one periodic lattice
+        (the kit's grids and grid-point operators): then the local Gram matrices of all
+        locations are one convolution (:func:`lattice_geometry`).
+    points_per_location : int
+        The number of state points of every location when all have the same (e.g. 2 for
+        SQG columns, 1 with vertical localisation); 0 when they differ.
     """
 
     n_state: int
@@ -301,6 +494,8 @@ class LocalizationPlan:
     vertical_localization_radius: float | None
     chunk_size: int
     cached_chunks: tuple[tuple[Tensor, Tensor], ...] | None = None
+    lattice: LatticeGeometry | None = None
+    points_per_location: int = 0
 
     @property
     def n_locations(self) -> int:
@@ -332,6 +527,14 @@ class LocalizationPlan:
         return _local_observations(self.location_positions[first:stop], self.obs_positions,
                                    self.domain_lengths, self.localization_radius,
                                    self.vertical_localization_radius)
+
+    def with_cached_chunks(self) -> LocalizationPlan:
+        """This plan with every chunk's local observation set computed and kept."""
+        if self.cached_chunks is not None:
+            return self
+        chunks = tuple(self.local_observations(first, stop)
+                       for first, stop in self.chunk_bounds())
+        return dataclasses.replace(self, cached_chunks=chunks)
 
     def matches(self, config: LETKFConfig) -> bool:
         """Whether the plan was built with ``config``'s localisation radii."""
@@ -457,7 +660,8 @@ def plan_localization(state_positions: Tensor, obs_positions: Tensor,
     precompute : bool
         Compute and keep every chunk's local observation set now (memory about
         ``n_locations * k_max`` indices and weights) so repeated analyses skip the
-        distance computations.
+        distance computations. Only the ``gram="gather"`` path reads them; the lattice
+        description (``plan.lattice``) is always computed, it is cheap.
 
     Returns
     -------
@@ -503,18 +707,18 @@ def plan_localization(state_positions: Tensor, obs_positions: Tensor,
     state_order = torch.argsort(location_of_state, stable=True)
     counts = torch.bincount(location_of_state, minlength=location_positions.shape[0])
     location_starts = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    uniform = counts.numel() > 0 and bool((counts == counts[0]).all())
     plan = LocalizationPlan(
         n_state=n_state, n_obs=n_obs, location_of_state=location_of_state,
         state_order=state_order, location_starts=location_starts,
         location_positions=location_positions, obs_positions=obs_used,
         domain_lengths=lengths, localization_radius=config.localization_radius,
         vertical_localization_radius=config.vertical_localization_radius,
-        chunk_size=config.chunk_size)
-    if precompute:
-        chunks = tuple(plan.local_observations(first, stop)
-                       for first, stop in plan.chunk_bounds())
-        plan = dataclasses.replace(plan, cached_chunks=chunks)
-    return plan
+        chunk_size=config.chunk_size, points_per_location=int(counts[0]) if uniform else 0,
+        lattice=lattice_geometry(location_positions, obs_used, lengths,
+                                 config.localization_radius,
+                                 config.vertical_localization_radius))
+    return plan.with_cached_chunks() if precompute else plan
 
 
 def _unique_rows(points: Tensor) -> tuple[Tensor, Tensor]:
@@ -551,4 +755,4 @@ def global_plan(n_state: int, n_obs: int, device: torch.device,
         location_starts=torch.tensor([0, n_state], device=device),
         location_positions=None, obs_positions=None, domain_lengths=(),
         localization_radius=math.inf, vertical_localization_radius=None,
-        chunk_size=chunk_size)
+        chunk_size=chunk_size, points_per_location=n_state)
