@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,8 @@ from turbda_kit.workflow.pipelines import (
 )
 
 from .test_execute import make_notebook
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _counter(name: str) -> str:
@@ -112,6 +116,10 @@ def test_registered_pipelines_name_existing_notebooks_and_parameters():
     for name, pipeline in PIPELINES.items():
         assert pipeline.stages and pipeline.estimate() > 0
         for stage in pipeline.stages:
+            if stage.command:
+                scripts = [w for w in stage.command if w.endswith(".py")]
+                assert all((REPO / w).is_file() for w in scripts), (name, stage)
+                continue
             assert stage.notebook_path().exists(), (name, stage)
             # every parameter a stage sets (at either size) is declared, with a fitting type
             split_overrides((stage,), {**stage.parameters, **stage.quick})
@@ -138,3 +146,46 @@ def test_list_shows_stages_and_estimates(capsys):
 def test_unknown_pipeline(tmp_path):
     with pytest.raises(InputError, match="unknown pipeline"):
         run_pipeline("nope", {}, tmp_path / "p")
+
+
+def test_command_stages_run_scripts_with_placeholders_records_and_resume(tmp_path):
+    """A script stage: placeholders filled, output logged, run.json written, skipped when done."""
+    script = ("import sys, pathlib; out = pathlib.Path(sys.argv[1]); "
+              "out.joinpath('n.txt').write_text(sys.argv[2]); "
+              "print('wrote', sys.argv[2]); sys.exit(int(sys.argv[3]))")
+    stages = [Stage("tool", "", {"n": 3, "code": 0}, quick={"n": 1},
+                    command=(sys.executable, "-c", script, "{run_dir}", "{n}", "{code}")),
+              Stage("after", "", {"src": "{stage:tool}/n.txt"},
+                    command=("{python}", "-c", "import sys; print(open(sys.argv[1]).read())",
+                             "{src}"))]
+    out = tmp_path / "p"
+    results = run_pipeline("demo", {}, out, log_output=False, stages=stages, quick=True)
+    assert [r.status for r in results] == ["ok", "ok"]
+    assert (out / "tool" / "n.txt").read_text() == "1"
+    record = json.loads((out / "tool" / "run.json").read_text())
+    assert record["status"] == "ok" and record["exit_code"] == 0 and record["cpu_seconds"] >= 0
+    assert "wrote 1" in (out / "tool" / "output.log").read_text()
+    assert "1" in (out / "after" / "output.log").read_text()
+    assert run_pipeline("demo", {}, out, log_output=False, stages=stages, quick=True) == []
+
+    failing = tmp_path / "f"
+    result, = run_pipeline("demo", {"tool.code": 3}, failing, log_output=False,
+                           stages=stages[:1])
+    record = json.loads((failing / "tool" / "run.json").read_text())
+    assert result.status == "failed" and record["exit_code"] == 3 and "wrote 3" in record["error"]
+
+
+def test_command_stage_parameters_are_checked(tmp_path):
+    stage = Stage("tool", "", {"n": 3}, command=("{python}", "-c", "pass", "{n}"))
+    with pytest.raises(InputError, match="parameter n expects int, got 'abc'"):
+        run_pipeline("demo", {"n": "abc"}, tmp_path / "a", stages=[stage], announce=False)
+    with pytest.raises(InputError, match="no stage declares parameter 'm'"):
+        run_pipeline("demo", {"m": 1}, tmp_path / "b", stages=[stage], announce=False)
+    bad = Stage("tool", "", {}, command=("{python}", "{missing}"))
+    with pytest.raises(InputError, match="placeholder \\{missing\\}"):
+        run_pipeline("demo", {}, tmp_path / "c", stages=[bad], announce=False)
+    assert not (tmp_path / "c").exists()  # refused before anything was written
+    with pytest.raises(InputError, match="one of 'notebook' or 'command'"):
+        pipeline_from_data("p", {"stages": [{"name": "a", "notebook": "x", "command": ["y"]}]})
+    with pytest.raises(InputError, match="non-empty list"):
+        pipeline_from_data("p", {"stages": [{"name": "a", "command": []}]})

@@ -34,6 +34,7 @@ import yaml
 from .. import provenance
 from ..errors import InputError
 from ..io import write_json
+from .commands import fill_command, run_command
 from .execute import RunResult, run_notebook
 from .parameters import OUT_DIR_PARAMETER, check_parameters, notebook_parameters
 from .records import FAILED, OK, read_record
@@ -68,7 +69,12 @@ class Stage:
     quick_estimate_cpu_s : float or None
         The same with ``quick=True`` (None: ``estimate_cpu_s``).
     resumable : bool
-        The notebook continues from its own checkpoints in its run directory.
+        The notebook (or command) continues from its own checkpoints in its run directory.
+    command : tuple of str
+        A script stage instead of a notebook (``notebook`` is then empty): program and
+        arguments run in the repository root by
+        :func:`~turbda_kit.workflow.commands.run_command`, with ``{NAME}`` placeholders for
+        the stage's ``parameters`` (which are then its declared parameters).
     """
 
     name: str
@@ -78,11 +84,27 @@ class Stage:
     estimate_cpu_s: float = 60.0
     quick_estimate_cpu_s: float | None = None
     resumable: bool = False
+    command: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """What the stage runs, for listings: the notebook, or the command's script."""
+        if not self.command:
+            return self.notebook
+        words = [w for w in self.command if not w.startswith("{")]
+        return " ".join(words[:2]) if words else " ".join(self.command[:2])
 
     def notebook_path(self) -> Path:
         """Absolute path of the stage's notebook."""
         p = Path(self.notebook)
         return p if p.is_absolute() else (notebooks_dir() / p).resolve()
+
+    def declared_parameters(self) -> dict[str, Any]:
+        """Parameters a user may set: the notebook's, or a command stage's own defaults."""
+        if self.command:
+            return {**self.parameters, **{k: v for k, v in self.quick.items()
+                                          if k not in self.parameters}}
+        return notebook_parameters(self.notebook_path())
 
     def estimate(self, quick: bool = False) -> float:
         """Estimated CPU seconds at the pipeline size (or the quick size)."""
@@ -104,7 +126,7 @@ class Pipeline:
         return sum(s.estimate(quick) for s in self.stages)
 
 
-_STAGE_KEYS = {"name", "notebook", "parameters", "quick", "estimate_cpu_s",
+_STAGE_KEYS = {"name", "notebook", "command", "parameters", "quick", "estimate_cpu_s",
                "quick_estimate_cpu_s", "resumable"}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -122,8 +144,14 @@ def pipeline_from_data(name: str, data: Any, source: str = "") -> Pipeline:
         raise InputError(f"{where}: needs a non-empty 'stages' list")
     stages = []
     for i, entry in enumerate(data["stages"]):
-        if not isinstance(entry, dict) or not {"name", "notebook"} <= set(entry):
-            raise InputError(f"{where}: stage {i + 1} needs 'name' and 'notebook'")
+        if not isinstance(entry, dict) or "name" not in entry or \
+                ("notebook" in entry) == ("command" in entry):
+            raise InputError(f"{where}: stage {i + 1} needs 'name' and one of 'notebook' or "
+                             "'command'")
+        command = entry.get("command", [])
+        if not isinstance(command, list) or (("command" in entry) and not command):
+            raise InputError(f"{where}: stage {entry['name']!r}: command must be a non-empty "
+                             "list of words")
         unknown = set(entry) - _STAGE_KEYS
         if unknown:
             raise InputError(f"{where}: stage {entry['name']!r} has unknown keys "
@@ -134,12 +162,13 @@ def pipeline_from_data(name: str, data: Any, source: str = "") -> Pipeline:
         for key in ("parameters", "quick"):
             if not isinstance(entry.get(key, {}) or {}, dict):
                 raise InputError(f"{where}: stage {entry['name']!r}: {key} must be a mapping")
-        stages.append(Stage(str(entry["name"]), str(entry["notebook"]),
+        stages.append(Stage(str(entry["name"]), str(entry.get("notebook", "")),
                             dict(entry.get("parameters") or {}), dict(entry.get("quick") or {}),
                             float(entry.get("estimate_cpu_s", 60.0)),
                             None if entry.get("quick_estimate_cpu_s") is None
                             else float(entry["quick_estimate_cpu_s"]),
-                            bool(entry.get("resumable", False))))
+                            bool(entry.get("resumable", False)),
+                            tuple(str(w) for w in command)))
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise InputError(f"{where}: stage names repeat: {names}")
@@ -187,7 +216,7 @@ def split_overrides(stages: tuple[Stage, ...] | list[Stage], overrides: dict[str
     ``name=value`` goes to every stage that declares ``name``; ``stage.name=value`` to
     that stage only. A name no stage declares is refused with the valid names.
     """
-    declared = {s.name: notebook_parameters(s.notebook_path()) for s in stages}
+    declared = {s.name: s.declared_parameters() for s in stages}
     per_stage: dict[str, dict[str, Any]] = {s.name: {} for s in stages}
     for key, value in overrides.items():
         if "." in key and key.split(".", 1)[0] in declared:
@@ -235,7 +264,7 @@ def describe_pipeline(pipeline: Pipeline, quick: bool = False) -> str:
              f"  estimated CPU time at {size}: {_format_seconds(pipeline.estimate(quick))}"]
     for i, s in enumerate(pipeline.stages, 1):
         resumable = ", resumable" if s.resumable else ""
-        lines.append(f"  {i}. {s.name:<22} {s.notebook:<34} ~{_format_seconds(s.estimate(quick))}"
+        lines.append(f"  {i}. {s.name:<22} {s.label:<34} ~{_format_seconds(s.estimate(quick))}"
                      f"{resumable}")
     return "\n".join(lines)
 
@@ -334,8 +363,11 @@ def run_pipeline(name: str, overrides: dict[str, Any] | None = None,
         earlier = {n: stage_dirs[n] for n in names[:i]}
         params = {k: _fill(v, pipeline_dir, earlier) for k, v in raw.items()}
         params.update(per_stage[stage.name])
-        params = check_parameters(notebook_parameters(stage.notebook_path()), params,
-                                  stage.notebook_path())
+        params = (_check_command_parameters(stage, params) if stage.command else
+                  check_parameters(notebook_parameters(stage.notebook_path()), params,
+                                   stage.notebook_path()))
+        if stage.command:  # placeholders checked now, not when the stage's turn comes
+            fill_command(stage.command, params, stage_dirs[stage.name])
         state, diff = _stage_state(stage_dirs[stage.name], params)
         if i >= restart_index and state in ("done", "changed"):
             state = "restart"
@@ -375,11 +407,16 @@ def run_pipeline(name: str, overrides: dict[str, Any] | None = None,
             if announce:
                 again = {"unfinished": " (again: continuing the interrupted run)",
                          "restart": " (restarted)"}.get(state, "")
-                print(f"[pipeline {name}] stage {stage.name}: {stage.notebook}, "
+                print(f"[pipeline {name}] stage {stage.name}: {stage.label}, "
                       f"~{_format_seconds(stage.estimate(quick))} CPU{again}", flush=True)
-            result = run_notebook(stage.notebook_path(), params, stage_dir, log_output=log_output,
-                                  extra_record={"pipeline": name, "stage": stage.name},
-                                  verbose=verbose, allow_existing=state == "unfinished")
+            extra = {"pipeline": name, "stage": stage.name}
+            if stage.command:
+                result = run_command(stage.command, params, stage_dir, log_output=log_output,
+                                     extra_record=extra, allow_existing=state == "unfinished")
+            else:
+                result = run_notebook(stage.notebook_path(), params, stage_dir,
+                                      log_output=log_output, extra_record=extra,
+                                      verbose=verbose, allow_existing=state == "unfinished")
             results.append(result)
             entry.update(status=result.status, wall_seconds=round(result.wall_seconds, 3))
             failed = not result.ok
@@ -389,6 +426,29 @@ def run_pipeline(name: str, overrides: dict[str, Any] | None = None,
     summary["status"] = FAILED if failed else OK
     write_json(pipeline_dir / PIPELINE_RECORD, summary)
     return results
+
+
+def _check_command_parameters(stage: Stage, params: dict[str, Any]) -> dict[str, Any]:
+    """A command stage's values, each of its default's type (an int is taken for a float).
+
+    Raises
+    ------
+    InputError
+        One line naming the stage, parameter, expected type and value.
+    """
+    defaults = stage.declared_parameters()
+    for key, value in params.items():
+        default = defaults.get(key)
+        if default is None or value is None:
+            continue
+        expected = type(default)
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        ok = ok or (expected is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise InputError(f"stage {stage.name}: parameter {key} expects {expected.__name__}, "
+                             f"got {value!r}")
+    return {k: (float(v) if isinstance(defaults.get(k), float) and isinstance(v, int)
+                and not isinstance(v, bool) else v) for k, v in params.items()}
 
 
 def _read_pipeline_record(pipeline_dir: Path) -> dict[str, Any] | None:
