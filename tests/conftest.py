@@ -33,6 +33,15 @@ def available_devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (deterministic reductions; the machine is shared)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(params=available_devices())
 def device(request) -> torch.device:
     """Each available device in turn."""
