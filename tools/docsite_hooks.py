@@ -34,7 +34,7 @@ PACKAGE = "turbda_kit"
 API_DIR = "api"
 # Nav order of the subpackages and core modules the site knew when it was written; any
 # other one found in the tree follows in alphabetical order.
-SUBPACKAGE_ORDER = ("models", "obs", "filters", "experiments", "surrogate", "data",
+SUBPACKAGE_ORDER = ("models", "obs", "filters", "experiments", "surrogate", "baselines", "data",
                     "parallel", "workflow", "viz", "testing", "report")
 CORE_MODULE_ORDER = ("io", "provenance", "progress", "memory", "random_streams",
                      "registry", "errors", "device", "metrics")
