@@ -56,6 +56,8 @@ def test_api_layout_has_every_subpackage_and_core_module_of_the_tree():
     surrogate = next(sub for sub in layout.subpackages if sub.name == "surrogate")
     assert "surrogate.training" in surrogate.modules
     assert "surrogate.training.loop" in surrogate.modules
+    assert surrogate.nested == ("surrogate.training",)
+    assert filters.nested == ()
 
 
 def test_a_new_subpackage_appears_without_editing_anything(tmp_path):
@@ -84,13 +86,18 @@ def test_a_new_subpackage_appears_without_editing_anything(tmp_path):
 
 
 def test_subpackage_page_documents_the_package_then_each_module():
-    page = hooks.subpackage_page(hooks.Subpackage("filters", ("filters.base", "filters.ensf")))
+    page = hooks.subpackage_page(hooks.Subpackage(
+        "surrogate", ("surrogate.vit", "surrogate.training", "surrogate.training.loop"),
+        nested=("surrogate.training",)))
     lines = page.splitlines()
-    assert lines[0] == "# `turbda_kit.filters`"
+    assert lines[0] == "# `turbda_kit.surrogate`"
     directives = [line for line in lines if line.startswith(":::")]
-    assert directives == ["::: turbda_kit.filters", "::: turbda_kit.filters.base",
-                          "::: turbda_kit.filters.ensf"]
-    assert "      members: false" in lines  # the package itself: its docstring only
+    assert directives == ["::: turbda_kit.surrogate", "::: turbda_kit.surrogate.vit",
+                          "::: turbda_kit.surrogate.training",
+                          "::: turbda_kit.surrogate.training.loop"]
+    # Packages show their docstring only: what they re-export is documented where defined.
+    sections = page.split(":::")[1:]
+    assert ["members: false" in section for section in sections] == [True, False, True, False]
 
 
 def test_page_generation_imports_neither_the_kit_nor_torch():
@@ -123,6 +130,21 @@ def test_nav_lists_every_chapter_notebook_and_api_page():
     assert notebooks and notebooks <= listed
     assert {"api/index.md", "api/filters.md", "api/io.md"} <= listed
     assert config.strict is True
+
+
+def test_a_new_chapter_is_appended_to_the_chapters(tmp_path):
+    from mkdocs.config import load_config
+
+    config = load_config(str(REPO / "mkdocs.yml"))
+    docs = tmp_path / "docs"
+    shutil.copytree(REPO / "docs", docs)
+    (docs / "zz_new.md").write_text("Intro.\n\n# A new component\n\nText.\n")
+    config.docs_dir = str(docs)
+    hooks.on_config(config)
+    chapters = next(entry["Chapters"] for entry in config.nav
+                    if isinstance(entry, dict) and "Chapters" in entry)
+    assert chapters[-1] == {"A new component": "zz_new.md"}
+    assert "index.md" not in hooks._listed_pages(chapters)  # Home stays where it is
 
 
 def test_notebook_banner_links_the_notebook_its_source_and_the_run_command():

@@ -56,10 +56,14 @@ class Subpackage:
     modules : tuple of str
         Dotted names below the package root of every public module and nested
         subpackage inside it, in source order of the tree (sorted by path).
+    nested : tuple of str
+        Which of ``modules`` are subpackages: their page section shows the docstring only,
+        since the names they re-export are documented in the modules that follow.
     """
 
     name: str
     modules: tuple[str, ...] = field(default_factory=tuple)
+    nested: tuple[str, ...] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
@@ -110,9 +114,14 @@ def api_layout(package_dir: Path) -> ApiLayout:
     subpackages = [path.name for path in package_dir.iterdir()
                    if _is_public(path) and path.is_dir() and (path / "__init__.py").is_file()]
     core = [path.stem for path in package_dir.glob("*.py") if _is_public(path)]
+    def subpackage(name: str) -> Subpackage:
+        modules = tuple(_modules_below(package_dir / name, name))
+        nested = tuple(module for module in modules
+                       if package_dir.joinpath(*module.split(".")).is_dir())
+        return Subpackage(name, modules, nested)
+
     return ApiLayout(
-        subpackages=tuple(Subpackage(name, tuple(_modules_below(package_dir / name, name)))
-                          for name in _ordered(subpackages, SUBPACKAGE_ORDER)),
+        subpackages=tuple(subpackage(name) for name in _ordered(subpackages, SUBPACKAGE_ORDER)),
         core_modules=tuple(_ordered(core, CORE_MODULE_ORDER)),
     )
 
@@ -146,8 +155,9 @@ def subpackage_page(subpackage: Subpackage) -> str:
     parts = [f"# `{PACKAGE}.{subpackage.name}`\n",
              _directive(subpackage.name, members=False, show_root_heading=False)]
     for module in subpackage.modules:
+        members = {"members": False} if module in subpackage.nested else {}
         parts.append(_directive(module, show_root_heading=True, heading_level=2,
-                                show_submodules=False))
+                                show_submodules=False, **members))
     return "\n".join(parts)
 
 
