@@ -9,11 +9,12 @@ STAMP := $(VENV)/.turbda-installed
 PYTEST_ARGS ?=
 QUICKSTART_ARGS ?=
 
-.PHONY: install quickstart test lint notebooks clean-runs help bench-dapper bench-letkf
+.PHONY: install quickstart test lint docs notebooks clean-runs help bench-dapper bench-letkf
 
 help:
 	@echo "make quickstart   install (if needed) and run the quickstart pipeline"
-	@echo "make test         install (if needed), ruff check, and the test suite"
+	@echo "make test         install (if needed), ruff check, the test suite and the docs site"
+	@echo "make docs         build the documentation site into site/ (warnings are errors)"
 	@echo "make install      only create $(VENV) and install the kit"
 	@echo "make notebooks    rebuild notebooks/*.ipynb and figures/*.ipynb from their src/*.py"
 	@echo "make bench-dapper create .venv-dapper with DAPPER (for make bench-letkf)"
@@ -42,6 +43,14 @@ lint: install
 test: install
 	$(VENV)/bin/ruff check .
 	PATH="$(abspath $(VENV))/bin:$$PATH" OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m pytest $(PYTEST_ARGS)
+	$(DOCS_BUILD)
+
+# The documentation site in strict mode: any warning (a broken link, a docstring that
+# names a parameter the signature lacks) fails the build. Nothing is executed or fetched.
+# NO_MKDOCS_2_WARNING silences mkdocs-material's notice about its successor.
+DOCS_BUILD = NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --clean --site-dir site
+docs: install
+	$(DOCS_BUILD)
 
 quickstart: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(VENV)/bin/turbda pipeline quickstart $(QUICKSTART_ARGS)

@@ -344,6 +344,8 @@ class TrajectoryPairs(Dataset):
     rollout_steps : int
         Forecast steps per target (1: a single state).
 
+    Notes
+    -----
     Items are ``(input (V, N, N), target, lead_time_hours 0-d)`` float32 tensors, the item
     format of :func:`turbda_kit.surrogate.trainer.train`; the target is ``(V, N, N)`` for
     one rollout step and ``(rollout_steps, V, N, N)`` otherwise.
