@@ -189,3 +189,15 @@ def test_command_stage_parameters_are_checked(tmp_path):
         pipeline_from_data("p", {"stages": [{"name": "a", "notebook": "x", "command": ["y"]}]})
     with pytest.raises(InputError, match="non-empty list"):
         pipeline_from_data("p", {"stages": [{"name": "a", "command": []}]})
+
+
+def test_until_stops_after_a_stage_and_a_later_run_continues(tmp_path):
+    stages = [Stage(n, "", {}, command=("{python}", "-c", f"print('{n}')")) for n in "abc"]
+    out = tmp_path / "p"
+    first = run_pipeline("demo", {}, out, log_output=False, stages=stages, until="b")
+    assert [r.run_dir.name for r in first] == ["a", "b"] and not (out / "c").exists()
+    assert json.loads((out / "pipeline.json").read_text())["until"] == "b"
+    rest = run_pipeline("demo", {}, out, log_output=False, stages=stages)
+    assert [r.run_dir.name for r in rest] == ["c"]
+    with pytest.raises(InputError, match="until='z' is not a stage"):
+        run_pipeline("demo", {}, out, log_output=False, stages=stages, until="z")

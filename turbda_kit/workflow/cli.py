@@ -77,7 +77,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     pipeline_dir = Path(args.out) if args.out else default_pipeline_dir(args.name)
     results = run_pipeline(args.name, params, pipeline_dir, log_output=not args.quiet,
                            quick=args.quick, restart_from=args.restart_from,
-                           verbose=args.verbose, announce=not args.quiet)
+                           verbose=args.verbose, announce=not args.quiet, until=args.until)
     if not args.quiet and process_rank() == 0:
         if results:
             print("\nstage                     status   wall (s)")
@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--restart-from", metavar="STAGE",
                       help="run STAGE and all later stages again even if they completed "
                            "(their old directories are kept as STAGE.replaced-<time>)")
+    pipe.add_argument("--until", metavar="STAGE",
+                      help="stop after STAGE (later stages are neither checked nor run; run "
+                           "again without --until to continue)")
     add_param_options(pipe)
     pipe.set_defaults(func=_cmd_pipeline)
 

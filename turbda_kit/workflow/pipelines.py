@@ -297,7 +297,7 @@ def run_pipeline(name: str, overrides: dict[str, Any] | None = None,
                  out_dir: str | os.PathLike | None = None, log_output: bool = True,
                  stages: list[Stage] | tuple[Stage, ...] | None = None, quick: bool = False,
                  restart_from: str | None = None, verbose: bool = False,
-                 announce: bool = True) -> list[RunResult]:
+                 announce: bool = True, until: str | None = None) -> list[RunResult]:
     """Run (or continue) the named pipeline's stages in order, stopping at the first failure.
 
     Parameters
@@ -322,6 +322,9 @@ def run_pipeline(name: str, overrides: dict[str, Any] | None = None,
         Stream papermill's per-cell lines too.
     announce : bool
         Print the stages and their estimated CPU time before running.
+    until : str, optional
+        Stop after this stage: later stages are left out (not checked, not run), and a
+        later call without ``until`` continues with them.
 
     Returns
     -------
@@ -338,6 +341,13 @@ def run_pipeline(name: str, overrides: dict[str, Any] | None = None,
     """
     pipeline = Pipeline(name, tuple(stages)) if stages is not None else get_pipeline(name)
     names = [s.name for s in pipeline.stages]
+    if until is not None:
+        if until not in names:
+            raise InputError(f"until={until!r} is not a stage of {name}; stages: "
+                             f"{', '.join(names)}")
+        kept = names.index(until) + 1
+        pipeline = Pipeline(pipeline.name, pipeline.stages[:kept], pipeline.description)
+        names = names[:kept]
     if restart_from is not None and restart_from not in names:
         raise InputError(f"restart_from={restart_from!r} is not a stage of {name}; stages: "
                          f"{', '.join(names)}")
@@ -385,6 +395,8 @@ def run_pipeline(name: str, overrides: dict[str, Any] | None = None,
     pipeline_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"pipeline": name, "pipeline_dir": str(pipeline_dir),
                                "quick": quick, "start_utc": provenance.utc_now(), "stages": []}
+    if until is not None:
+        summary["until"] = until
     if previous is not None:
         summary["first_start_utc"] = previous.get("first_start_utc", previous.get("start_utc"))
     results: list[RunResult] = []
