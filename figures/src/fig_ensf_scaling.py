@@ -22,7 +22,7 @@ import holoviews as hv
 
 from turbda_kit.experiments.results import as_json, default_run_dirs, find_scaling
 from turbda_kit.io import write_json
-from turbda_kit.viz.plots import save, scaling_figure
+from turbda_kit.viz.plots import save, scaling_figure, show
 
 out = Path(out_dir)
 dirs = default_run_dirs(run_dirs, out) if run_dirs or not files else []
@@ -54,8 +54,8 @@ for mode, ds in studies.items():
 
 # %%
 rows = [scaling_figure(ds, title=f"{title or 'EnSF'} {mode}") for mode, ds in studies.items()]
-figure = hv.Layout(rows).cols(2).opts(sublabel_format="", backend="matplotlib")
+figure = hv.Layout(rows).cols(2).opts(sublabel_format="", hspace=1.2, backend="matplotlib")
 written = save(figure, out / "fig_ensf_scaling", html=html)
 write_json(out / "fig_ensf_scaling.json", as_json({"modes": summary, "figures": written}))
 print("wrote", *written)
-figure  # noqa: B018
+show(figure)
