@@ -29,6 +29,15 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
             and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes())
 
 
+def _same_value(a: Any, b: Any) -> bool:
+    """Attribute values equal, NaN equal to NaN (a missing score is the same in both)."""
+    left, right = np.asarray(a), np.asarray(b)
+    try:
+        return bool(np.array_equal(left, right, equal_nan=True))
+    except TypeError:  # text and other values without NaN
+        return bool(np.array_equal(left, right))
+
+
 def _attrs_differ(label: str, a: dict, b: dict, ignore: frozenset[str]) -> list[str]:
     keys = sorted((set(a) | set(b)) - ignore)
     out = []
@@ -36,7 +45,7 @@ def _attrs_differ(label: str, a: dict, b: dict, ignore: frozenset[str]) -> list[
         if key not in a or key not in b:
             out.append(f"{label}: attribute {key!r} only in "
                        f"{'the first' if key in a else 'the second'}")
-        elif not np.array_equal(np.asarray(a[key]), np.asarray(b[key])):
+        elif not _same_value(a[key], b[key]):
             out.append(f"{label}: attribute {key!r} is {a[key]!r} vs {b[key]!r}")
     return out
 
