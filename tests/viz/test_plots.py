@@ -559,12 +559,16 @@ def test_field_panels_share_colour_ranges():
 
 def test_fields_helper_maps_units_and_layout():
     a = np.arange(16.0).reshape(4, 4)
-    layout = plots.fields({"input": a, "target - input": a - 8.0, "x": a, "y": a}, units="1")
+    layout = plots.fields({"input": a, "target - input": a - 8.0, "x": a, "y": 2 * a},
+                          units="1")
     images = list(layout)
     assert images[0].vdims[0].name == "dimensionless"
     assert _options(images[0], "matplotlib", "style")["cmap"] == "viridis"
     assert _options(images[1], "matplotlib", "style")["cmap"] == "RdBu_r"  # a difference
     assert _options(images[1], "bokeh", "plot")["clim"] == (-8.0, 8.0)
+    # The fields that are not differences share one range: they compare.
+    for image in (images[0], images[2], images[3]):
+        assert _options(image, "bokeh", "plot")["clim"] == (0.0, 30.0)
     assert _options(layout, "matplotlib")["sublabel_format"] == ""
     assert layout._max_cols == 2  # 4 panels: 2 x 2, no empty slot
     assert plots.level_title("sqg_10000") == "θ at the lid (z = 10 km)"

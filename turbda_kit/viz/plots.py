@@ -1013,12 +1013,6 @@ _SIGNED_MAP = "RdBu_r"
 _ERROR_WORDS = ("error", "difference", "increment", "anomaly", " - ", "−")
 
 
-def _is_signed(name: str, low: float, high: float) -> bool:
-    """A field to draw with a diverging map centred on zero: an error or difference by its
-    name, or values on both sides of zero (an anomaly)."""
-    return any(w in name.lower() for w in _ERROR_WORDS) or (low < 0 < high)
-
-
 def _colorbar_below(plot, element) -> None:
     """matplotlib hook: the colour bar's label (a short unit) under it, horizontal, and the
     panel's title in a smaller font: a label along the bar's side runs into the next
@@ -1031,6 +1025,9 @@ def _colorbar_below(plot, element) -> None:
         return
     label = colorbar.ax.get_ylabel() or colorbar.ax.get_xlabel()
     colorbar.ax.tick_params(labelsize=8)
+    formatter = colorbar.ax.yaxis.get_major_formatter()
+    if hasattr(formatter, "set_useOffset"):
+        formatter.set_useOffset(False)  # "290.5", not "0.5" and a "+2.9e2" over the bar
     if label:
         colorbar.ax.set_ylabel("")
         # Left-aligned at the bar: a longer label runs into the free space on its right.
@@ -1085,25 +1082,32 @@ def fields(panels: Mapping[str, np.ndarray], x_km: np.ndarray | None = None,
         Units of the fields, shown above each colour bar (``"1"``: dimensionless).
     symmetric : bool
         Centre every panel's colour range on zero with a diverging map. Panels whose title
-        says error, difference or anomaly, and fields with values on both sides of zero,
-        are always drawn that way.
+        says error, difference or anomaly (or holds " - ") each get their own range,
+        symmetric about zero; the other panels share one range (diverging and symmetric
+        when their values have both signs), so that they compare with each other.
     cols : int, optional
         Panels per row (default: a grid without empty slots where one exists).
     """
     hv = _hv()
     images = []
     kdims = ["x (km)", "y (km)"] if x_km is not None else ["x (grid point)", "y (grid point)"]
-    for title, field in panels.items():
-        field = np.asarray(field, dtype=np.float64)
+    arrays = {title: np.asarray(field, dtype=np.float64) for title, field in panels.items()}
+    differences = {t for t in arrays if any(w in t.lower() for w in _ERROR_WORDS)}
+    # The other fields share one range, so that truth and forecast compare.
+    shared = [a for t, a in arrays.items() if t not in differences]
+    low = min((float(np.nanmin(a)) for a in shared), default=0.0)
+    high = max((float(np.nanmax(a)) for a in shared), default=1.0)
+    for title, field in arrays.items():
         ny, nx = field.shape
         xs = x_km if x_km is not None else np.arange(nx)
         ys = y_km if y_km is not None else np.arange(ny)
-        low, high = float(np.nanmin(field)), float(np.nanmax(field))
-        if symmetric or _is_signed(title, low, high):
-            lim = max(abs(low), abs(high)) or 1.0
+        lo, hi = ((float(np.nanmin(field)), float(np.nanmax(field))) if title in differences
+                  else (low, high))
+        if symmetric or title in differences or lo < 0 < hi:
+            lim = max(abs(lo), abs(hi)) or 1.0
             cmap, clim = _SIGNED_MAP, (-lim, lim)
         else:
-            cmap, clim = "viridis", (low, high if high > low else low + 1.0)
+            cmap, clim = "viridis", (lo, hi if hi > lo else lo + 1.0)
         images.append(_image(field, xs, ys, kdims, _unit_text(units), title, cmap, clim))
     return _both(hv.Layout(images).cols(_panel_layout(len(images), cols)),
                  matplotlib={"sublabel_format": "", "hspace": 0.55, "vspace": 0.35})
