@@ -186,9 +186,9 @@ if main:
 if main:
     import holoviews as hv
 
-    from turbda_kit.viz.plots import fields, save
+    from turbda_kit.viz.plots import fields, init_notebook, save
 
-    hv.extension("bokeh", "matplotlib", logo=False)
+    init_notebook()  # the kit's convention: bokeh in the notebook, resources inline
     rows = result.history
     train_rows = [r for r in rows if r.get("kind") == "train"]
     val_rows = [r for r in rows if r.get("kind") == "val"]
@@ -258,14 +258,10 @@ if main:
     panels = {}
     for k in sorted({0, steps - 1}):
         truth_k = test_traj[(k + 1) * lead_steps, 0].numpy()
-        panels[f"truth +{(k + 1) * lead_hours:g} h (K)"] = truth_k
-        panels[f"ViT +{(k + 1) * lead_hours:g} h (K)"] = forecast[k, 0].numpy()
-    plot = fields(panels, x_km=x_km, y_km=y_km)
-    error = {f"ViT - truth +{(k + 1) * lead_hours:g} h (K)":
-             forecast[k, 0].numpy() - test_traj[(k + 1) * lead_steps, 0].numpy()
-             for k in sorted({0, steps - 1})}
-    # A value dimension of its own keeps the errors' colour range apart from the fields'.
-    error_plot = fields(error, x_km=x_km, y_km=y_km, units="error (K)", symmetric=True)
-    both = (plot + error_plot).cols(len(panels))
+        panels[f"truth +{(k + 1) * lead_hours:g} h"] = truth_k
+        panels[f"ViT +{(k + 1) * lead_hours:g} h"] = forecast[k, 0].numpy()
+        # "ViT - truth" is a difference: its own range, symmetric about zero.
+        panels[f"ViT - truth +{(k + 1) * lead_hours:g} h"] = forecast[k, 0].numpy() - truth_k
+    both = fields(panels, x_km=x_km, y_km=y_km, units="K", cols=3)
     print("wrote", *save(both, out / "prediction_vs_truth"))
     assert np.isfinite(forecast.numpy()).all()
