@@ -35,6 +35,16 @@ import numpy as np
 from ..errors import InputError
 from ..io import atomic_path
 
+__all__ = [
+    "DISPLAY_BACKEND", "EXPORT_BACKEND", "LINE_STYLES", "MARKERS", "PALETTE", "RUN_LINES",
+    "RUN_STYLES", "VARIABLE_LABELS", "axis_label", "climatological_spread", "field_panels",
+    "fields", "figure_styles", "init_notebook", "level_title", "observation_error_level",
+    "rank_histogram", "rank_histograms", "render", "rmse_figure", "rmse_vs_time",
+    "run_line", "run_style", "running_mean", "save", "scaling", "scaling_figure",
+    "scaling_rmse", "show", "spread_ratio_vs_time", "spread_rmse_vs_time", "spread_skill",
+    "spread_skill_figure", "throughput", "throughput_figure",
+]
+
 DISPLAY_BACKEND = "bokeh"
 """What notebooks show: interactive bokeh plots."""
 EXPORT_BACKEND = "matplotlib"
