@@ -22,6 +22,7 @@ variable: str = "rmse_analysis"  # rmse_analysis or rmse_forecast
 logy: bool = False  # logarithmic RMSE axis
 smooth_cycles: int = -1  # bold running mean over this many cycles; -1: 10 for runs of 60 cycles or more, else none; 0: none
 reference_lines: bool = True  # draw the observation error and the climatological spread
+climatology_K: float = -1.0  # the climatological spread line's level; -1: from the runs' saved truth (runs of ten days or more)
 title: str = ""  # figure title; empty: a default one
 html: bool = True  # also write the interactive HTML (bokeh)
 
@@ -74,9 +75,8 @@ for name, ds in results.items():
           f"{scored.size} cycles (reported: {float(reported):.3g} K)")
 levels = {"observation_error_K": next((v for v in map(observation_error_level, results.values())
                                        if v is not None), None),
-          "climatological_spread_K": next((v for v in map(climatological_spread,
-                                                          results.values()) if v is not None),
-                                          None)}
+          "climatological_spread_K": climatology_K if climatology_K >= 0 else next(
+              (v for v in map(climatological_spread, results.values()) if v is not None), None)}
 print(f"observation error {levels['observation_error_K']} K, climatological spread of the "
       f"truth {levels['climatological_spread_K']} K")
 
@@ -86,7 +86,8 @@ print(f"observation error {levels['observation_error_K']} K, climatological spre
 # %%
 figure = rmse_figure(results, variable=variable, units="K", title=title or None, logy=logy,
                      smooth_cycles=None if smooth_cycles < 0 else smooth_cycles,
-                     reference_lines=reference_lines)
+                     reference_lines=reference_lines,
+                     climatological=levels["climatological_spread_K"])
 written = save(figure, out / "fig_rmse_vs_time", html=html)
 write_json(out / "fig_rmse_vs_time.json",
            as_json({"variable": variable, "runs": summary, "reference_levels": levels,

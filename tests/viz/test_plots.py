@@ -453,7 +453,12 @@ def test_run_style_labels():
 def test_rmse_figure_has_one_curve_per_run_and_both_backends(cycling_tree):
     _, files = cycling_tree
     datasets = load_runs(files)
-    figure = plots.rmse_figure(datasets, logy=True)
+    # Five 12-h cycles are too short for a climatology: the spread level is given.
+    assert plots.climatological_spread(datasets["vit_only"]) is None
+    truth = datasets["vit_only"]["truth"].values.astype(np.float64)
+    clim = float(np.sqrt(np.mean(truth.var(axis=0, ddof=1))))
+    assert plots.climatological_spread(datasets["vit_only"], min_days=2) == pytest.approx(clim)
+    figure = plots.rmse_figure(datasets, logy=True, climatological=clim)
     curves = list(figure)
     # One curve per run (5 cycles: no running mean), then the two reference levels.
     assert len(curves) == len(files) + 2
@@ -464,9 +469,8 @@ def test_rmse_figure_has_one_curve_per_run_and_both_backends(cycling_tree):
     obs_line, clim_line = curves[-2:]
     assert obs_line.label == "observation error: 1.00 K"
     np.testing.assert_allclose(obs_line.dimension_values(1), 1.0)
-    truth = datasets["vit_only"]["truth"].values.astype(np.float64)
-    clim = float(np.sqrt(np.mean(truth.var(axis=0, ddof=1))))
     assert clim_line.label == f"climatological spread: {clim:.2f} K"
+    assert len(list(plots.rmse_figure(datasets))) == len(files) + 1  # no climatology line
     for backend in ("matplotlib", "bokeh"):
         assert _options(figure, backend)["title"] == "analysis RMSE against time"
         assert _options(figure, backend)["logy"] is True

@@ -496,4 +496,3 @@ def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any
         writer.finish({k: v for k, v in _netcdf_attrs(dict(ds.attrs)).items()
                        if k.startswith(("mean_", "realtime", "members"))})
     return ds
-

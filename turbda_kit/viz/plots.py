@@ -474,13 +474,18 @@ def observation_error_level(ds, variable: str = "rmse_analysis") -> float | None
     return float(std) if str(ds.attrs.get("obs", "identity")) == "identity" else None
 
 
-def climatological_spread(ds) -> float | None:
+def climatological_spread(ds, min_days: float = 10.0) -> float | None:
     """Spread of the truth about its own time mean: ``sqrt(mean_points(var_time(truth)))``.
 
     A free run whose members have forgotten the truth scores about this RMSE. None without
-    a saved ``truth`` (runs made without ``save_means``) or with fewer than two cycles.
+    a saved ``truth`` (runs made without ``save_means``), or for a run shorter than
+    ``min_days`` of model time: the truth of a few days has not explored its climate, and
+    its spread would understate the climatological one many times over.
     """
     if "truth" not in ds or ds.sizes.get("cycle", 0) < 2:
+        return None
+    hours = _hours(ds)
+    if "time_hours" not in ds or float(hours[-1] - hours[0]) < 24.0 * min_days:
         return None
     truth = np.asarray(ds["truth"].values, dtype=np.float64)
     variance = np.nanvar(truth, axis=0, ddof=1)
@@ -535,7 +540,8 @@ def rmse_figure(datasets: Mapping[str, object], variable: str = "rmse_analysis",
         Draw the observation error std (an analysis copying observations of every point
         scores it; from ``attrs["config_obs_error_std"]`` when the observations are in the
         units of ``variable``) and the climatological spread of the truth (a run that has
-        forgotten the truth scores it; from the saved ``truth``) as labelled grey lines.
+        forgotten the truth scores it; from the saved ``truth`` of runs of ten days or
+        more, :func:`climatological_spread`) as labelled grey lines.
     obs_error, climatological : float, optional
         Give those levels instead of reading them from the runs.
 
