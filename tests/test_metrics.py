@@ -159,3 +159,71 @@ def test_bad_inputs_raise_input_error():
         metrics.innovation_stats(torch.zeros(4), torch.zeros(3, 5))
     with pytest.raises(InputError, match="std"):
         metrics.crps_gaussian(torch.zeros(2), 0.0, torch.zeros(2))
+
+
+# ---------------------------------------------------------------------------------------
+# Cross-checks against the field's libraries, on the members a cycling run saved
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    """A Lorenz-96 LETKF run (float64, 8 members) with its analysis members on disk."""
+    from turbda_kit.experiments import build_experiment, get_preset
+    from turbda_kit.experiments.members import MemberOutput
+    from turbda_kit.experiments.results import open_members
+
+    out = tmp_path_factory.mktemp("members")
+    preset = get_preset("sakov2008").replace(n_cycles=12, spinup_cycles=3, n_members=8)
+    output = MemberOutput(out / "cycling_letkf_members.nc")
+    ds = build_experiment(preset, "letkf", seed=4).run(show_progress=False, members=output)
+    members = open_members(output.path).load()
+    return ds, members
+
+
+def _library(name: str):
+    return pytest.importorskip(name, reason=f"{name} is not installed: pip install -e '.[test]' "
+                                            "(the test extra) to cross-check the kit's scores")
+
+
+def test_crps_agrees_with_properscoring_on_saved_members(saved_run):
+    properscoring = _library("properscoring")
+    ds, members = saved_run
+    m = members.sizes["member"]
+    for kind in ("forecast", "analysis"):
+        ensemble = members[f"{kind}_ensemble"].values        # (cycle, member, i), float64
+        truth = members.truth.values                         # (cycle, i)
+        empirical = properscoring.crps_ensemble(truth, ensemble, axis=1)   # (cycle, i)
+        ours = np.stack([metrics.crps(torch.from_numpy(e), torch.from_numpy(t), fair=False,
+                                      reduction="none").numpy()
+                         for e, t in zip(ensemble, truth)])
+        np.testing.assert_allclose(ours, empirical, rtol=1e-12, atol=1e-14)
+        # The run stores the fair CRPS: the empirical one plus the pair term's m/(m-1)
+        # correction, sum_ij |X_i - X_j| (1 / (2 m^2) - 1 / (2 m (m - 1))).
+        pairs = np.abs(ensemble[:, :, None, :] - ensemble[:, None, :, :]).sum(axis=(1, 2))
+        fair = empirical + pairs * (1 / (2 * m * m) - 1 / (2 * m * (m - 1)))
+        np.testing.assert_allclose(fair.mean(axis=1), ds[f"crps_{kind}"].values, rtol=1e-12)
+
+
+def test_crps_rmse_and_rank_histogram_agree_with_xskillscore(saved_run):
+    xs = _library("xskillscore")
+    _library("properscoring")
+    ds, members = saved_run
+    analysis, truth = members.analysis_ensemble, members.truth
+    crps = xs.crps_ensemble(truth, analysis, member_dim="member", dim=["i"])
+    ours = [float(metrics.crps(torch.from_numpy(a), torch.from_numpy(t), fair=False))
+            for a, t in zip(analysis.values, truth.values)]
+    np.testing.assert_allclose(crps.values, ours, rtol=1e-12)
+    rmse = xs.rmse(analysis.mean("member"), truth, dim="i")
+    np.testing.assert_allclose(rmse.values, ds.rmse_analysis.values, rtol=1e-12)
+    # The run's rank histogram counts the cycles after spin-up.
+    scored = members.cycle > int(ds.attrs["config_spinup_cycles"])
+    counts = xs.rank_histogram(truth.where(scored, drop=True), analysis.where(scored, drop=True),
+                               dim=["cycle", "i"], member_dim="member")
+    np.testing.assert_array_equal(counts.values, ds.rank_histogram.values)
+
+
+def test_spread_agrees_with_xarray_on_saved_members(saved_run):
+    ds, members = saved_run
+    for kind in ("forecast", "analysis"):
+        spread = np.sqrt(members[f"{kind}_ensemble"].var("member", ddof=1).mean("i"))
+        np.testing.assert_allclose(spread.values, ds[f"spread_{kind}"].values, rtol=1e-12)

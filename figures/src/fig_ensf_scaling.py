@@ -26,7 +26,7 @@ import holoviews as hv
 
 from turbda_kit.experiments.results import as_json, default_run_dirs, find_scaling
 from turbda_kit.io import write_json
-from turbda_kit.viz.plots import save
+from turbda_kit.viz.plots import save, show
 from turbda_kit.viz.scaling_plots import scaling_overview
 
 out = Path(out_dir)
@@ -74,3 +74,4 @@ written = save(figure, out / "fig_ensf_scaling", html=html) + written
 write_json(out / "fig_ensf_scaling.json", as_json({"modes": summary, "figures": written}))
 print("wrote", *written)
 figure  # noqa: B018
+show(figure)

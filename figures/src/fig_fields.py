@@ -2,8 +2,11 @@
 # # Figure — truth, forecast, analysis and error snapshots
 # For each chosen run and cycle, one row of panels of one level (surface `z = 0` by
 # default): the truth, the forecast ensemble mean, the analysis ensemble mean and the
-# analysis error (analysis mean − truth), in K. The fields share one colour range and the
-# errors another, symmetric about zero, so panels are comparable across rows. Read from
+# analysis error (analysis mean − truth), in K, on axes in km. The fields (temperature
+# anomalies) share one diverging colour range, symmetric about zero, so they compare
+# across rows; each error panel has its own symmetric range (its 99th percentile of
+# |error|), so a 1 K error shows as clearly as a 30 K one, and its colour bar gives the
+# scale. Read from
 # saved results only (`coupled_<run>.nc`, `cycling_<filter>.nc`, written with the ensemble
 # means). Writes `fig_fields.png` / `.html` and `fig_fields.json`.
 #
@@ -36,7 +39,7 @@ from turbda_kit.experiments.results import (
     select_cycles,
 )
 from turbda_kit.io import write_json
-from turbda_kit.viz.plots import field_panels, run_style, save
+from turbda_kit.viz.plots import field_panels, run_style, save, show
 
 out = Path(out_dir)
 dirs = default_run_dirs(run_dirs, out) if run_dirs or not files else []
@@ -60,6 +63,9 @@ for name, ds in results.items():
 rows, summary = {}, {}
 for name, ds in results.items():
     label = run_style(name, ds.attrs)[0]
+    where = "surface" if level == 0 else "lid"
+    if ds["z"].attrs.get("units") == "m":
+        where += f" (z = {float(ds['z'].values[level]) / 1e3:g} km)"
     for cycle in select_cycles(ds, cycles):
         at = ds.sel(cycle=cycle).isel(z=level)
         truth = at["truth"].values
@@ -69,7 +75,7 @@ for name, ds in results.items():
         if forecast_error:
             row["forecast error"] = at["forecast_mean"].values - truth
         hours = float(at["time_hours"]) if "time_hours" in at else float(cycle)
-        title = f"{label}, {hours:g} h"
+        title = f"{label}, {hours:g} h, {where}"
         rows[title] = row
         summary[title] = {"run": name, "file": str(paths[name]), "cycle": cycle, "hours": hours,
                           "analysis_rmse_K": float(np.sqrt(np.mean(row["analysis error"] ** 2))),
@@ -90,4 +96,4 @@ written = save(figure, out / "fig_fields", html=html)
 write_json(out / "fig_fields.json", as_json({"level": level, "panels": summary,
                                              "figures": written}))
 print("wrote", *written)
-figure  # noqa: B018
+show(figure)

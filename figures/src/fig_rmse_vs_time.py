@@ -1,8 +1,12 @@
 # %% [markdown]
 # # Figure — RMSE against time (the layout of SC24 Fig. 4)
-# Analysis (or forecast) RMSE in K against model time in hours for the coupled ViT + EnSF
-# runs and their physics baselines, read from saved results only: `coupled_<run>.nc`
-# (`06_coupled_vit_ensf`) and `cycling_<filter>.nc` (`05_da_cycling`). Writes
+# Analysis (or forecast) RMSE in K against model time for the coupled ViT + EnSF runs and
+# their physics baselines, read from saved results only: `coupled_<run>.nc`
+# (`06_coupled_vit_ensf`) and `cycling_<filter>.nc` (`05_da_cycling`). Two grey lines give
+# the scale: the observation error (an analysis that copied the observations of every
+# point would score it) and the climatological spread of the truth (a run that has
+# forgotten the truth scores about that). Long runs are drawn as a running mean (bold)
+# over the per-cycle values (thin): shock cycles make the per-cycle curves a band. Writes
 # `fig_rmse_vs_time.png` (matplotlib), `fig_rmse_vs_time.html` (bokeh, self-contained) and
 # `fig_rmse_vs_time.json` (the files read and each run's mean RMSE beside the reported one).
 #
@@ -16,6 +20,9 @@ files: list = []  # extra result files: paths, each optionally prefixed by a lab
 runs: list = []  # run names to draw, in order (vit_only, vit_ensf, vit_ensf_shocks, sqg_letkf, sqg_ensf, sqg_free, letkf, ensf, free); empty: every run found
 variable: str = "rmse_analysis"  # rmse_analysis or rmse_forecast
 logy: bool = False  # logarithmic RMSE axis
+smooth_cycles: int = -1  # bold running mean over this many cycles; -1: 10 for runs of 60 cycles or more, else none; 0: none
+reference_lines: bool = True  # draw the observation error and the climatological spread
+climatology_K: float = -1.0  # the climatological spread line's level; -1: from the runs' saved truth (runs of ten days or more)
 title: str = ""  # figure title; empty: a default one
 html: bool = True  # also write the interactive HTML (bokeh)
 
@@ -34,7 +41,14 @@ from turbda_kit.experiments.results import (
     spinup_cycles,
 )
 from turbda_kit.io import write_json
-from turbda_kit.viz.plots import rmse_figure, run_style, save
+from turbda_kit.viz.plots import (
+    climatological_spread,
+    observation_error_level,
+    rmse_figure,
+    run_style,
+    save,
+    show,
+)
 
 if variable not in ("rmse_analysis", "rmse_forecast"):
     raise InputError(f"variable={variable!r}: choose rmse_analysis or rmse_forecast")
@@ -59,14 +73,24 @@ for name, ds in results.items():
                      "hours": float(ds["time_hours"].values[-1])}
     print(f"{summary[name]['label']:>22}: mean {float(np.nanmean(scored)):.3f} K over "
           f"{scored.size} cycles (reported: {float(reported):.3g} K)")
+levels = {"observation_error_K": next((v for v in map(observation_error_level, results.values())
+                                       if v is not None), None),
+          "climatological_spread_K": climatology_K if climatology_K >= 0 else next(
+              (v for v in map(climatological_spread, results.values()) if v is not None), None)}
+print(f"observation error {levels['observation_error_K']} K, climatological spread of the "
+      f"truth {levels['climatological_spread_K']} K")
 
 # %% [markdown]
 # ## The figure
 
 # %%
-figure = rmse_figure(results, variable=variable, units="K", title=title or None, logy=logy)
+figure = rmse_figure(results, variable=variable, units="K", title=title or None, logy=logy,
+                     smooth_cycles=None if smooth_cycles < 0 else smooth_cycles,
+                     reference_lines=reference_lines,
+                     climatological=levels["climatological_spread_K"])
 written = save(figure, out / "fig_rmse_vs_time", html=html)
 write_json(out / "fig_rmse_vs_time.json",
-           as_json({"variable": variable, "runs": summary, "figures": written}))
+           as_json({"variable": variable, "runs": summary, "reference_levels": levels,
+                    "figures": written}))
 print("wrote", *written)
-figure  # noqa: B018
+show(figure)

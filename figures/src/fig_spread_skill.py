@@ -5,7 +5,8 @@
 #
 # * ensemble spread against RMSE, one point per cycle, with the 1:1 line (points below it:
 #   an over-confident ensemble);
-# * RMSE and spread against time;
+# * spread / RMSE against time, one curve per run, with the value `sqrt(m / (m + 1))` of a
+#   reliable ensemble of `m` members;
 # * the rank histogram of the truth within the analysis ensemble (after spin-up), with the
 #   flat histogram of a reliable ensemble.
 #
@@ -40,7 +41,7 @@ from turbda_kit.experiments.results import (
     spread_skill_summary,
 )
 from turbda_kit.io import write_json
-from turbda_kit.viz.plots import rank_histograms, run_style, save, spread_rmse_vs_time, spread_skill
+from turbda_kit.viz.plots import rank_histograms, run_style, save, show, spread_skill_figure
 
 if kind not in ("analysis", "forecast"):
     raise InputError(f"kind={kind!r}: choose analysis or forecast")
@@ -74,12 +75,10 @@ for name, ds in results.items():
 # ## Spread against RMSE
 
 # %%
-figure = (spread_skill(results, kind=kind, skip_spinup=skip_spinup)
-          + spread_rmse_vs_time(results, kind=kind)).cols(1)
-figure = figure.opts(sublabel_format="", vspace=0.35, fig_size=130, backend="matplotlib")
+figure = spread_skill_figure(results, kind=kind, skip_spinup=skip_spinup)
 written = save(figure, out / "fig_spread_skill", html=html)
 print("wrote", *written)
-figure  # noqa: B018
+show(figure)
 
 # %% [markdown]
 # ## Rank histograms (analysis, after spin-up)
@@ -89,4 +88,4 @@ histograms = rank_histograms(results)
 written += save(histograms, out / "fig_rank_histograms", html=html)
 write_json(out / "fig_spread_skill.json", as_json({"runs": summary, "figures": written}))
 print("wrote", *written[-2 if html else -1:])
-histograms  # noqa: B018
+show(histograms)

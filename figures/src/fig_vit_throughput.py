@@ -19,8 +19,6 @@ html: bool = True  # also write the interactive HTML (bokeh)
 # %%
 from pathlib import Path
 
-import holoviews as hv
-
 from turbda_kit.experiments.results import (
     as_json,
     default_run_dirs,
@@ -28,7 +26,7 @@ from turbda_kit.experiments.results import (
     throughput_table,
 )
 from turbda_kit.io import write_json
-from turbda_kit.viz.plots import save, throughput
+from turbda_kit.viz.plots import save, show, throughput_figure
 
 out = Path(out_dir)
 training_runs = find_training_runs(default_run_dirs(run_dirs, out))
@@ -50,12 +48,7 @@ print(frame.sort_values(["strategy", "devices"]).to_string(index=False, float_fo
 # ## The figure
 
 # %%
-prefix = title or "ViT training"
-figure = hv.Layout([
-    throughput(table, "samples_per_s", "samples/s (whole job)", f"{prefix}: samples/s"),
-    throughput(table, "tflops_per_device", "achieved TFLOPS per device",
-               f"{prefix}: TFLOPS per device"),
-]).cols(2).opts(sublabel_format="", backend="matplotlib")
+figure = throughput_figure(table, title or "ViT training")
 written = save(figure, out / "fig_vit_throughput", html=html)
 write_json(out / "fig_vit_throughput.json", as_json({
     "skip_first": skip_first, "figures": written,
@@ -63,4 +56,4 @@ write_json(out / "fig_vit_throughput.json", as_json({
               "devices": run.devices, "path": run.path, **run.details}
              for i, run in enumerate(training_runs)]}))
 print("wrote", *written)
-figure  # noqa: B018
+show(figure)

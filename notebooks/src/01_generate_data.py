@@ -31,7 +31,7 @@ from turbda_kit.device import resolve_device
 from turbda_kit.errors import InputError
 from turbda_kit.io import open_dataset
 from turbda_kit.models.sqg import bao2024_at_resolution
-from turbda_kit.viz.plots import fields, save
+from turbda_kit.viz.plots import fields, save, show
 
 if model != "sqg":
     raise InputError(f"model = {model!r}: only 'sqg' is available in this notebook")
@@ -70,4 +70,4 @@ plot = fields({f"surface (z = 0), t = {hours:.0f} h": last.sel(z=0.0).values,
 written = save(plot, out / "nature_sqg_snapshot", png=True, html=False)
 print("wrote", *written)
 assert bool(np.isfinite(theta.values).all())
-plot  # noqa: B018 - display it in the notebook
+show(plot)

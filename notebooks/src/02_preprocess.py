@@ -78,12 +78,13 @@ if rank == 0:
 
 # %%
 if rank == 0:
-    from turbda_kit.viz.plots import fields, save
+    from turbda_kit.viz.plots import fields, level_title, save
 
     first = catalog.load(catalog.shards("train")[0])
     x_km, y_km = (None, None) if catalog.x is None else (catalog.x / 1e3, catalog.y / 1e3)
-    panels = {f"{name}, first step (K)": first[0, j] for j, name in enumerate(catalog.variables)}
-    panels.update({f"{name}, train climatology (K)": clim
+    panels = {f"{level_title(name)}, first step": first[0, j]
+              for j, name in enumerate(catalog.variables)}
+    panels.update({f"{level_title(name)}, train climatology": clim
                    for name, clim in zip(catalog.variables, catalog.climatology("train"))})
     written = save(fields(panels, x_km=x_km, y_km=y_km), out / "preprocess_fields", html=False)
     print("wrote", *written)
@@ -95,10 +96,12 @@ if rank == 0:
     print(f"{len(samples)} validation samples; one: input {tuple(x.shape)}, target "
           f"{tuple(y.shape)}, lead {float(lead)} h; normalised input mean "
           f"{float(x.mean()):+.3f}, std {float(x.std()):.3f}")
-    panels = {f"{name}, normalised input": x[j].numpy() for j, name in enumerate(samples.variables)}
-    panels.update({f"{name}, target - input": (y[j] - x[j]).numpy()
+    panels = {f"{level_title(name)}, normalised input": x[j].numpy()
+              for j, name in enumerate(samples.variables)}
+    panels.update({f"{level_title(name)}, target - input": (y[j] - x[j]).numpy()
                    for j, name in enumerate(samples.variables)})
-    written = save(fields(panels, units="1"), out / "preprocess_sample", html=False)
+    written = save(fields(panels, x_km=x_km, y_km=y_km, units="1"), out / "preprocess_sample",
+                   html=False)
     print("wrote", *written)
     assert np.isfinite(x.numpy()).all()
 

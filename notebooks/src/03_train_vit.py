@@ -116,8 +116,9 @@ print(f"{result.step} steps in {train_seconds:.1f} s; best validation loss {resu
 
 # %%
 if env.is_main:
-    from turbda_kit.viz.plots import field_panels, loss_curves, save
+    from turbda_kit.viz.plots import field_panels, init_notebook, loss_curves, save
 
+    init_notebook()  # the kit's convention: bokeh in the notebook, resources inline
     export_path = vit.export_surrogate(
         result.best_export_path or result.export_path, out / "surrogate.pt", normaliser=norm,
         lead_time_hours=lead_hours, hours_per_step=hours, metadata={"data_root": str(root.resolve())})
@@ -154,5 +155,7 @@ if env.is_main:
         "truth": truth[k], "ViT": forecast[k], "ViT - truth (error)": forecast[k] - truth[k]}
         for k in sorted({0, steps - 1})}
     km = {} if catalog.x is None else {"x_km": catalog.x / 1e3, "y_km": catalog.y / 1e3}
-    print("wrote", *save(rmse_plot.opts(title="test rollout RMSE (both levels)"), out / "rollout_rmse"),
+    title = "test rollout RMSE (both levels)"
+    rmse_plot = rmse_plot.opts(title=title).opts(title=title, backend="matplotlib")
+    print("wrote", *save(rmse_plot, out / "rollout_rmse"),
           *save(field_panels(panels, **km), out / "prediction_vs_truth"))

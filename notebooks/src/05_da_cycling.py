@@ -21,6 +21,8 @@ seed: int = 0  # root seed of initial ensemble, observations and filter noise
 ensf_settings: dict = {}  # EnSFConfig field changes over the preset, e.g. a tuned likelihood_weight
 letkf_settings: dict = {}  # LETKFConfig field changes over the preset, e.g. localization_radius
 device: str = "auto"  # "auto", "cpu", "cuda", ...
+save_members: str = "none"  # ensemble members of every cycle to cycling_<filter>_members.nc: none, forecast, analysis or both
+members_format: str = "netcdf"  # member files: netcdf (.nc) or zarr (.zarr)
 
 # %%
 from pathlib import Path
@@ -50,7 +52,7 @@ comparison = run_comparison(
         settings, name, truth_trajectory=truth, truth_stride=stride, seed=seed,
         device=run_device, model_overrides=overrides, spinup_days=spinup_days,
         save_means=True),
-    out, prefix="cycling")
+    out, prefix="cycling", save_members=save_members, members_format=members_format)
 results = comparison.results
 assert results, f"every filter diverged: {comparison.diverged}"
 

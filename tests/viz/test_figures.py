@@ -50,7 +50,10 @@ def test_fig_rmse_vs_time_as_a_pipeline_stage(results):
     ensf, free = summary["runs"]["vit_ensf"], summary["runs"]["vit_only"]
     assert ensf["mean_rmse_analysis_K"] < free["mean_rmse_analysis_K"]
     assert ensf["hours"] == 60.0
+    assert summary["reference_levels"]["observation_error_K"] == 1.0
+    assert summary["reference_levels"]["climatological_spread_K"] is None  # 60 h: too short
     assert "ViT + EnSF" in html and "analysis RMSE (K)" in html and "time (h)" in html
+    assert "observation error: 1.00 K" in html
 
 
 def test_fig_rmse_vs_time_missing_run_names_it_and_where_it_looked(results, tmp_path):
@@ -91,7 +94,8 @@ def test_fig_fields(results, tmp_path):
     summary, html = _run("fig_fields", tmp_path / "fig", run_dirs=[str(pipeline)],
                          runs=["letkf"], cycles=[1, -1], forecast_error=True)
     titles = list(summary["panels"])
-    assert titles == ["SQG + LETKF, 12 h", "SQG + LETKF, 60 h"]
+    assert titles == ["SQG + LETKF, 12 h, surface (z = 0 km)",
+                      "SQG + LETKF, 60 h, surface (z = 0 km)"]
     assert [summary["panels"][t]["cycle"] for t in titles] == [1, 5]
     assert "forecast error" in html and "error (K)" in html and "x (km)" in html
 
@@ -105,4 +109,4 @@ def test_fig_spread_skill(results, tmp_path):
         assert scores["n_cycles"] == 4 and sum(scores["rank_histogram"]) == 4 * 128
         assert scores["ratio_corrected"] > scores["ratio"] > 0
     assert (tmp_path / "fig" / "fig_rank_histograms.png").read_bytes()[:8] == PNG_MAGIC
-    assert "spread = RMSE" in html
+    assert "spread = RMSE" in html and "reliable, 6 members" in html

@@ -102,7 +102,7 @@ def make_cycling_dirs(root: Path) -> dict[str, Path]:
         "sqg_letkf": write_dataset(make_run("sqg_letkf", 0.4), coupled / "coupled_sqg_letkf.nc"),
         "vit_only": write_dataset(make_run("vit_only", None), coupled / "coupled_vit_only.nc"),
         "letkf": write_dataset(make_run("letkf", 0.5, attrs={
-            "model": "sqg", "model_settings": str({"N": 8, "L": 2.0e7})}),
+            "model": "sqg", "model_settings": str({"N": 8, "L": 2.0e7, "H": 1.0e4})}),
             cycling / "cycling_letkf.nc"),
     }
     return files
@@ -273,7 +273,10 @@ def test_select_cycles_and_grid(cycling_tree):
         select_cycles(ds, [9])
     x_km, y_km = grid_km(ds)
     np.testing.assert_allclose(x_km, np.arange(8) * 2500.0)
-    assert grid_km(ds.drop_attrs()) == (None, None)
+    assert ds["x"].attrs["units"] == "m" and ds["z"].values.tolist() == [0.0, 1.0e4]
+    # Without the domain size the engine writes index coordinates: not distances.
+    unknown = load_runs({"vit_ensf": files["vit_ensf"]})["vit_ensf"]
+    assert unknown["x"].attrs["units"] == "1" and grid_km(unknown) == (None, None)
 
 
 # ---------------------------------------------------------------------------------------
@@ -450,18 +453,32 @@ def test_run_style_labels():
 def test_rmse_figure_has_one_curve_per_run_and_both_backends(cycling_tree):
     _, files = cycling_tree
     datasets = load_runs(files)
-    figure = plots.rmse_figure(datasets, logy=True)
+    # Five 12-h cycles are too short for a climatology: the spread level is given.
+    assert plots.climatological_spread(datasets["vit_only"]) is None
+    truth = datasets["vit_only"]["truth"].values.astype(np.float64)
+    clim = float(np.sqrt(np.mean(truth.var(axis=0, ddof=1))))
+    assert plots.climatological_spread(datasets["vit_only"], min_days=2) == pytest.approx(clim)
+    figure = plots.rmse_figure(datasets, logy=True, climatological=clim)
     curves = list(figure)
-    assert len(curves) == len(files)
+    # One curve per run (5 cycles: no running mean), then the two reference levels.
+    assert len(curves) == len(files) + 2
     mean = float(np.mean(datasets["vit_ensf"]["rmse_analysis"].values[1:]))
     assert curves[list(datasets).index("vit_ensf")].label == f"ViT + EnSF: {mean:.2f} K"
     np.testing.assert_allclose(curves[0].dimension_values(0), [12, 24, 36, 48, 60])
     assert curves[0].dimensions()[1].name == "analysis RMSE (K)"
+    obs_line, clim_line = curves[-2:]
+    assert obs_line.label == "observation error: 1.00 K"
+    np.testing.assert_allclose(obs_line.dimension_values(1), 1.0)
+    assert clim_line.label == f"climatological spread: {clim:.2f} K"
+    assert len(list(plots.rmse_figure(datasets))) == len(files) + 1  # no climatology line
     for backend in ("matplotlib", "bokeh"):
         assert _options(figure, backend)["title"] == "analysis RMSE against time"
         assert _options(figure, backend)["logy"] is True
     assert _options(curves[list(datasets).index("sqg_letkf")], "bokeh", "style")[
-        "line_dash"] == "dashed"
+        "line_dash"] == "dashdot"
+    styles = {(_options(c, "matplotlib", "style")["linestyle"],
+               _options(c, "matplotlib", "style")["marker"]) for c in curves[:len(files)]}
+    assert len(styles) == len(files)  # no two runs share line style and marker
 
 
 def test_spread_skill_and_rank_histograms(cycling_tree):
@@ -479,6 +496,11 @@ def test_spread_skill_and_rank_histograms(cycling_tree):
     assert bars.dimension_values(1).sum() == pytest.approx(1.0)
     assert flat.data == pytest.approx(1 / 7)  # 6 members: 7 ranks
     assert len(list(plots.spread_rmse_vs_time(datasets))) == 2 * len(files)
+    ratio = list(plots.spread_ratio_vs_time(datasets))
+    assert [c.label for c in ratio][-1] == f"reliable, 6 members: {math.sqrt(6 / 7):.2f}"
+    first = datasets[list(datasets)[0]]
+    np.testing.assert_allclose(ratio[0].dimension_values(1), first["spread_analysis"].values
+                               / first["rmse_analysis"].values)
 
 
 def test_scaling_figure_ideal_lines(scaling_tree):
@@ -486,7 +508,8 @@ def test_scaling_figure_ideal_lines(scaling_tree):
     strong = find_scaling([root])["strong"]
     layout = plots.scaling_figure(strong)
     time_plot, efficiency_plot = list(layout)
-    curve, _, ideal = list(time_plot)[:3]
+    curve, points, ideal = list(time_plot)[:3]
+    assert points.label == "256 points in total"
     t = strong["time_per_cycle_s"].sel(size=256).values
     np.testing.assert_allclose(curve.dimension_values(1), t)
     np.testing.assert_allclose(ideal.dimension_values(1), [t[0], t[0] / 2])  # T(1) / p
@@ -503,9 +526,12 @@ def test_throughput_curves_per_strategy(tmp_path):
     elements = list(overlay)
     assert [e.label for e in elements if e.label] == ["single process", "ddp",
                                                       "linear scaling"]
+    # The single-process series is one point: a marker, no line.
+    assert type(elements[0]).__name__ == "Scatter"
     ddp = elements[2]
     np.testing.assert_allclose(ddp.dimension_values(0), [2, 4])
     np.testing.assert_allclose(ddp.dimension_values(1), [18.0, 30.0])
+    assert _options(overlay, "matplotlib")["ylim"][0] == 0
     np.testing.assert_allclose(elements[-1].dimension_values(1), [10.0, 20.0, 40.0])
     no_ideal = plots.throughput(table, "tflops_per_device")
     assert "linear scaling" not in [e.label for e in no_ideal]
@@ -515,13 +541,42 @@ def test_field_panels_share_colour_ranges():
     a = np.arange(16.0).reshape(4, 4)
     rows = {"r1": {"truth": a, "analysis error": a - 3.0},
             "r2": {"truth": 2 * a, "analysis error": 0.5 * a}}
-    layout = plots.field_panels(rows)
+    layout = plots.field_panels(rows, error_quantile=1.0)
     images = list(layout)
     assert len(images) == 4
     for image in images[::2]:
         assert _options(image, "bokeh", "plot")["clim"] == (0.0, 30.0)
         assert _options(image, "matplotlib", "plot")["clim"] == (0.0, 30.0)
+        assert _options(image, "bokeh", "style")["cmap"] == "viridis"
+    # Each error panel has its own range, symmetric about zero, on a diverging map.
+    assert _options(images[1], "bokeh", "plot")["clim"] == (-12.0, 12.0)
+    assert _options(images[3], "bokeh", "plot")["clim"] == (-7.5, 7.5)
     for image in images[1::2]:
-        assert _options(image, "bokeh", "plot")["clim"] == (-12.0, 12.0)
-        assert image.vdims[0].name == "error (K)"
+        assert image.vdims[0].name == "analysis error (K)"
+        assert _options(image, "matplotlib", "style")["cmap"] == "RdBu_r"
     assert images[0].label == "" and _options(images[0], "bokeh")["title"] == "r1: truth"
+    # Anomalies (both signs) share one symmetric range on a diverging map.
+    anomalies = list(plots.field_panels({"r": {"truth": a - 5.0, "analysis": a - 6.0}}))
+    assert _options(anomalies[0], "bokeh", "plot")["clim"] == (-10.0, 10.0)
+    assert _options(anomalies[1], "matplotlib", "style")["cmap"] == "RdBu_r"
+
+
+def test_fields_helper_maps_units_and_layout():
+    a = np.arange(16.0).reshape(4, 4)
+    layout = plots.fields({"input": a, "target - input": a - 8.0, "x": a, "y": 2 * a},
+                          units="1")
+    images = list(layout)
+    assert images[0].vdims[0].name == "dimensionless"
+    assert _options(images[0], "matplotlib", "style")["cmap"] == "viridis"
+    assert _options(images[1], "matplotlib", "style")["cmap"] == "RdBu_r"  # a difference
+    assert _options(images[1], "bokeh", "plot")["clim"] == (-8.0, 8.0)
+    # The fields that are not differences share one range: they compare.
+    for image in (images[0], images[2], images[3]):
+        assert _options(image, "bokeh", "plot")["clim"] == (0.0, 30.0)
+    assert _options(layout, "matplotlib")["sublabel_format"] == ""
+    assert layout._max_cols == 2  # 4 panels: 2 x 2, no empty slot
+    assert plots.level_title("sqg_10000") == "θ at the lid (z = 10 km)"
+    assert plots.level_title("sqg_0") == "θ at the surface (z = 0 km)"
+    assert plots.level_title("u_500") == "u at the lid (z = 0.5 km)"
+    assert plots.axis_label("time_per_cycle_s") == "time per cycle (s)"
+    assert plots.axis_label("rmse_analysis", "K") == "analysis RMSE (K)"

@@ -27,8 +27,9 @@ from .cycling import (
 )
 from .initial import ensemble_around_truth, ensemble_from_climatology
 from .l96_ensf import L96EnSFResult, L96EnSFSettings, run_l96_ensf
+from .members import MemberOutput
 from .presets import PRESETS, VIT_ENSF_SETTINGS, DAPreset, get_preset
-from .results import find_runs, find_scaling, find_training_runs, load_runs
+from .results import find_runs, find_scaling, find_training_runs, load_runs, open_members
 from .setups import ModelSetup, available_models, model_setup, register_model
 from .sweep import best_setting
 
@@ -53,6 +54,7 @@ __all__ = [
     "Experiment",
     "L96EnSFResult",
     "L96EnSFSettings",
+    "MemberOutput",
     "ModelSetup",
     "ModelTruth",
     "ObsNetwork",
@@ -70,6 +72,7 @@ __all__ = [
     "get_preset",
     "load_runs",
     "model_setup",
+    "open_members",
     "register_model",
     "run_comparison",
     "run_coupled",

@@ -2,7 +2,8 @@
 
 The driver behind notebooks 05 (one preset, several filters) and 06 (the coupled runs):
 for every name it builds the experiment, runs it with a checkpoint directory of its own,
-writes ``<prefix>_<name>.nc``, and records a run that diverged as a result rather than a
+writes ``<prefix>_<name>.nc`` (and, when asked, the ensemble members of every cycle to
+``<prefix>_<name>_members.nc``), and records a run that diverged as a result rather than a
 crash. ``summary.json`` (mean scores, published score, wall time, or where a run
 diverged) is rewritten atomically after every run, so the figures find what finished even
 if a later run is killed.
@@ -24,6 +25,7 @@ from ..errors import DivergenceError, InputError
 from ..io import write_dataset, write_json
 from ..progress import process_rank
 from .builder import Experiment
+from .members import MemberOutput, members_file_name
 
 __all__ = ["SUMMARY_NAME", "Comparison", "run_comparison"]
 
@@ -68,7 +70,8 @@ class Comparison:
 
 def run_comparison(names: Sequence[str], build: Callable[[str], Experiment],
                    out_dir: str | os.PathLike, prefix: str, *,
-                   show_progress: bool | None = None, verbose: bool = True) -> Comparison:
+                   show_progress: bool | None = None, verbose: bool = True,
+                   save_members: str = "none", members_format: str = "netcdf") -> Comparison:
     """Build and run one experiment per name; write each result and the summary.
 
     Parameters
@@ -86,6 +89,11 @@ def run_comparison(names: Sequence[str], build: Callable[[str], Experiment],
         The engine's progress lines (default: rank 0).
     verbose : bool
         Print one line per run (rank 0 only).
+    save_members : {"none", "forecast", "analysis", "both"}
+        Also stream these ensemble members of every cycle (and the truth) to
+        ``<prefix>_<name>_members.nc`` (:mod:`turbda_kit.experiments.members`).
+    members_format : {"netcdf", "zarr"}
+        Format of the member files (``.nc`` or ``.zarr``).
 
     Returns
     -------
@@ -94,18 +102,22 @@ def run_comparison(names: Sequence[str], build: Callable[[str], Experiment],
     Raises
     ------
     InputError
-        No names.
+        No names; an unknown ``save_members`` or ``members_format``.
     """
     if not names:
         raise InputError("names is empty: give at least one run (a filter or experiment)")
     out = Path(out_dir)
+    MemberOutput.from_setting(save_members, members_file_name(prefix, "check", members_format))
     comparison = Comparison()
     say = print if verbose and process_rank() == 0 else (lambda text: None)
     for name in names:
         start = time.perf_counter()
         experiment = build(name)
         try:
-            ds = experiment.run(out_dir=out / f"checkpoint_{name}", show_progress=show_progress)
+            members = MemberOutput.from_setting(
+                save_members, out / members_file_name(prefix, name, members_format))
+            ds = experiment.run(out_dir=out / f"checkpoint_{name}", show_progress=show_progress,
+                                members=members)
         except DivergenceError as err:  # a filter losing track is a result, not a crash
             comparison.diverged[name] = {"diverged_at_cycle": getattr(err, "cycle", None),
                                          "message": str(err)}

@@ -21,6 +21,15 @@ Reliability
   its own :class:`~turbda_kit.errors.DivergenceError` (SQG's CFL check, a non-finite EnSF
   analysis) stops the run with a :class:`~turbda_kit.errors.DivergenceError` naming the
   cycle (``error.cycle``), after saving the last good ensemble.
+
+Output
+------
+The returned Dataset is CF-1.8 (:mod:`turbda_kit.experiments.cf`): every variable has
+``units`` and ``long_name``; ``time`` (decodable, seconds since cycle 0) and
+``time_hours`` are coordinates along ``cycle``; states have ``x``/``y``/``z`` (m) or
+``i``. With ``members=MemberOutput(path, kinds)`` the forecast and/or analysis members
+of every cycle are streamed to a netCDF-4 file or zarr store
+(:mod:`turbda_kit.experiments.members`), resumable with the checkpoint.
 """
 
 from __future__ import annotations
@@ -52,6 +61,8 @@ from ..models.base import ForecastModel
 from ..obs.noise import ShockProcess
 from ..progress import progress_bar
 from ..random_streams import cycle_generator
+from . import cf
+from .members import MemberOutput, MemberWriter
 from .truth import TruthSource
 
 __all__ = [
@@ -191,10 +202,18 @@ def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     return saved
 
 
-def _fingerprint(config: CyclingConfig, name: str, member_count: int, state_shape) -> str:
-    return json.dumps({"config": dataclasses.asdict(config), "name": name,
-                       "members": member_count, "state_shape": list(state_shape)},
-                      sort_keys=True, default=str)
+def _fingerprint(config: CyclingConfig, name: str, member_count: int, state_shape,
+                 members: MemberOutput | None = None) -> str:
+    settings = {"config": dataclasses.asdict(config), "name": name, "members": member_count,
+                "state_shape": list(state_shape)}
+    if members is not None:  # only then: checkpoints of runs without members stay valid
+        settings["saved_members"] = list(members.kinds)
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def _netcdf_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Attributes netCDF can store: booleans as text, None left out."""
+    return {k: (str(v) if isinstance(v, bool) else v) for k, v in attrs.items() if v is not None}
 
 
 def _check_finite(tensor: Tensor) -> bool:
@@ -208,7 +227,8 @@ def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any
                 attrs: dict[str, Any] | None = None,
                 on_cycle_end: Callable[[int, dict[str, float]], None] | None = None,
                 diagnostics: Callable[..., dict[str, float]] | None = None,
-                show_progress: bool | None = None):
+                show_progress: bool | None = None, members: MemberOutput | None = None,
+                state_units: str | None = None):
     """Run a cycling DA experiment and return its per-cycle scores as a Dataset.
 
     Parameters
@@ -245,17 +265,32 @@ def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any
         Called as ``on_cycle_end(cycle, record)`` after each cycle (logging, tests).
     diagnostics : callable, optional
         ``diagnostics(cycle, start_ensemble, forecast, analysis, truth) -> dict[str, float]``;
-        each key becomes an extra per-cycle variable (e.g. the surrogate drift).
+        each key becomes an extra per-cycle variable (e.g. the surrogate drift). Its CF
+        attributes come from :data:`turbda_kit.experiments.cf.VARIABLES` or from a
+        ``variable_attrs`` attribute of the callable (``{name: {"units": ..., "long_name":
+        ...}}``).
     show_progress : bool, optional
         Progress reporting (default: rank 0).
+    members : MemberOutput, optional
+        Stream the forecast and/or analysis members of every cycle, and the truth, to
+        ``members.path`` (netCDF-4 or zarr, one chunk per cycle; see
+        :mod:`turbda_kit.experiments.members`). A run resumed from a checkpoint goes on
+        writing the same store.
+    state_units : str, optional
+        Units of the state, for the CF attributes (default: from the model —
+        ``SQGModel.state_units``; K for the ViT presets, ``attrs["model"] == "vit"``; ``1``
+        for Lorenz-96 and models that do not say).
 
     Returns
     -------
     xarray.Dataset
-        Dims ``cycle`` (1 … n_cycles) and ``rank`` (rank-histogram bins); variables listed
-        in :data:`PER_CYCLE_VARIABLES`, ``rank_histogram``, summary scores in attrs
+        Dims ``cycle`` (1 … n_cycles), ``rank`` (rank-histogram bins) and the state's;
+        coordinates ``time`` (CF, seconds since cycle 0) and ``time_hours`` along
+        ``cycle``, ``x``/``y``/``z`` (m) or ``i``; variables listed in
+        :data:`PER_CYCLE_VARIABLES`, ``rank_histogram``, summary scores in attrs
         (``mean_rmse_analysis`` etc. over cycles after spin-up), optionally
-        ``truth``/``forecast_mean``/``analysis_mean``.
+        ``truth``/``forecast_mean``/``analysis_mean``; ``attrs["members_file"]`` names
+        the member file's final name when ``members`` is given. CF-1.8 throughout.
 
     Raises
     ------
@@ -290,9 +325,15 @@ def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any
     means = {k: np.full((n, *state_shape), np.nan, dtype=np.float32)
              for k in ("truth", "forecast_mean", "analysis_mean")} if config.save_means else {}
 
-    fingerprint = _fingerprint(config, name, n_members, state_shape)
+    fingerprint = _fingerprint(config, name, n_members, state_shape, members)
     out = Path(out_dir) if out_dir is not None else None
     start_cycle = 1
+    state_name, units = cf.state_description(model, attrs, state_units)
+    model_seconds = config.steps_per_cycle * float(model.dt) * float(model.time_unit_seconds)
+    cycles = np.arange(1, n + 1)
+    coords: dict[str, Any] = {"cycle": ("cycle", cycles, {}),
+                              **cf.time_coordinates(cycles, model_seconds),
+                              **cf.grid_coordinates(state_dims, state_shape, model, attrs)}
     if out is not None and (out / CHECKPOINT_NAME).exists():
         saved = _load_checkpoint(out / CHECKPOINT_NAME, device)
         if saved["fingerprint"] != fingerprint:
@@ -308,6 +349,15 @@ def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any
             means[k] = saved["means"][k].numpy().copy()
         if hasattr(truth, "set_state") and "truth" in saved:
             truth.set_state(saved["truth"])
+    run_attrs = {"experiment": name, "n_members": n_members,
+                 **{f"config_{k}": (str(v) if isinstance(v, bool) else v)
+                    for k, v in dataclasses.asdict(config).items()},
+                 **(attrs or {}), **provenance.as_attrs(provenance.collect())}
+    writer = None if members is None else MemberWriter(
+        members, n_cycles=n, n_members=n_members, state_dims=state_dims,
+        state_shape=state_shape, dtype=ensemble.dtype, coords=coords,
+        attrs=_netcdf_attrs(run_attrs), fingerprint=fingerprint, state_units=units,
+        state_name=state_name, resume=start_cycle > 1)
 
     def save_checkpoint(cycle: int, path: Path) -> None:
         payload = {"fingerprint": fingerprint, "cycle": cycle, "ensemble": ensemble.cpu(),
@@ -328,13 +378,14 @@ def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any
             saved_path = str(out / DIVERGED_NAME)
             out.mkdir(parents=True, exist_ok=True)
             save_checkpoint(cycle - 1, Path(saved_path))
+        if writer is not None:
+            writer.close()
         error = DivergenceError(f"{name} diverged at cycle {cycle}: {reason}; last good "
                                 f"ensemble (cycle {cycle - 1}) saved to {saved_path}", saved_path)
         error.cycle = cycle
         return error
 
     bar = progress_bar(n - start_cycle + 1, desc=f"cycling {name}", enabled=show_progress)
-    model_seconds = config.steps_per_cycle * float(model.dt) * float(model.time_unit_seconds)
     for cycle in range(start_cycle, n + 1):
         t0 = time.perf_counter()
         try:
@@ -396,6 +447,8 @@ def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any
                 extra.setdefault(k, np.full(n, np.nan))[cycle - 1] = float(v)
         if cycle > config.spinup_cycles:
             rank_hist += metrics.rank_histogram(analysed, true_state).cpu().numpy().astype(np.int64)
+        if writer is not None:
+            writer.write(cycle, forecast, analysed, true_state)
         if means:
             means["truth"][cycle - 1] = true_state.float().cpu().numpy()
             means["forecast_mean"][cycle - 1] = forecast.mean(0).float().cpu().numpy()
@@ -412,14 +465,12 @@ def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any
             on_cycle_end(cycle, rec)
     bar.close()
 
-    cycles = np.arange(1, n + 1)
     data_vars: dict[str, Any] = {k: ("cycle", v) for k, v in records.items()}
     data_vars.update({k: ("cycle", v) for k, v in extra.items()})
     data_vars["rank_histogram"] = ("rank", rank_hist)
     for k, v in means.items():
         data_vars[k] = (("cycle", *state_dims), v)
-    ds = xr.Dataset(data_vars, coords={"cycle": cycles, "rank": np.arange(n_members + 1)})
-    ds["time_hours"] = ("cycle", cycles * model_seconds / 3600.0)
+    ds = xr.Dataset(data_vars, coords={**coords, "rank": ("rank", np.arange(n_members + 1))})
     scored = slice(config.spinup_cycles, None)
     wall_per_cycle = records["time_forecast_s"] + records["time_analysis_s"]
     summary = {
@@ -435,35 +486,13 @@ def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any
         "realtime_factor": float(model_seconds / np.mean(wall_per_cycle)),
     }
     ds.attrs.update(summary)
-    ds.attrs.update({f"config_{k}": (str(v) if isinstance(v, bool) else v)
-                     for k, v in dataclasses.asdict(config).items()})
-    ds.attrs.update(attrs or {})
-    ds.attrs.update(provenance.as_attrs(provenance.collect()))
-    _describe(ds)
+    ds.attrs.update(run_attrs)
+    observed = operator if start_cycle <= n else obs_operator
+    cf.describe_dataset(ds, units, cf.obs_units(observed, units), state_name,
+                        extra=getattr(diagnostics, "variable_attrs", None),
+                        title=f"turbda_kit cycling experiment {name}")
+    if writer is not None:
+        ds.attrs["members_file"] = members.path.name
+        writer.finish({k: v for k, v in _netcdf_attrs(dict(ds.attrs)).items()
+                       if k.startswith(("mean_", "realtime", "members"))})
     return ds
-
-
-_DESCRIPTIONS = {
-    "rmse_forecast": "RMSE of the forecast ensemble mean against the truth",
-    "rmse_analysis": "RMSE of the analysis ensemble mean against the truth",
-    "spread_forecast": "forecast ensemble spread (sqrt of mean variance, n-1)",
-    "spread_analysis": "analysis ensemble spread (sqrt of mean variance, n-1)",
-    "crps_forecast": "fair ensemble CRPS of the forecast, mean over the state",
-    "crps_analysis": "fair ensemble CRPS of the analysis, mean over the state",
-    "innovation_mean": "mean of obs minus the forecast-mean observation",
-    "innovation_std": "standard deviation of the innovations",
-    "shock_std": "std of the jump noise added to the truth this cycle (0: none)",
-    "time_forecast_s": "wall time of the forecast step",
-    "time_analysis_s": "wall time of observing and analysing",
-    "rank_histogram": "rank of the truth within the analysis ensemble, after spin-up",
-    "time_hours": "model time since the start",
-}
-
-
-def _describe(ds) -> None:
-    for k, text in _DESCRIPTIONS.items():
-        if k in ds:
-            ds[k].attrs["long_name"] = text
-    for k in ("time_forecast_s", "time_analysis_s"):
-        ds[k].attrs["units"] = "s"
-    ds["time_hours"].attrs["units"] = "h"

@@ -9,6 +9,8 @@ What                 Written by                                    File names lo
 ===================  ============================================  =========================
 cycling runs         ``notebooks/05_da_cycling``                   ``cycling_<filter>.nc``
 coupled runs         ``notebooks/06_coupled_vit_ensf``             ``coupled_<experiment>.nc``
+ensemble members     the same, with ``save_members``               ``<run file stem>_members.nc``
+                                                                   (or ``.zarr``)
 EnSF scaling         ``notebooks/04_ensf_scaling``                 ``scaling_<mode>.nc``
 ViT training         :func:`turbda_kit.surrogate.trainer.train`    ``metrics.csv`` (+ the
                      (``03_train_vit`` puts it in ``training/``)   checkpoint's settings)
@@ -62,6 +64,8 @@ __all__ = [
     "find_training_runs",
     "grid_km",
     "load_runs",
+    "members_path",
+    "open_members",
     "rank_histogram_summary",
     "resolve_input_path",
     "search_dirs",
@@ -76,6 +80,8 @@ RUN_PREFIXES = ("coupled", "cycling")
 DATASET_SUFFIXES = (".nc", ".zarr")
 SCALING_MODES = ("strong", "weak")
 MEANS_VARIABLES = ("truth", "forecast_mean", "analysis_mean")
+MEMBERS_SUFFIX = "_members"
+"""A run's member file is its result file's stem with this suffix (``cycling_letkf_members.nc``)."""
 
 PathLike = str | os.PathLike
 
@@ -169,6 +175,10 @@ def _split_label(entry: str) -> tuple[str | None, str]:
     return None, entry
 
 
+def _is_members_file(path: Path) -> bool:
+    return path.name.removesuffix(path.suffix).endswith(MEMBERS_SUFFIX)
+
+
 def _run_name(path: Path) -> str:
     stem = path.name.removesuffix(path.suffix)
     for prefix in RUN_PREFIXES:
@@ -239,6 +249,8 @@ def find_runs(run_dirs: Sequence[PathLike] = (), files: Sequence[str] = (),
         for prefix in prefixes:
             for suffix in DATASET_SUFFIXES:
                 for path in sorted(directory.glob(f"{prefix}_*{suffix}")):
+                    if _is_members_file(path):
+                        continue
                     found.setdefault(_run_name(path), []).append(path)
                     found.setdefault(path.name.removesuffix(suffix), []).append(path)
     explicit: dict[str, Path] = {}
@@ -337,6 +349,76 @@ def load_runs(paths: Mapping[str, PathLike], require: Sequence[str] = ()) -> dic
     return datasets
 
 
+def members_path(run: PathLike | Any) -> Path | None:
+    """The member file of a run (``<stem>_members.nc`` or ``.zarr`` beside its result
+    file), or None when the run saved no members.
+
+    Parameters
+    ----------
+    run : path-like or xarray.Dataset
+        A run's result file, or its Dataset as :func:`load_runs` opened it (the file is
+        found from ``ds.encoding["source"]`` and ``attrs["members_file"]``).
+    """
+    if isinstance(run, (str, os.PathLike)):
+        path = Path(run)
+        named = None
+    else:
+        source = getattr(run, "encoding", {}).get("source")
+        named = getattr(run, "attrs", {}).get("members_file")
+        if not source:
+            return None
+        path = Path(source)
+    candidates = [path.with_name(str(named))] if named else []
+    stem = path.name.removesuffix(path.suffix)
+    candidates += [path.with_name(f"{stem}{MEMBERS_SUFFIX}{suffix}") for suffix in DATASET_SUFFIXES]
+    return next((c for c in candidates if c.exists()), None)
+
+
+def open_members(run: PathLike | Any, chunks: Mapping[str, int] | None = None):
+    """Open a run's ensemble members lazily (dask), one cycle per chunk.
+
+    Parameters
+    ----------
+    run : path-like or xarray.Dataset
+        The member file itself, a run's result file, or a Dataset from :func:`load_runs`.
+    chunks : mapping, optional
+        Dask chunks (default ``{"cycle": 1}``).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``forecast_ensemble`` and/or ``analysis_ensemble`` ``(cycle, member, *state)`` and
+        ``truth`` ``(cycle, *state)``, CF-1.8 (decoded ``time``, ``x``/``y``/``z`` in m).
+        Score it directly, e.g. ``xskillscore.crps_ensemble(ds.truth, ds.analysis_ensemble,
+        dim=["z", "y", "x"])``.
+
+    Raises
+    ------
+    InputError
+        No member file (the run was made without ``save_members``), or an unfinished one.
+    """
+    path = Path(run) if isinstance(run, (str, os.PathLike)) else None
+    if path is not None and _is_members_file(path):
+        found: Path | None = path if path.exists() else None
+    else:
+        found = members_path(run)
+    if found is None:
+        where = path or getattr(run, "encoding", {}).get("source", "this Dataset")
+        raise InputError(f"no ensemble members saved for {where}: rerun the experiment "
+                         "notebook with save_members=both (or forecast / analysis)")
+    try:
+        ds = open_dataset(found, chunks=dict(chunks or {"cycle": 1}))
+    except InputError:
+        raise
+    except Exception as err:  # netCDF/zarr readers raise many unrelated types
+        raise InputError(f"cannot read the member file {found}: {err}") from err
+    if ds.attrs.get("complete") != "true":
+        ds.close()
+        raise InputError(f"the member file {found} is not complete (its run was interrupted):"
+                         " resume the run to finish it")
+    return ds
+
+
 def select_cycles(ds, cycles: Sequence[int]) -> list[int]:
     """Cycle numbers of ``ds`` for the requested ``cycles``.
 
@@ -368,10 +450,14 @@ def select_cycles(ds, cycles: Sequence[int]) -> list[int]:
 
 
 def grid_km(ds) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Grid coordinates in km: from ``x``/``y`` coordinates (m), else from the model's
-    domain size ``L`` in ``attrs["model_settings"]``; ``(None, None)`` when unknown."""
-    if "x" in ds.coords and "y" in ds.coords:
-        return np.asarray(ds["x"].values) / 1e3, np.asarray(ds["y"].values) / 1e3
+    """Grid coordinates in km: from ``x``/``y`` coordinates in m (or km), else from the
+    model's domain size ``L`` in ``attrs["model_settings"]``; ``(None, None)`` when unknown
+    (index coordinates, units ``"1"``, are not distances)."""
+    scale = {"m": 1e-3, "km": 1.0}
+    if "x" in ds.coords and "y" in ds.coords and ds["x"].attrs.get("units") in scale:
+        # An index coordinate (units "1": the grid's size was not known) is not a distance.
+        factor = scale[ds["x"].attrs["units"]]
+        return np.asarray(ds["x"].values) * factor, np.asarray(ds["y"].values) * factor
     settings = ds.attrs.get("model_settings")
     if isinstance(settings, str):
         try:

@@ -29,6 +29,15 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
             and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes())
 
 
+def _same_value(a: Any, b: Any) -> bool:
+    """Attribute values equal, NaN equal to NaN (a missing score is the same in both)."""
+    left, right = np.asarray(a), np.asarray(b)
+    try:
+        return bool(np.array_equal(left, right, equal_nan=True))
+    except TypeError:  # text and other values without NaN
+        return bool(np.array_equal(left, right))
+
+
 def _attrs_differ(label: str, a: dict, b: dict, ignore: frozenset[str]) -> list[str]:
     keys = sorted((set(a) | set(b)) - ignore)
     out = []
@@ -36,7 +45,7 @@ def _attrs_differ(label: str, a: dict, b: dict, ignore: frozenset[str]) -> list[
         if key not in a or key not in b:
             out.append(f"{label}: attribute {key!r} only in "
                        f"{'the first' if key in a else 'the second'}")
-        elif not np.array_equal(np.asarray(a[key]), np.asarray(b[key])):
+        elif not _same_value(a[key], b[key]):
             out.append(f"{label}: attribute {key!r} is {a[key]!r} vs {b[key]!r}")
     return out
 
@@ -165,12 +174,16 @@ def _time_is_decodable(time: Any) -> str | None:
             "'seconds since <date>' (turbda_kit.data.time_axis.TIME_UNITS)")
 
 
-def assert_cf_complete(ds: Any, *, require_time: bool = True) -> None:
+def assert_cf_complete(ds: Any, *, require_time: bool = True,
+                       require_conventions: bool = True, require_dim_coords: bool = True
+                       ) -> None:
     """Assert a Dataset carries what CF readers need: units, long names, a decodable time.
 
     Every data variable and every coordinate must have non-empty ``units`` (for a time
-    xarray decoded, in ``.encoding``) and ``long_name`` (or ``standard_name``), and the
-    ``time`` coordinate must decode to dates.
+    xarray decoded, in ``.encoding``) and ``long_name`` (or ``standard_name``); the
+    ``time`` coordinate must decode to dates and carry ``standard_name = "time"``; the
+    Dataset must say ``Conventions = "CF-..."``; every dimension a variable uses must have
+    a coordinate variable (``x``/``y``/``z`` in m, ``member``, ``cycle`` ...).
 
     Parameters
     ----------
@@ -178,6 +191,10 @@ def assert_cf_complete(ds: Any, *, require_time: bool = True) -> None:
         Decoded or not (``decode_times=False``).
     require_time : bool
         Fail when there is no ``time`` coordinate.
+    require_conventions : bool
+        Fail without a ``Conventions`` attribute naming CF.
+    require_dim_coords : bool
+        Fail when a dimension has no coordinate variable.
 
     Raises
     ------
@@ -194,8 +211,17 @@ def assert_cf_complete(ds: Any, *, require_time: bool = True) -> None:
         wrong = _time_is_decodable(ds["time"])
         if wrong:
             problems.append(wrong)
+        if ds["time"].attrs.get("standard_name", "time") != "time":
+            problems.append(f"time: standard_name is {ds['time'].attrs['standard_name']!r}, "
+                            "not 'time'")
     elif require_time:
         problems.append("no time coordinate")
+    if require_conventions and not str(ds.attrs.get("Conventions", "")).startswith("CF-"):
+        problems.append(f"Conventions is {ds.attrs.get('Conventions')!r}: set it to 'CF-1.8'")
+    if require_dim_coords:
+        for dim in sorted(map(str, ds.dims)):
+            if dim not in ds.coords:
+                problems.append(f"dimension {dim!r} has no coordinate variable")
     _fail(problems, "dataset is not CF-complete")
 
 

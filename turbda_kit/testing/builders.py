@@ -74,7 +74,8 @@ def synthetic_nature_run(n_days: int = 4, steps_per_day: int = 2, grid: int = 8,
                       {"units": "m", "long_name": "northward distance"}),
                 "x": ("x", spacing * np.arange(grid),
                       {"units": "m", "long_name": "eastward distance"})},
-        attrs={"title": "synthetic nature run (random walk; layout only)", "seed": seed})
+        attrs={"title": "synthetic nature run (random walk; layout only)", "seed": seed,
+               "Conventions": "CF-1.8"})
 
 
 def synthetic_shard_root(root: str | os.PathLike, *, layout: str = "kit",
