@@ -58,6 +58,7 @@ from ..device import resolve_device
 from ..errors import DivergenceError, InputError
 from ..io import atomic_path, write_dataset
 from ..models.sqg import SQGModel, SQGParams, pv_to_theta, random_initial_state
+from ..optional import require
 from ..progress import progress_bar
 from .time_axis import time_attrs
 
@@ -421,11 +422,9 @@ def _read_attr(path: Path, fmt: str, name: str) -> Any:
         return None
     try:
         if fmt == "zarr":
-            import zarr
-
+            zarr = require("zarr", "zarr nature runs")
             return zarr.open_group(str(path), mode="r").attrs.get(name)
-        import netCDF4
-
+        netCDF4 = require("netCDF4", "netCDF nature runs")
         with netCDF4.Dataset(str(path), "r") as nc:
             return getattr(nc, name, None)
     except Exception:  # noqa: BLE001 - an unreadable output is not complete
@@ -490,8 +489,7 @@ class _ZarrAppender:
         if n_written == 0:
             _remove(self.final)
             return
-        import zarr
-
+        zarr = require("zarr", "zarr nature runs")
         if not self.final.exists():
             raise InputError(f"the checkpoint says {n_written} output times were written but "
                              f"{self.final} is missing: delete the checkpoint "
@@ -509,8 +507,7 @@ class _ZarrAppender:
                 zarr.consolidate_metadata(str(self.final))
 
     def write(self, start: int, theta: np.ndarray, attrs: dict[str, Any]) -> None:
-        import zarr
-
+        zarr = require("zarr", "zarr nature runs")
         ds = _dataset(self.plan, start, theta, {**attrs, "complete": "false"})
         with _quiet_zarr():
             if start == 0:
@@ -523,8 +520,7 @@ class _ZarrAppender:
             zarr.consolidate_metadata(str(self.final))
 
     def finish(self, attrs: dict[str, Any]) -> None:
-        import zarr
-
+        zarr = require("zarr", "zarr nature runs")
         group = zarr.open_group(str(self.final), mode="r+")
         group["time"].attrs.update(_TIME_ATTRS)  # also when an older version began the store
         group.attrs.update({**{k: v for k, v in attrs.items()},

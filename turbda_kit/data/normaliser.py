@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..optional import require
 from .npz import read_npz
 
 __all__ = ["Normaliser", "denormalise", "normalise", "read_normaliser"]
@@ -128,8 +129,7 @@ class Normaliser:
 
 
 def _zarr_statistics(store: Path) -> Normaliser:
-    import zarr
-
+    zarr = require("zarr", "reading zarr statistics")
     attrs = dict(zarr.open_group(str(store), mode="r").attrs)
     if "normalize_mean" not in attrs or "normalize_std" not in attrs:
         raise InputError(f"{store} has no statistics in its attributes: was preprocessing "

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import open_dataset
+from ..optional import require
 from .splits import SECONDS_PER_DAY
 from .time_axis import seconds_from_stored, time_in_seconds
 from .validation import unreadable_file
@@ -190,7 +191,7 @@ def _open_netcdf4(path) -> Any:
     if not p.is_file():
         return None
     try:
-        import netCDF4
+        netCDF4 = require("netCDF4", "reading a netCDF nature run")
     except ImportError:  # pragma: no cover - netCDF4 is part of the stack
         return None
     try:
@@ -395,8 +396,7 @@ def _open_h5(path: str | os.PathLike, info: NatureRunInfo,
     a filter h5py lacks, or any other disagreement, leaves the reading to netCDF4.
     """
     try:
-        import h5py
-
+        h5py = require("h5py", "reading a netCDF-4 nature run")
         handle = h5py.File(str(path), "r")
     except Exception:  # h5py missing or refusing the file: netCDF4 reads it
         return None

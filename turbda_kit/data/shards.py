@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..optional import require
 from .manifest import read_manifest
 from .normaliser import Normaliser, read_normaliser
 from .npz import npz_member_shape, npz_members, read_npz
@@ -195,8 +196,7 @@ class ShardCatalog:
     def _group(self):
         """The zarr root group, opened once per process (DataLoader workers fork)."""
         if self._zarr_group is None or self._zarr_pid != os.getpid():
-            import zarr
-
+            zarr = require("zarr", "reading zarr shards")
             self._zarr_group = zarr.open_group(str(self.root / ZARR_STORE), mode="r")
             self._zarr_pid = os.getpid()
         return self._zarr_group

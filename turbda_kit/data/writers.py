@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..io import write_json
+from ..optional import require
 from .day_statistics import DayStatistics
 from .npz import save_npy, save_npz
 from .readers import NatureRunInfo
@@ -213,7 +214,7 @@ class ZarrShardWriter:
         return self.markers / split / f"{day}.json"
 
     def _template(self, split: str):
-        import dask.array as da
+        da = require("dask.array", "writing zarr shards")
         import xarray as xr
 
         plan = self.plan
@@ -239,8 +240,7 @@ class ZarrShardWriter:
         return xr.Dataset(data_vars, coords, attrs), encoding
 
     def _template_ok(self) -> bool:
-        import zarr
-
+        zarr = require("zarr", "writing zarr shards")
         try:
             group = zarr.open_group(str(self.partial), mode="r")
             for split in SPLITS:
@@ -255,8 +255,7 @@ class ZarrShardWriter:
 
     def prepare(self) -> None:
         """Rank 0: create (or reuse) the partial store's arrays; other ranks wait after."""
-        import zarr
-
+        zarr = require("zarr", "writing zarr shards")
         if self.partial.exists() and self._template_ok():
             return
         shutil.rmtree(self.partial, ignore_errors=True)
@@ -277,8 +276,7 @@ class ZarrShardWriter:
         marker = self._marker(split, day)
         if not marker.is_file():
             return None
-        import zarr
-
+        zarr = require("zarr", "writing zarr shards")
         try:
             expected = json.loads(marker.read_text())["sha256"]
             group = zarr.open_group(str(self.partial), mode="r")[split]
@@ -291,8 +289,7 @@ class ZarrShardWriter:
 
     def write(self, split: str, day: int, data: np.ndarray) -> None:
         """Write the day's region (whole zarr chunks), then its marker."""
-        import zarr
-
+        zarr = require("zarr", "writing zarr shards")
         group = zarr.open_group(str(self.partial), mode="r+")[split]
         region = self._region(split, day)
         for j, name in enumerate(self.plan.names):
@@ -306,8 +303,7 @@ class ZarrShardWriter:
     def finalize(self, stats: dict[str, DayStatistics]) -> None:
         """Rank 0: climatologies, statistics in attrs, then move the store into place."""
         import xarray as xr
-        import zarr
-
+        zarr = require("zarr", "writing zarr shards")
         names = self.plan.names
         for split in SPLITS:
             clim = stats[split].field.mean.astype(self.plan.info.dtype)

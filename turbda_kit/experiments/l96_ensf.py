@@ -33,6 +33,7 @@ from ..filters.ensf import EnSFConfig, ensf_analysis
 from ..memory import peak_memory_bytes
 from ..models.lorenz96 import L96Workspace, rk4_step_
 from ..obs.operators import Arctan, Identity
+from ..optional import require
 from ..parallel.halo import RingHaloExchange, slab_bounds
 from ..progress import progress_bar
 from ..random_streams import block_seed, indexed_normal_
@@ -139,8 +140,7 @@ class L96EnSFResult:
 def _allreduce(comm, values: list[float], op: str = "sum") -> list[float]:
     if comm is None or comm.Get_size() == 1:
         return values
-    from mpi4py import MPI
-
+    MPI = require("mpi4py.MPI", "the distributed Lorenz-96 EnSF")
     buf = np.asarray(values, dtype=np.float64)
     out = np.empty_like(buf)
     comm.Allreduce(buf, out, op=MPI.SUM if op == "sum" else MPI.MAX)

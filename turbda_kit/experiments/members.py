@@ -40,6 +40,7 @@ import xarray as xr
 
 from ..errors import InputError
 from ..io import atomic_path
+from ..optional import require
 from . import cf
 
 __all__ = [
@@ -196,8 +197,7 @@ class MemberWriter:
     def _create(self, partial: Path, n_cycles: int, n_members: int, state_dims: tuple,
                 coords: Mapping[str, Any], attrs: Mapping[str, Any], state_units: str,
                 state_name: str) -> None:
-        import dask.array as da
-
+        da = require("dask.array", "saving ensemble members")
         _remove(partial)
         partial.parent.mkdir(parents=True, exist_ok=True)
         member_shape = (n_cycles, n_members, *self.state_shape)
@@ -256,12 +256,10 @@ class MemberWriter:
     def _open(self):
         if self._handle is None:
             if self.output.is_zarr:
-                import zarr
-
+                zarr = require("zarr", "saving ensemble members as zarr")
                 self._handle = zarr.open_group(str(self.output.partial_path), mode="r+")
             else:
-                import netCDF4
-
+                netCDF4 = require("netCDF4", "saving ensemble members as netCDF")
                 self._handle = netCDF4.Dataset(self.output.partial_path, "a")
         return self._handle
 

@@ -51,6 +51,7 @@ from ..device import resolve_device, synchronize
 from ..errors import InputError
 from ..filters.ensf import EnSFConfig
 from ..memory import peak_memory_bytes, peak_memory_method, reset_peak_memory
+from ..optional import require
 from ..parallel.fingerprint import analysis_fingerprint
 from ..parallel.halo import slab_bounds
 from ..parallel.mpi import (
@@ -255,8 +256,7 @@ def _run_point(study: ScalingStudy, n_global: int, sub: Any, device: torch.devic
     fingerprint = analysis_fingerprint(result.analysis, result.start, n_global, sub)
     available = layout.cpus_per_rank
     if sub.Get_size() > 1:
-        from mpi4py import MPI
-
+        MPI = require("mpi4py.MPI", "the scaling study")
         peak = int(sub.allreduce(peak, op=MPI.MAX))
         baseline = int(sub.allreduce(baseline, op=MPI.MAX))
         wall = float(sub.allreduce(wall, op=MPI.MAX))
@@ -379,8 +379,7 @@ def engine_kernel(study: ScalingStudy, device: str = "auto", dtype: str = "float
     -------
     xarray.Dataset on the engine of rank 0, None on the others.
     """
-    from mpi4py import MPI
-
+    MPI = require("mpi4py.MPI", "the scaling study")
     comm = MPI.COMM_WORLD
     # Input errors are raised identically on every engine before any collective, so they
     # come back to the notebook; a failure mid-run aborts the engines instead of hanging.

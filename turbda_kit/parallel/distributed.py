@@ -38,6 +38,7 @@ from torch import nn
 
 from ..device import resolve_device
 from ..errors import InputError
+from ..optional import require
 
 __all__ = ["DistEnv", "discover_env", "expand_slurm_nodelist", "init_distributed",
            "device_for", "is_distributed", "barrier", "all_reduce_mean", "shutdown",
@@ -209,8 +210,7 @@ def discover_env(environ: Mapping[str, str] | None = None, use_mpi: bool = True)
         local_rank = _int(env, "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "PALS_LOCAL_RANKID")
         local_world = _int(env, "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
         if (addr is None or port is None) and use_mpi and mpi_world > 1:
-            from mpi4py import MPI
-
+            MPI = require("mpi4py.MPI", "reading the MPI launch")
             comm = MPI.COMM_WORLD
             proposal = (socket.gethostname(), _free_port()) if comm.Get_rank() == 0 else None
             host, free = comm.bcast(proposal, root=0)
@@ -402,8 +402,7 @@ def check_strategy(strategy: str, sharding: str = "FULL_SHARD", zero_stage: int 
 
 def _prepare_deepspeed_on_cpu() -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed
-
+    deepspeed = require("deepspeed", "DeepSpeed training")
     # The shared-memory all-reduce op is compiled at first use (minutes); gloo is enough.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
@@ -429,8 +428,7 @@ def deepspeed_initialize(model: nn.Module, optimizer: torch.optim.Optimizer,
     """
     if not torch.cuda.is_available():
         _prepare_deepspeed_on_cpu()
-    import deepspeed
-
+    deepspeed = require("deepspeed", "DeepSpeed training")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,

@@ -25,6 +25,7 @@ from pathlib import Path
 import psutil
 
 from ..errors import InputError
+from ..optional import require
 from ..workflow.environment import PROCESS_DEFAULTS
 
 
@@ -84,7 +85,7 @@ def start_mpi_cluster(n_engines: int, launcher: str = "auto", mpi_args: tuple[st
     """
     if n_engines < 1:
         raise InputError(f"n_engines must be ≥ 1, got {n_engines}")
-    import ipyparallel as ipp
+    ipp = require("ipyparallel", "MPI engines for JupyterLab")
     from traitlets.config import Config
 
     config = Config()
@@ -162,6 +163,5 @@ def _alive(process) -> bool:
 
 
 def _mpi_rank() -> int:
-    from mpi4py import MPI
-
+    MPI = require("mpi4py.MPI", "MPI engines")
     return MPI.COMM_WORLD.Get_rank()

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..models.lorenz96 import HALO_LEFT, HALO_RIGHT, periodic_halo_
+from ..optional import require
 
 __all__ = ["RingHaloExchange", "gpu_aware_default", "slab_bounds"]
 
@@ -118,8 +119,7 @@ class RingHaloExchange:
         self.exchanges += 1
 
     def _exchange(self, padded: Tensor) -> None:
-        from mpi4py import MPI
-
+        MPI = require("mpi4py.MPI", "the halo exchange between MPI ranks")
         comm = self.comm
         left, right = (self.rank - 1) % self.size, (self.rank + 1) % self.size
         m = padded.shape[-1] - HALO_LEFT - HALO_RIGHT

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..errors import InputError
+from ..optional import require
 from ..provenance import process_world_size
 
 __all__ = ["Moments", "NodeLayout", "SerialComm", "abort_on_exception", "block_range",
@@ -117,8 +118,7 @@ def get_comm(comm: Any | None = None) -> Any:
     if comm is not None:
         return comm
     if _mpi_is_initialized() or process_world_size() > 1:
-        from mpi4py import MPI
-
+        MPI = require("mpi4py.MPI", "MPI runs")
         return MPI.COMM_WORLD
     return SerialComm()
 
@@ -419,8 +419,7 @@ def first_ranks(comm: Any, p: int) -> Iterator[Any | None]:
     if size == 1:
         yield comm
         return
-    from mpi4py import MPI
-
+    MPI = require("mpi4py.MPI", "MPI runs")
     rank = comm.Get_rank()
     sub = comm.Split(0 if rank < p else MPI.UNDEFINED, rank)
     try:
@@ -473,8 +472,7 @@ def node_layout(comm: Any | None) -> NodeLayout:
     cpus = _cpu_affinity()
     if comm is None or comm.Get_size() == 1 or not hasattr(comm, "Split_type"):
         return NodeLayout(0, 1, len(cpus))
-    from mpi4py import MPI
-
+    MPI = require("mpi4py.MPI", "MPI runs")
     local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
     try:
         masks = local.allgather(sorted(cpus))

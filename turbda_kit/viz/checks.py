@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from ..optional import require
+
 __all__ = ["UNITLESS_LABELS", "figure_problems"]
 
 UNITLESS_LABELS = ("MPI ranks", "ranks", "devices", "rank of the truth", "frequency",
@@ -45,8 +47,7 @@ def _visible_text(text: Any) -> bool:
 
 def _shrunk(box: Any, pixels: float = 1.0):
     """A bounding box made ``pixels`` smaller on every side (touching is not overlapping)."""
-    from matplotlib.transforms import Bbox
-
+    Bbox = require("matplotlib.transforms", "figure checks").Bbox
     x0, y0, x1, y1 = box.x0 + pixels, box.y0 + pixels, box.x1 - pixels, box.y1 - pixels
     return Bbox([[x0, y0], [max(x0, x1), max(y0, y1)]])
 
@@ -177,8 +178,7 @@ def figure_problems(fig: Any, unitless: Iterable[str] = UNITLESS_LABELS) -> list
         One line per problem, naming the panel (by its title) and the texts involved.
     """
     if not hasattr(fig.canvas, "get_renderer"):  # holoviews' figures come without a canvas
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-
+        FigureCanvasAgg = require("matplotlib.backends.backend_agg", "figure checks").FigureCanvasAgg
         FigureCanvasAgg(fig)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()

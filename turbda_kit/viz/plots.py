@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import atomic_path
+from ..optional import require
 
 __all__ = [
     "DISPLAY_BACKEND", "EXPORT_BACKEND", "LINE_STYLES", "MARKERS", "PALETTE", "RUN_LINES",
@@ -57,8 +58,7 @@ _EXTENSIONS_LOADED: set[str] = set()
 def _hv(backends: tuple[str, ...] = (DISPLAY_BACKEND, EXPORT_BACKEND)):
     """holoviews with both backends loaded, bokeh first (the display backend), resources
     inline (BokehJS and Panel's stylesheets are embedded, never fetched from a CDN)."""
-    import holoviews as hv
-
+    hv = require("holoviews", "plotting")
     missing = [b for b in backends if b not in _EXTENSIONS_LOADED]
     if missing:
         import panel as pn
@@ -131,8 +131,7 @@ def save(obj, path_stem: str | os.PathLike, png: bool = True, html: bool = True,
     stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
     if png:
-        import matplotlib.pyplot as plt
-
+        plt = require("matplotlib.pyplot", "PNG figures")
         target = stem.with_suffix(".png")
         figure = render(obj)
         try:
@@ -250,8 +249,7 @@ def _readable_log_ticks(plot, element) -> None:
     Minor ticks are labelled at 2 and 5 times powers of ten when the axis spans less than
     two decades, and left unlabelled otherwise; an axis with explicit ticks keeps only those.
     """
-    from matplotlib import ticker
-
+    ticker = require("matplotlib.ticker", "PNG figures")
     ax = plot.handles.get("axis")
     if ax is None:
         return
@@ -320,8 +318,7 @@ def _integer_ticks(values: Sequence[float]):
     """matplotlib hook: ticks only at ``values``, labelled as integers (1, 2, 4 ranks)."""
 
     def hook(plot, element) -> None:
-        from matplotlib import ticker
-
+        ticker = require("matplotlib.ticker", "PNG figures")
         ax = plot.handles.get("axis")
         if ax is None:
             return

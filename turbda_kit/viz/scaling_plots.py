@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..optional import require
 from .plots import PALETTE, save
 
 __all__ = ["efficiency_panel", "rmse_panel", "save_scaling_plots", "scaling_overview",
@@ -34,8 +35,7 @@ _OVERSUBSCRIBED_COLOUR = "#d62728"
 
 
 def _hv():
-    import holoviews as hv
-
+    hv = require("holoviews", "plotting")
     missing = [b for b in _BACKENDS if b not in hv.Store.renderers]
     if missing:
         hv.extension(*missing, logo=False)
@@ -63,8 +63,7 @@ def _axes_hook(plot, element) -> None:
     axes), and plain numbers (1, 2, 4, 0.05) on log axes instead of 10^0 or 1.2x10^0. The
     rank axis keeps only its ticks at the rank counts; a log time axis spanning less than
     two decades also labels 2 and 5 times the powers of ten."""
-    from matplotlib import ticker
-
+    ticker = require("matplotlib.ticker", "PNG figures")
     ax = plot.handles.get("axis")
     if ax is None:
         return

@@ -34,6 +34,7 @@ from typing import Any
 from .. import provenance
 from ..errors import InputError
 from ..io import write_json
+from ..optional import require
 from .environment import with_process_defaults
 from .parameters import OUT_DIR_PARAMETER, check_parameters, notebook_parameters
 from .records import (
@@ -122,8 +123,7 @@ def default_run_dir(notebook: str | os.PathLike, root: str | os.PathLike = "runs
 
 def _with_mpi_guard(nb_path: Path, run_dir: Path, rank: int):
     """The notebook between two inserted cells: the failure hook, and a final barrier."""
-    import nbformat
-
+    nbformat = require("nbformat", "running notebooks")
     nb = nbformat.read(nb_path, as_version=4)
     first = nbformat.v4.new_code_cell(
         "# Inserted by `turbda run` under a parallel launch: a failing rank reports its error\n"
@@ -254,8 +254,7 @@ def _raise_terminated(signum, frame):
 
 
 def _describe_failure(err: BaseException) -> str:
-    import papermill
-
+    papermill = require("papermill", "running notebooks")
     if isinstance(err, papermill.PapermillExecutionError):
         return f"{err.ename}: {err.evalue} (cell {err.exec_count})"
     if isinstance(err, _Terminated):
@@ -311,8 +310,7 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict[str, Any] | None 
         type, a run directory that is a file or not empty. Raised before anything is
         written.
     """
-    import papermill
-
+    papermill = require("papermill", "running notebooks")
     nb_path = Path(notebook)
     declared = notebook_parameters(nb_path)
     params = check_parameters(declared, dict(parameters or {}), nb_path)

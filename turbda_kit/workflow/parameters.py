@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from ..errors import InputError
+from ..optional import require
 
 PARAMETERS_TAG = "parameters"
 OUT_DIR_PARAMETER = "out_dir"
@@ -307,8 +308,7 @@ def notebook_parameters(path: str | os.PathLike) -> dict[str, NotebookParameter]
         If the file is missing, not a notebook, has no (or more than one) ``parameters``
         cell, or the cell is not valid Python.
     """
-    import nbformat
-
+    nbformat = require("nbformat", "reading notebooks")
     nb_path = Path(path)
     if not nb_path.is_file():
         raise InputError(f"notebook not found: {nb_path} (give the path to an existing .ipynb file)")

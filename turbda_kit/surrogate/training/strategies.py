@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InputError
+from ...optional import require
 from ...parallel import distributed as pdist
 from ..safe_loading import describe_refusal
 from ..vit import Block, ViT
@@ -297,8 +298,7 @@ class DeepSpeedStrategy:
     def full_state_dict(self) -> dict[str, Tensor] | None:
         module = self.engine.module
         if self.config.zero_stage == 3:
-            import deepspeed
-
+            deepspeed = require("deepspeed", "DeepSpeed training")
             with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
                 state = ({k: v.detach().float().cpu().clone()
                           for k, v in module.state_dict().items()} if self.env.is_main else None)
