@@ -16,6 +16,7 @@ from typing import Any
 from .. import __version__
 from ..errors import InputError
 from ..provenance import process_rank
+from ..report import cli as report_commands
 from .environment import apply_process_defaults
 from .execute import run_notebook
 from .info import environment_report
@@ -164,6 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "DeepSpeed and the Jupyter kernel are usable, and warn about an OpenMP "
                     "wait policy that makes processes on shared cores slow each other down.")
     info.set_defaults(func=_cmd_info)
+
+    report = sub.add_parser(
+        "report", help="result summaries and the README: check, render, publish, collect",
+        description="The README's result sections are rendered from the summaries in "
+                    "results/. 'check' fails (exit 1) when a block differs; 'render' rewrites "
+                    "the blocks; 'publish DIR' copies a finished `turbda pipeline paper` run's "
+                    "summaries, shipped model and figures into the checkout and renders; "
+                    "'collect' is the pipeline's last stage.")
+    report_commands.build_parser(report)
+    report.set_defaults(func=report_commands.run)
     return parser
 
 
