@@ -8,12 +8,15 @@ import math
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
+from turbda_kit.data.nature import sqg_nature_run
 from turbda_kit.errors import DivergenceError, InputError
 from turbda_kit.models.base import ForecastModel, check_state
 from turbda_kit.models.spectral import to_grid, to_spectral
 from turbda_kit.models.sqg import (
     SQG_PRESETS,
+    SQGTURB_DEALIAS_FACTOR,
     SQGModel,
     SQGParams,
     bao2024_at_resolution,
@@ -84,6 +87,7 @@ def spun_up_32(one_thread):
     ("L", -1.0), ("H", 0.0), ("nsq", 0.0), ("f", -1e-4), ("g", math.inf), ("theta0", 0.0),
     ("tdiab", 0.0), ("diff_efold", -1.0), ("r", -1e-6), ("U", math.nan),
     ("diff_order", 3), ("diff_order", 0), ("symmetric", 1), ("dealias", "yes"),
+    ("sqgturb_compat", 1),
 ])
 def test_params_reject_bad_values_naming_the_parameter(field, value):
     with pytest.raises(InputError, match=field):
@@ -477,3 +481,47 @@ def test_blow_up_raises_divergence_with_the_last_good_state():
     good = info.value.last_good_state
     assert good.shape == state.shape and bool(torch.isfinite(good).all())
     assert info.value.last_good_step % 2 == 0
+
+
+# ----- sqgturb compatibility (kit-side; against the NumPy baseline: tests/baselines) -------
+
+
+def test_sqgturb_compat_is_off_by_default_and_validated():
+    assert bao2024_sqg64().sqgturb_compat is False
+    assert SQGTURB_DEALIAS_FACTOR == 2.25
+    with pytest.raises(InputError, match="multiple of 4"):
+        SQGParams(N=18, sqgturb_compat=True)
+    SQGParams(N=18, sqgturb_compat=True, dealias=False)  # no padded grid, any even N
+    assert SQGParams(N=20, sqgturb_compat=True).to_dict()["sqgturb_compat"] is True
+
+
+def test_sqgturb_compat_steps_rk4_then_the_hyperdiffusion_factor():
+    """The equilibrium-jet mode alone (no Jacobian): dq/dt = (q_eq - q)/tdiab, linear, so
+    sqgturb's step is q <- E (q_eq + R(z) (q - q_eq)) with RK4's polynomial
+    R(z) = 1 + z + z^2/2 + z^3/6 + z^4/24, z = -dt/tdiab, and E = exp(-nu dt). The
+    kit's integrating-factor RK4 is a different (also 4th-order) map."""
+    p = small_params(dt=3600.0, diff_efold=0.5 * DAY, diff_order=2, sqgturb_compat=True)
+    q_eq = equilibrium_pv(p)
+    state = 3.0 * q_eq
+    k = 2 * math.pi / p.L
+    nu = (k / (math.pi * p.N / p.L)) ** p.diff_order / p.diff_efold
+    efac = math.exp(-nu * p.dt)
+    z = -p.dt / p.tdiab
+    r = 1 + z + z**2 / 2 + z**3 / 6 + z**4 / 24
+    expected = state.clone()
+    for _ in range(24):
+        expected = efac * (q_eq + r * (expected - q_eq))
+    out = SQGModel(p).advance(state, 24)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-6)
+    lawson = SQGModel(p.replace(sqgturb_compat=False)).advance(state, 24)
+    # measured 2.2e-5 relative: far above the 1e-10 agreement with the closed form
+    assert float((lawson - out).abs().max()) > 2e-6 * float(out.abs().max())
+
+
+def test_nature_run_records_sqgturb_compat(tmp_path):
+    p = small_params(sqgturb_compat=True)
+    path = sqg_nature_run(p, days=0.5, output_interval_s=43200.0, path=tmp_path / "t.nc",
+                          seed=0, spinup_days=0.5, progress=False)
+    with xr.open_dataset(path) as ds:
+        assert ds.attrs["sqg_sqgturb_compat"] == 1 and ds.attrs["sqg_dealias"] == 1
+        assert bool(np.isfinite(ds["theta"].values).all())

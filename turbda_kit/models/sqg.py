@@ -28,6 +28,12 @@ Per member, the tendency of the boundary PV ``q_j`` (``j = 0`` surface, ``1`` li
 * Time stepping: classic 4th-order Runge-Kutta on the integrating-factor form (Lawson's
   IF-RK4), which is 4th order for the full equation.
 
+``SQGParams(sqgturb_compat=True)`` switches to sqgturb's algorithm instead: dealiased
+advection 2.25x too strong (equivalently ``H``, ``f`` and ``U`` all 2.25x larger), the
+Nyquist row and column carried into the Jacobian, and a plain RK4 step followed by one
+multiplication by the hyperdiffusion factor (see :class:`SQGParams` and
+:mod:`turbda_kit.baselines.sqgturb`).
+
 Tensors are ``(*batch, 2, N, N)`` (levels, y, x) in float32 or float64 on any device;
 the input decides the device and dtype. Operators are built once per (device, dtype)
 and cached on the model; per-batch-size work buffers are reused between steps so a
@@ -68,6 +74,7 @@ from .spectral import (
 
 __all__ = [
     "SQGParams",
+    "SQGTURB_DEALIAS_FACTOR",
     "SQGPreset",
     "SQG_PRESETS",
     "sqg_preset",
@@ -84,6 +91,9 @@ __all__ = [
 ]
 
 DAY_SECONDS = 86400.0
+#: Factor by which sqgturb's dealiased advection exceeds the true one: ``(3/2)**2``, the
+#: padded grid's FFT normalisation it leaves on the truncated Jacobian.
+SQGTURB_DEALIAS_FACTOR = 2.25
 # Target working set of one block of members on a CPU (see SQGModel._blocks).
 _CPU_BLOCK_BYTES = 8 * 2**20
 
@@ -132,6 +142,15 @@ class SQGParams:
         variant with no equilibrium wind at the surface.
     dealias : bool
         Compute the Jacobian on a 3/2-padded grid (2/3 rule).
+    sqgturb_compat : bool
+        Reproduce J. Whitaker's ``sqgturb`` algorithm instead of the corrected physics
+        (default False): with ``dealias=True`` advection 2.25x too strong (sqgturb's
+        padded-grid normalisation), the Nyquist row and column carried into the
+        Jacobian as sqgturb does, and plain RK4 followed by one hyperdiffusion factor
+        per step instead of integrating-factor RK4. The SC24 nature runs were made with
+        these dynamics; ``docs/models.md`` explains the three differences.
+        ``turbda_kit.baselines.sqgturb.SqgturbModel`` is the per-member NumPy reference.
+        With ``dealias=True``, ``N`` must be a multiple of 4.
 
     Examples
     --------
@@ -155,6 +174,7 @@ class SQGParams:
     diff_efold: float = DAY_SECONDS
     symmetric: bool = True
     dealias: bool = True
+    sqgturb_compat: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.N, bool) or not isinstance(self.N, int) or self.N < 8 or self.N % 2:
@@ -176,10 +196,14 @@ class SQGParams:
                 or self.diff_order < 2 or self.diff_order % 2):
             raise InputError(f"SQGParams.diff_order = {self.diff_order!r}: must be an even "
                              "integer >= 2 (8 is usual)")
-        for name in ("symmetric", "dealias"):
+        for name in ("symmetric", "dealias", "sqgturb_compat"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"SQGParams.{name} = {getattr(self, name)!r}: must be True "
                                  "or False")
+        if self.sqgturb_compat and self.dealias and self.N % 4:
+            raise InputError(f"SQGParams.N = {self.N} with sqgturb_compat=True and "
+                             "dealias=True: N must be a multiple of 4 (sqgturb's 3N/2 "
+                             "padded grid must be even)")
 
     @property
     def scalefact(self) -> float:
@@ -399,6 +423,11 @@ class _Operators:
     (rows: x wavenumber ``k = 0..N/2``; columns: y wavenumber ``l`` in fftfreq order), so
     that both 1-D transforms of the Jacobian run over contiguous memory and the dealiasing
     copies move contiguous blocks. All operator arrays here are ``(N//2+1, N)``.
+
+    With ``params.sqgturb_compat`` the operators reproduce sqgturb's Jacobian: the
+    Nyquist x wavenumber (row ``k = N/2``) is padded too, its derivative fields
+    conjugated (``k_in`` rows), the Nyquist row ``l = -N/2`` is kept in both directions
+    (``cols``), and the derivatives of ``q`` carry the factor 2.25 when dealiased.
     """
 
     def __init__(self, params: SQGParams, device: torch.device, dtype: torch.dtype):
@@ -406,12 +435,24 @@ class _Operators:
         self.n = n
         self.nh = n // 2 + 1
         self.dealias = params.dealias
-        # kept x wavenumbers (rows) and the padded grid size
+        self.compat = params.sqgturb_compat
+        # sqgturb pads the Nyquist column conjugated (see _tendency_into)
+        self.conj_nyquist = self.compat and self.dealias
+        # kept x wavenumbers (rows) of the Jacobian, the rows carried onto the padded grid,
+        # and the padded grid size
         self.m = 3 * n // 2 if params.dealias else n
         self.k_kept = n // 2 if params.dealias else self.nh
+        self.k_in = self.nh if self.conj_nyquist else self.k_kept
         self.mh = self.m // 2 + 1
         # kept y wavenumbers (columns): (model slice, padded-grid slice) pairs
-        self.cols = dealias_rows(n, self.m) if params.dealias else ((slice(0, n), slice(0, n)),)
+        if not params.dealias:
+            self.cols = ((slice(0, n), slice(0, n)),)
+        elif self.compat:  # |l| <= N/2: the Nyquist row l = -N/2 too
+            half = n // 2
+            self.cols = ((slice(0, half), slice(0, half)),
+                         (slice(half, n), slice(self.m - half, self.m)))
+        else:
+            self.cols = dealias_rows(n, self.m)
         self.device, self.dtype = device, dtype
         self.cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
         f64 = torch.float64
@@ -430,13 +471,24 @@ class _Operators:
         self.inv_s = torch.where(zero, 0.0, h_over_mu / torch.sinh(mu_safe)).to(dtype)
 
         # Spectral derivatives with the Nyquist wavenumbers set to zero (a real field cannot
-        # carry the derivative of a Nyquist mode).
+        # carry the derivative of a Nyquist mode). sqgturb keeps them: l = -N/2, and for
+        # the stored Nyquist column k = -N/2 on the model grid (N * fftfreq(N)) but
+        # k = +N/2 on the padded grid.
         kx_d, ky_d = kx.clone(), ky.clone()
-        kx_d[n // 2, 0] = 0.0
-        ky_d[0, n // 2] = 0.0
+        if not self.compat:
+            kx_d[n // 2, 0] = 0.0
+            ky_d[0, n // 2] = 0.0
+        elif not self.dealias:
+            kx_d[n // 2, 0] = -kx_d[n // 2, 0]
         self.ik = (1j * kx_d).to(self.cdtype)
         self.il = (1j * ky_d).to(self.cdtype)
         self.neg_il = (-1j * ky_d).to(self.cdtype)
+        # derivatives of q: sqgturb's dealiased Jacobian is 2.25x too large, folded in here
+        if self.conj_nyquist:
+            self.ik_q = (SQGTURB_DEALIAS_FACTOR * 1j * kx_d).to(self.cdtype)
+            self.il_q = (SQGTURB_DEALIAS_FACTOR * 1j * ky_d).to(self.cdtype)
+        else:
+            self.ik_q, self.il_q = self.ik, self.il
         self.ksq = ksq.to(dtype)
 
         # Hyperdiffusion integrating factors exp(-nu dt) and exp(-nu dt / 2).
@@ -491,7 +543,7 @@ class _Workspace:
     """
 
     def __init__(self, ops: _Operators, batch: int):
-        n, nh, m, mh, kx = ops.n, ops.nh, ops.m, ops.mh, ops.k_kept
+        n, nh, m, mh, k_in = ops.n, ops.nh, ops.m, ops.mh, ops.k_in
         c = {"device": ops.device, "dtype": ops.cdtype}
         self.batch = batch
         self.stage = torch.empty((batch, 2, nh, n), **c)
@@ -501,7 +553,7 @@ class _Workspace:
         # kl spectra of u, v, dq/dx, dq/dy at both levels
         self.fields = torch.empty((batch, 4, 2, nh, n), **c)
         # kept modes zero-padded to the Jacobian grid in y (kl layout)
-        self.padded = torch.zeros((batch, 4, 2, kx, m), **c) if ops.dealias else None
+        self.padded = torch.zeros((batch, 4, 2, k_in, m), **c) if ops.dealias else None
         # after the y transform: (y, k) layout, zero-padded in k for the x transform
         self.xpad = torch.zeros((batch, 4, 2, m, mh), **c)
         # kept modes of the advection in kl layout (rest stays zero)
@@ -713,17 +765,21 @@ class SQGModel:
         self._invert_into(ops, q, psi)
         torch.mul(psi, ops.neg_il, out=fields[:, 0])  # u = -dpsi/dy
         torch.mul(psi, ops.ik, out=fields[:, 1])  # v = dpsi/dx
-        torch.mul(q, ops.ik, out=fields[:, 2])  # dq/dx
-        torch.mul(q, ops.il, out=fields[:, 3])  # dq/dy
-        kx, m = ops.k_kept, ops.m
+        torch.mul(q, ops.ik_q, out=fields[:, 2])  # dq/dx
+        torch.mul(q, ops.il_q, out=fields[:, 3])  # dq/dy
+        kx, k_in, m = ops.k_kept, ops.k_in, ops.m
         # inverse transform: y first on the kept x wavenumbers only, then x (real output)
         if ops.dealias:
             for small, large in ops.cols:
-                ws.padded[..., large] = fields[..., :kx, small]
+                ws.padded[..., large] = fields[..., :k_in, small]
+            if ops.conj_nyquist:
+                # sqgturb: padded column k = +N/2 holds i k conj(X) for the stored Nyquist
+                # column X, i.e. -conj of our derivative field there: negate the real part
+                torch.view_as_real(ws.padded[..., k_in - 1, :])[..., 0].neg_()
             along_y = torch.fft.ifft(ws.padded, dim=-1, norm="forward")
         else:
             along_y = torch.fft.ifft(fields, dim=-1, norm="forward")
-        ws.xpad[..., :kx] = along_y.transpose(-1, -2)
+        ws.xpad[..., :k_in] = along_y.transpose(-1, -2)
         grid = torch.fft.irfft(ws.xpad, n=m, dim=-1, norm="forward")  # (B, 4, 2, M, M)
         adv = ws.adv
         speed_sq = None
@@ -776,6 +832,8 @@ class SQGModel:
 
         See the module docstring; ``ws`` must be sized for ``B`` members.
         """
+        if ops.compat:
+            return self._rk4_sqgturb_into(ops, ws, q, measure_speed)
         stage, tend, acc = ws.stage, ws.tend, ws.acc
         # real views for the products with the real integrating factors
         qv, sv, tv, av = (torch.view_as_real(t) for t in (q, stage, tend, acc))
@@ -796,6 +854,30 @@ class SQGModel:
         acc.add_(tend)
         qv.mul_(ops.efac_v)
         q.add_(acc, alpha=dt / 6.0)  # E q + dt/6 (E a + 2Eh(b + c) + d)
+        return speed_sq
+
+    def _rk4_sqgturb_into(self, ops: _Operators, ws: _Workspace, q: Tensor,
+                          measure_speed: bool = False) -> Tensor | None:
+        """sqgturb's step of kl amplitudes ``q`` (B, 2, Nh, N), in place.
+
+        Plain RK4 of the tendency, then the hyperdiffusion factor once:
+        ``q <- E (q + dt/6 (a + 2 b + 2 c + d))``, ``a = F(q)``, ``b = F(q + dt/2 a)``,
+        ``c = F(q + dt/2 b)``, ``d = F(q + dt c)``.
+        """
+        stage, tend, acc = ws.stage, ws.tend, ws.acc
+        dt = self.dt
+        speed_sq = self._tendency_into(ops, ws, q, acc, measure_speed)  # acc = a
+        torch.add(q, acc, alpha=0.5 * dt, out=stage)
+        self._tendency_into(ops, ws, stage, tend)  # b
+        acc.add_(tend, alpha=2.0)
+        torch.add(q, tend, alpha=0.5 * dt, out=stage)
+        self._tendency_into(ops, ws, stage, tend)  # c
+        acc.add_(tend, alpha=2.0)
+        torch.add(q, tend, alpha=dt, out=stage)
+        self._tendency_into(ops, ws, stage, tend)  # d
+        acc.add_(tend)
+        q.add_(acc, alpha=dt / 6.0)
+        torch.view_as_real(q).mul_(ops.efac_v)
         return speed_sq
 
     @torch.no_grad()
@@ -922,7 +1004,12 @@ class SQGModel:
         return psi.reshape(*state.shape[:-2], ops.nh, ops.n)
 
     def cfl_number(self, state: Tensor) -> Tensor:
-        """``max |wind| * dt / dx`` per member over both levels, shape ``(*batch)``."""
+        """``max |wind| * dt / dx`` per member over both levels, shape ``(*batch)``.
+
+        With ``sqgturb_compat`` and dealiasing the PV is advected 2.25x faster than this
+        wind; the check in :meth:`advance` still uses the wind itself (runs at the
+        presets' ``dt`` stay finite with that advection; NaN/inf is caught anyway).
+        """
         u, v = self.winds(state)
         speed = torch.sqrt(u**2 + v**2)
         return speed.amax(dim=(-3, -2, -1)) * (self.dt / self.params.dx)
