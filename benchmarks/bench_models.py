@@ -15,7 +15,9 @@ baseline once. Printed per row: side, threads, wall and CPU seconds (``time.proc
 all threads of the process) for the forecast, CPU ms per member-step, and the speed-up
 ``baseline / side`` in wall and in CPU time (target: >= 2 on one thread). On a shared
 machine wall time includes waiting for a core; one-thread CPU time is the like-for-like
-figure. Timings are the best of ``--repeats`` runs after a warm-up.
+figure. Timings are the best of ``--repeats`` rounds after a warm-up; each round runs
+every side once, so bursts of load from other jobs hit all sides alike. On a loaded
+machine prefer short forecasts and more rounds (``--hours 1 --repeats 5``).
 
 Agreement (``--agreement``): from a turbulent state (20 days of spin-up), the relative max
 difference after 1 and 100 steps between the baseline and the kit in compat mode (float64,
@@ -62,19 +64,30 @@ from turbda_kit.models.sqg import (  # noqa: E402
 DAY = 86400.0
 
 
-def best_time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
-    """Smallest wall and CPU (process, all threads) times of ``repeats`` calls, seconds.
+def best_times(sides: list[tuple[int, Callable[[], Any]]], repeats: int
+               ) -> list[tuple[float, float]]:
+    """Smallest wall and CPU (process, all threads) seconds of each side's call.
 
-    One warm-up call first (operator caches, FFT plans, page faults).
+    ``sides``: ``(torch threads, fn)``. One warm-up call each (operator caches, FFT
+    plans, page faults), then ``repeats`` rounds in which every side runs once, so a
+    burst of load from other jobs hits all sides alike; the minimum of each is kept.
     """
-    fn()
-    wall = cpu = math.inf
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        wall = min(wall, time.perf_counter() - start)
-        cpu = min(cpu, time.process_time() - start_cpu)
-    return wall, cpu
+    original = torch.get_num_threads()
+    best = [(math.inf, math.inf) for _ in sides]
+    try:
+        for n_threads, fn in sides:
+            torch.set_num_threads(n_threads)
+            fn()
+        for _ in range(repeats):
+            for k, (n_threads, fn) in enumerate(sides):
+                torch.set_num_threads(n_threads)
+                start, start_cpu = time.perf_counter(), time.process_time()
+                fn()
+                wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+                best[k] = (min(best[k][0], wall), min(best[k][1], cpu))
+    finally:
+        torch.set_num_threads(original)
+    return best
 
 
 def _load() -> str:
@@ -99,9 +112,8 @@ def noise_ensemble(params: SQGParams, members: int) -> torch.Tensor:
 
 def bench_speed(sizes: tuple[int, ...] = (64, 128, 256), members: int = 20,
                 threads: tuple[int, ...] = (1, 2), hours: float = 12.0,
-                repeats: int = 2) -> list[dict[str, Any]]:
+                repeats: int = 3) -> list[dict[str, Any]]:
     """Print and return the speed table (see the module docstring)."""
-    original = torch.get_num_threads()
     print(f"# SQG forecast speed: torch {torch.__version__}, numpy {np.__version__}, "
           f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
           f"load average {_load()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
@@ -110,35 +122,31 @@ def bench_speed(sizes: tuple[int, ...] = (64, 128, 256), members: int = 20,
     print(f"{'N':>4} {'steps':>5} {'side':>10} {'threads':>7} {'wall s':>8} {'CPU s':>8} "
           f"{'CPU ms/member-step':>18} {'speed-up wall':>13} {'speed-up CPU':>12}")
     rows: list[dict[str, Any]] = []
-    try:
-        for n in sizes:
-            params = bao2024_at_resolution(n)
-            steps = max(1, int(round(hours * 3600.0 / params.dt)))
-            ensemble = noise_ensemble(params, members)
-            baseline = SqgturbModel(params, np.float32)
-            arrays = ensemble.numpy()
-            base_wall, base_cpu = best_time(lambda: baseline.advance_members(arrays, steps),  # noqa: B023
-                                            repeats)
-            sides = [("sqgturb", 1, base_wall, base_cpu)]
-            for side, compat in (("kit", False), ("kit-compat", True)):
-                model = SQGModel(params.replace(sqgturb_compat=compat))
-                for n_threads in threads:
-                    torch.set_num_threads(n_threads)
-                    wall, cpu = best_time(lambda: model.advance(ensemble, steps),  # noqa: B023
-                                          repeats)
-                    sides.append((side, n_threads, wall, cpu))
-                torch.set_num_threads(original)
-            for side, n_threads, wall, cpu in sides:
-                row = {"N": n, "steps": steps, "members": members, "side": side,
-                       "threads": n_threads, "wall_s": wall, "cpu_s": cpu,
-                       "cpu_ms_per_member_step": 1e3 * cpu / (members * steps),
-                       "speedup_wall": base_wall / wall, "speedup_cpu": base_cpu / cpu}
-                rows.append(row)
-                print(f"{n:>4} {steps:>5} {side:>10} {n_threads:>7} {wall:>8.3f} {cpu:>8.3f} "
-                      f"{row['cpu_ms_per_member_step']:>18.3f} {row['speedup_wall']:>13.2f} "
-                      f"{row['speedup_cpu']:>12.2f}")
-    finally:
-        torch.set_num_threads(original)
+    for n in sizes:
+        params = bao2024_at_resolution(n)
+        steps = max(1, int(round(hours * 3600.0 / params.dt)))
+        ensemble = noise_ensemble(params, members)
+        baseline = SqgturbModel(params, np.float32)
+        arrays = ensemble.numpy()
+        labels = [("sqgturb", 1)]
+        sides: list[tuple[int, Callable[[], Any]]] = [
+            (1, lambda: baseline.advance_members(arrays, steps))]  # noqa: B023
+        for side, compat in (("kit", False), ("kit-compat", True)):
+            model = SQGModel(params.replace(sqgturb_compat=compat))
+            for n_threads in threads:
+                labels.append((side, n_threads))
+                sides.append((n_threads, lambda m=model: m.advance(ensemble, steps)))  # noqa: B023
+        times = best_times(sides, repeats)
+        base_wall, base_cpu = times[0]
+        for (side, n_threads), (wall, cpu) in zip(labels, times):
+            row = {"N": n, "steps": steps, "members": members, "side": side,
+                   "threads": n_threads, "wall_s": wall, "cpu_s": cpu,
+                   "cpu_ms_per_member_step": 1e3 * cpu / (members * steps),
+                   "speedup_wall": base_wall / wall, "speedup_cpu": base_cpu / cpu}
+            rows.append(row)
+            print(f"{n:>4} {steps:>5} {side:>10} {n_threads:>7} {wall:>8.3f} {cpu:>8.3f} "
+                  f"{row['cpu_ms_per_member_step']:>18.3f} {row['speedup_wall']:>13.2f} "
+                  f"{row['speedup_cpu']:>12.2f}", flush=True)
     print(f"# load average at the end {_load()}")
     return rows
 
@@ -200,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                         help="torch intra-op thread counts for the kit sides")
     parser.add_argument("--hours", type=float, default=12.0, help="forecast length, hours")
-    parser.add_argument("--repeats", type=int, default=2, help="timing repetitions")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timing rounds (every side once per round; minimum kept)")
     parser.add_argument("--agreement", action="store_true",
                         help="print the compat mode's agreement with the baseline instead")
     args = parser.parse_args(argv)

@@ -369,6 +369,42 @@ def test_batched_ensemble_equals_members_stepped_alone():
     torch.testing.assert_close(blocked, batched, rtol=1e-12, atol=1e-9)
 
 
+def test_blocks_chunks_and_threads_do_not_change_a_bit(monkeypatch):
+    """Member blocks, Jacobian chunks of member-levels, grid-row blocks (uneven) and
+    member threads only reorganise the same operations: results are bit-identical."""
+    import turbda_kit.models.sqg as sqg_module
+
+    p = small_params(N=32, dt=2400.0, r=1e-6)
+    ensemble = random_initial_state(p, torch.Generator().manual_seed(12), batch_shape=(5,),
+                                    noise_std=1500.0)
+    reference = SQGModel(p).advance(ensemble, 8)
+    for members in (1, 2, 5):
+        assert torch.equal(SQGModel(p, block_members=members).advance(ensemble, 8), reference)
+    spec = to_spectral(ensemble)
+    tendency = SQGModel(p).tendency_spectral(spec)
+    # one member-level per chunk, rows of the 48-point Jacobian grid in blocks of 7 (+ 6)
+    monkeypatch.setattr(sqg_module, "_CPU_JACOBIAN_BYTES", 1)
+    monkeypatch.setattr(sqg_module, "_row_block", lambda ops, chunk: 7)
+    chunked = SQGModel(p)
+    ws = chunked._blocks(chunked.operators("cpu", F64), 5)[0][0][2]
+    assert ws.chunk == 1 and sorted({b - a for a, b in ws.rows}) == [6, 7]
+    assert torch.equal(chunked.advance(ensemble, 8), reference)
+    assert torch.equal(chunked.tendency_spectral(spec), tendency)
+    monkeypatch.undo()
+    one_thread = SQGModel(p).step_spectral(spec, 8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = SQGModel(p)
+        blocks, workers = model._blocks(model.operators("cpu", F64), 5)
+        assert workers == 2 and len(blocks) >= 2
+        assert torch.equal(model.advance(ensemble, 8), reference)
+        assert torch.get_num_threads() == 2  # restored after the member threads
+        assert torch.equal(model.step_spectral(spec, 8), one_thread)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_spun_up_run_is_turbulent_with_bounded_energy(spun_up_32):
     model, state = spun_up_32
     energies = []
@@ -525,3 +561,18 @@ def test_nature_run_records_sqgturb_compat(tmp_path):
     with xr.open_dataset(path) as ds:
         assert ds.attrs["sqg_sqgturb_compat"] == 1 and ds.attrs["sqg_dealias"] == 1
         assert bool(np.isfinite(ds["theta"].values).all())
+
+
+def test_divergence_with_member_threads_restores_the_thread_count():
+    p = small_params(dt=40000.0)
+    state = random_initial_state(p, torch.Generator().manual_seed(9), batch_shape=(4,),
+                                 noise_std=20000.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(DivergenceError, match="CFL") as info:
+            SQGModel(p, cfl_check_every=1).advance(state, 5)
+        assert torch.get_num_threads() == 2
+        torch.testing.assert_close(info.value.last_good_state, state)
+    finally:
+        torch.set_num_threads(threads)
