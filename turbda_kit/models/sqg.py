@@ -37,7 +37,9 @@ multiplication by the hyperdiffusion factor (see :class:`SQGParams` and
 Tensors are ``(*batch, 2, N, N)`` (levels, y, x) in float32 or float64 on any device;
 the input decides the device and dtype. Operators are built once per (device, dtype)
 and cached on the model; per-batch-size work buffers are reused between steps so a
-step allocates almost nothing.
+step allocates almost nothing. On a CPU the work goes by cache-sized blocks (members,
+member-levels, grid rows) and, with several torch threads, member blocks are stepped
+concurrently; none of this changes a bit of the result (see :meth:`SQGModel._blocks`).
 
 Examples
 --------
