@@ -1,20 +1,36 @@
-"""Forecast-model throughput (measured, never asserted).
+"""SQG speed against sqgturb's algorithm, and the compat mode's agreement (measured, never asserted).
 
-SQG (``bench_sqg``): member-steps per second of :class:`turbda_kit.models.sqg.SQGModel`
-at N = 64/128/256 with 1 and 20 members, the batched ensemble against a per-member
-loop in the same run, and the headline comparison: advancing a 20-member N = 64
-ensemble (the ``bao2024_sqg64`` preset) by 12 h of model time against a per-member
-NumPy implementation of the same model (numpy.fft/pocketfft, float32), written below as
-the baseline. Target: the torch ensemble needs under half the NumPy time.
+Speed (default): a 12-h forecast of a float32 ensemble at N = 64, 128, 256 (presets
+``bao2024_sqg64``, ``vit_scaling_sqg128``, ``vit_scaling_sqg256``), timed in the same run
+for three sides:
+
+* ``kit``        -- :class:`turbda_kit.models.sqg.SQGModel`, default (corrected) physics,
+  the whole ensemble batched;
+* ``kit-compat`` -- the same with ``sqgturb_compat=True`` (sqgturb's algorithm);
+* ``sqgturb``    -- :class:`turbda_kit.baselines.sqgturb.SqgturbModel`, sqgturb's algorithm
+  one member at a time in NumPy (numpy.fft: always one thread), the baseline.
+
+Each kit side is timed with every ``--threads`` count (torch intra-op threads); the
+baseline once. Printed per row: side, threads, wall and CPU seconds (``time.process_time``:
+all threads of the process) for the forecast, CPU ms per member-step, and the speed-up
+``baseline / side`` in wall and in CPU time (target: >= 2 on one thread). On a shared
+machine wall time includes waiting for a core; one-thread CPU time is the like-for-like
+figure. Timings are the best of ``--repeats`` rounds after a warm-up; each round runs
+every side once, so bursts of load from other jobs hit all sides alike. On a loaded
+machine prefer short forecasts and more rounds (``--hours 1 --repeats 5``).
+
+Agreement (``--agreement``): from a turbulent state (20 days of spin-up), the relative max
+difference after 1 and 100 steps between the baseline and the kit in compat mode (float64,
+float32), the baseline's own float32-vs-float64 gap, the kit's default physics, and the
+default physics with ``H, f, U`` x 2.25 (``r`` / 2.25), at sqgturb's N = 64 setting
+(dt = 900 s, 12-h hyperdiffusion), for spin-ups with each dynamics.
 
 Usage::
 
-    python benchmarks/bench_models.py                 # everything, torch's default threads
-    python benchmarks/bench_models.py --threads 1 2   # compare intra-op thread counts
-    python benchmarks/bench_models.py --quick         # N = 64 only
-
-Timings are the best of ``--repeats`` runs (a shared machine only ever slows a run
-down); the load average at the start is printed with them.
+    python benchmarks/bench_models.py                          # N = 64, 128, 256; 1 and 2 threads
+    python benchmarks/bench_models.py --sizes 64 --threads 1    # quick
+    python benchmarks/bench_models.py --hours 3 --repeats 1     # shorter forecasts
+    python benchmarks/bench_models.py --agreement
 """
 
 from __future__ import annotations
@@ -36,141 +52,42 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from turbda_kit.baselines.sqgturb import SqgturbModel  # noqa: E402
 from turbda_kit.models.sqg import (  # noqa: E402
+    SQGTURB_DEALIAS_FACTOR,
     SQGModel,
     SQGParams,
-    bao2024_sqg64,
+    bao2024_at_resolution,
     random_initial_state,
-    vit_scaling_sqg128,
-    vit_scaling_sqg256,
 )
 
-# --------------------------------------------------------------------------------------
-# NumPy baseline: the same model, one member at a time (rfft2 layout, float32)
-# --------------------------------------------------------------------------------------
+DAY = 86400.0
 
 
-class NumpySQG:
-    """Per-member NumPy SQG: same inversion, 3/2-padded Jacobian, relaxation, Ekman,
-    hyperdiffusion integrating factor and IF-RK4 as the torch model.
+def best_times(sides: list[tuple[int, Callable[[], Any]]], repeats: int
+               ) -> list[tuple[float, float]]:
+    """Smallest wall and CPU (process, all threads) seconds of each side's call.
 
-    Parameters
-    ----------
-    params : SQGParams
-    dtype : numpy dtype
-        float32 (the baseline) or float64 (for checking against the torch model).
+    ``sides``: ``(torch threads, fn)``. One warm-up call each (operator caches, FFT
+    plans, page faults), then ``repeats`` rounds in which every side runs once, so a
+    burst of load from other jobs hits all sides alike; the minimum of each is kept.
     """
-
-    def __init__(self, params: SQGParams, dtype: Any = np.float32):
-        self.p = params
-        self.real = np.dtype(dtype)
-        self.cplx = np.result_type(self.real, np.complex64)
-        n = params.N
-        self.n, self.half = n, n // 2
-        self.m = 3 * n // 2 if params.dealias else n
-        kx = np.arange(n // 2 + 1)[None, :] * (2 * np.pi / params.L)
-        ky = np.fft.fftfreq(n, 1.0 / n)[:, None] * (2 * np.pi / params.L)
-        ksq = kx**2 + ky**2
-        ktot = np.sqrt(ksq)
-        mu = ktot * params.rossby_radius
-        safe = np.where(mu > 0, mu, 1.0)
-        self.c = np.where(mu > 0, params.H / safe / np.tanh(safe), 0.0).astype(self.real)
-        self.s = np.where(mu > 0, params.H / safe / np.sinh(safe), 0.0).astype(self.real)
-        kx_d, ky_d = kx.copy(), ky.copy()
-        kx_d[0, n // 2] = 0.0
-        ky_d[n // 2, 0] = 0.0
-        self.ik = (1j * kx_d).astype(self.cplx)
-        self.il = (1j * ky_d).astype(self.cplx)
-        rate = (ktot / (np.pi * n / params.L)) ** params.diff_order / params.diff_efold
-        self.e = np.exp(-rate * params.dt).astype(self.real)
-        self.eh = np.exp(-rate * params.dt / 2).astype(self.real)
-        self.rksq = (params.r * ksq).astype(self.real)
-        y = np.arange(n) * params.dx
-        wn = 2 * np.pi / params.L
-        mu1 = wn * params.rossby_radius
-        if params.symmetric:
-            amp = mu1 * 0.5 * params.U / (wn * params.H) / np.tanh(0.5 * mu1)
-            eq = np.stack([-amp * np.cos(wn * y)] * 2)
-        else:
-            sfc = -(mu1 * params.U / (wn * params.H)) / np.sinh(mu1) * np.cos(wn * y)
-            eq = np.stack([sfc, sfc * np.cosh(mu1)])
-        eq = np.repeat(eq[:, :, None], n, axis=2)
-        self.q_eq = np.fft.rfft2(eq, norm="forward").astype(self.cplx)
-        self.relax = 0.0 if math.isinf(params.tdiab) else 1.0 / params.tdiab
-        self.dt = self.real.type(params.dt)
-
-    def tendency(self, q: np.ndarray) -> np.ndarray:
-        """dq/dt of rfft2 amplitudes ``(2, N, N//2+1)`` (hyperdiffusion excluded)."""
-        n, h, m = self.n, self.half, self.m
-        psi = np.stack([self.s * q[1] - self.c * q[0], self.c * q[1] - self.s * q[0]])
-        fields = np.stack([-self.il * psi, self.ik * psi, self.ik * q, self.il * q])
-        if self.p.dealias:
-            padded = np.zeros((4, 2, m, m // 2 + 1), self.cplx)
-            padded[..., :h, :h] = fields[..., :h, :h]
-            padded[..., m - h + 1:, :h] = fields[..., n - h + 1:, :h]
-        else:
-            padded = fields
-        grid = np.fft.irfft2(padded, s=(m, m), norm="forward")
-        adv = grid[0] * grid[2] + grid[1] * grid[3]
-        spec = np.fft.rfft2(adv, norm="forward")
-        if self.p.dealias:
-            adv_spec = np.zeros_like(q)
-            adv_spec[..., :h, :h] = spec[..., :h, :h]
-            adv_spec[..., n - h + 1:, :h] = spec[..., m - h + 1:, :h]
-        else:
-            adv_spec = spec
-        out = (self.q_eq - q) * self.real.type(self.relax) - adv_spec
-        if self.p.r > 0:
-            out[0] += self.rksq * psi[0]
-            if self.p.symmetric:
-                out[1] -= self.rksq * psi[1]
-        return out
-
-    def step(self, q: np.ndarray) -> np.ndarray:
-        """One IF-RK4 step of amplitudes ``(2, N, N//2+1)``."""
-        dt, e, eh = self.dt, self.e, self.eh
-        half = self.real.type(0.5) * dt
-        a = self.tendency(q)
-        b = self.tendency(eh * (q + half * a))
-        c = self.tendency(eh * q + half * b)
-        d = self.tendency(e * q + dt * eh * c)
-        return e * q + (dt / 6) * (e * a + 2 * eh * (b + c) + d)
-
-    def advance(self, pv: np.ndarray, n_steps: int) -> np.ndarray:
-        """Grid PV ``(2, N, N)`` advanced by ``n_steps``."""
-        q = np.fft.rfft2(pv.astype(self.real), norm="forward").astype(self.cplx)
-        for _ in range(n_steps):
-            q = self.step(q)
-        return np.fft.irfft2(q, s=(self.n, self.n), norm="forward").astype(self.real)
-
-
-# --------------------------------------------------------------------------------------
-# Timing helpers
-# --------------------------------------------------------------------------------------
-
-
-def best_time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
-    """Smallest wall and CPU (process, all threads) times of ``repeats`` calls, seconds.
-
-    One warm-up call first. On a shared machine the wall time includes waiting for a
-    core; the CPU time does not, which makes single-threaded comparisons fair there.
-    """
-    fn()
-    wall = cpu = math.inf
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        wall = min(wall, time.perf_counter() - start)
-        cpu = min(cpu, time.process_time() - start_cpu)
-    return wall, cpu
-
-
-def noise_ensemble(params: SQGParams, members: int, dtype: torch.dtype) -> torch.Tensor:
-    """Seeded noise states (winds of tens of m/s); the cost per step does not depend on
-    the flow, so no spin-up is needed for timing."""
-    gen = torch.Generator().manual_seed(0)
-    return random_initial_state(params, gen, batch_shape=(members,), noise_std=3000.0,
-                                dtype=dtype)
+    original = torch.get_num_threads()
+    best = [(math.inf, math.inf) for _ in sides]
+    try:
+        for n_threads, fn in sides:
+            torch.set_num_threads(n_threads)
+            fn()
+        for _ in range(repeats):
+            for k, (n_threads, fn) in enumerate(sides):
+                torch.set_num_threads(n_threads)
+                start, start_cpu = time.perf_counter(), time.process_time()
+                fn()
+                wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+                best[k] = (min(best[k][0], wall), min(best[k][1], cpu))
+    finally:
+        torch.set_num_threads(original)
+    return best
 
 
 def _load() -> str:
@@ -180,112 +97,127 @@ def _load() -> str:
         return "?"
 
 
+def noise_ensemble(params: SQGParams, members: int) -> torch.Tensor:
+    """Seeded float32 noise states (~3 K): the cost of a step does not depend on the
+    flow, so no spin-up is needed for timing."""
+    gen = torch.Generator().manual_seed(0)
+    return random_initial_state(params, gen, batch_shape=(members,), noise_std=1000.0,
+                                dtype=torch.float32)
+
+
 # --------------------------------------------------------------------------------------
-# SQG benchmark
+# speed
 # --------------------------------------------------------------------------------------
 
 
-def sqg_headline(repeats: int = 2) -> dict[str, float]:
-    """20-member N=64 ensemble, 12 h (36 steps of 1200 s): torch batched vs NumPy loop."""
-    params = bao2024_sqg64()
-    steps = int(round(12 * 3600 / params.dt))
-    ens = noise_ensemble(params, 20, torch.float32)
-    model = SQGModel(params)
-    reference = NumpySQG(params, np.float32)
-    members_np = [m.numpy() for m in ens]
-
-    torch_wall, torch_cpu = best_time(lambda: model.advance(ens, steps), repeats)
-    loop_wall, loop_cpu = best_time(lambda: [model.advance(m, steps) for m in ens], repeats)
-    numpy_wall, numpy_cpu = best_time(
-        lambda: [reference.advance(m, steps) for m in members_np], repeats)
-    # the two implementations compute the same thing
-    torch_out = model.advance(ens[:2], steps).numpy()
-    numpy_out = np.stack([reference.advance(m, steps) for m in members_np[:2]])
-    rel = float(np.abs(torch_out - numpy_out).max() / np.abs(numpy_out).max())
-    return {"steps": steps, "torch_batched_wall_s": torch_wall, "torch_batched_cpu_s": torch_cpu,
-            "torch_loop_wall_s": loop_wall, "torch_loop_cpu_s": loop_cpu,
-            "numpy_loop_wall_s": numpy_wall, "numpy_loop_cpu_s": numpy_cpu,
-            "ratio_wall": torch_wall / numpy_wall, "ratio_cpu": torch_cpu / numpy_cpu,
-            "max_rel_diff": rel}
-
-
-def bench_sqg(sizes: tuple[int, ...] = (64, 128, 256), members: tuple[int, ...] = (1, 20),
-              threads: tuple[int, ...] | None = None, repeats: int = 2,
-              numpy_sizes: tuple[int, ...] = (64, 128)) -> list[dict[str, Any]]:
-    """Print and return member-steps/s of the SQG model (see the module docstring).
-
-    Parameters
-    ----------
-    sizes : grid sizes (presets bao2024_sqg64, vit_scaling_sqg128/256).
-    members : ensemble sizes.
-    threads : torch intra-op thread counts to try (None: torch's current setting).
-    repeats : timing repetitions (best kept).
-    numpy_sizes : sizes at which the per-member NumPy baseline is also timed.
-    """
-    presets = {64: bao2024_sqg64(), 128: vit_scaling_sqg128(), 256: vit_scaling_sqg256()}
-    thread_counts = threads or (torch.get_num_threads(),)
-    original_threads = torch.get_num_threads()
-    print(f"# SQG benchmark: torch {torch.__version__}, numpy {np.__version__}, "
+def bench_speed(sizes: tuple[int, ...] = (64, 128, 256), members: int = 20,
+                threads: tuple[int, ...] = (1, 2), hours: float = 12.0,
+                repeats: int = 3) -> list[dict[str, Any]]:
+    """Print and return the speed table (see the module docstring)."""
+    print(f"# SQG forecast speed: torch {torch.__version__}, numpy {np.__version__}, "
           f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
           f"load average {_load()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    print(f"# {members} members, {hours:g} h forecast, float32; speed-up = baseline time / "
+          "side time (target >= 2)")
+    print(f"{'N':>4} {'steps':>5} {'side':>10} {'threads':>7} {'wall s':>8} {'CPU s':>8} "
+          f"{'CPU ms/member-step':>18} {'speed-up wall':>13} {'speed-up CPU':>12}")
     rows: list[dict[str, Any]] = []
-    try:
-        for n_threads in thread_counts:
-            torch.set_num_threads(n_threads)
-            print(f"\n## torch threads = {n_threads}")
-            head = sqg_headline(repeats)
-            print(f"headline: 20 members, N=64, 12 h = {head['steps']} steps, float32 "
-                  "(wall s / CPU s):")
-            for key, label in (("torch_batched", "torch batched ensemble"),
-                               ("torch_loop", "torch per-member loop"),
-                               ("numpy_loop", "NumPy per-member (baseline)")):
-                print(f"  {label:28s} {head[key + '_wall_s']:8.3f} / {head[key + '_cpu_s']:.3f}")
-            print(f"  torch/NumPy: wall {head['ratio_wall']:.2f}, CPU {head['ratio_cpu']:.2f} "
-                  f"(target < 0.5); max rel. diff torch vs NumPy {head['max_rel_diff']:.1e}")
-            rows.append({"kind": "headline", "threads": n_threads, **head})
-            print(f"{'N':>4} {'members':>7} {'dt[s]':>6} {'batched':>15} {'loop':>15} "
-                  f"{'numpy':>15}   (member-steps per wall s [per CPU s], float32)")
-            for n in sizes:
-                params = presets[n]
-                model = SQGModel(params)
-                reference = NumpySQG(params, np.float32)
-                steps = max(2, int(round(36 * (64 / n) ** 2)))
-                for m in members:
-                    ens = noise_ensemble(params, m, torch.float32)
-                    t_batch = best_time(lambda: model.advance(ens, steps), repeats)  # noqa: B023
-                    t_loop = best_time(lambda: [model.advance(x, steps) for x in ens],  # noqa: B023
-                                       repeats) if m > 1 else t_batch
-                    if n in numpy_sizes:
-                        arrays = [x.numpy() for x in ens]
-                        t_np = best_time(lambda: [reference.advance(a, steps)  # noqa: B023
-                                                  for a in arrays], 1)  # noqa: B023
-                    else:
-                        t_np = (math.nan, math.nan)
-                    cells, rate = [], {}
-                    for key, (wall, cpu) in (("batched", t_batch), ("loop", t_loop),
-                                             ("numpy", t_np)):
-                        rate[key] = m * steps / wall
-                        rate[key + "_cpu"] = m * steps / cpu
-                        cells.append(f"{rate[key]:>7.0f} [{rate[key + '_cpu']:>5.0f}]")
-                    print(f"{n:>4} {m:>7} {params.dt:>6.0f} " + " ".join(cells))
-                    rows.append({"kind": "throughput", "threads": n_threads, "N": n,
-                                 "members": m, "steps": steps, **rate})
-    finally:
-        torch.set_num_threads(original_threads)
+    for n in sizes:
+        params = bao2024_at_resolution(n)
+        steps = max(1, int(round(hours * 3600.0 / params.dt)))
+        ensemble = noise_ensemble(params, members)
+        baseline = SqgturbModel(params, np.float32)
+        arrays = ensemble.numpy()
+        labels = [("sqgturb", 1)]
+        sides: list[tuple[int, Callable[[], Any]]] = [
+            (1, lambda: baseline.advance_members(arrays, steps))]  # noqa: B023
+        for side, compat in (("kit", False), ("kit-compat", True)):
+            model = SQGModel(params.replace(sqgturb_compat=compat))
+            for n_threads in threads:
+                labels.append((side, n_threads))
+                sides.append((n_threads, lambda m=model: m.advance(ensemble, steps)))  # noqa: B023
+        times = best_times(sides, repeats)
+        base_wall, base_cpu = times[0]
+        for (side, n_threads), (wall, cpu) in zip(labels, times):
+            row = {"N": n, "steps": steps, "members": members, "side": side,
+                   "threads": n_threads, "wall_s": wall, "cpu_s": cpu,
+                   "cpu_ms_per_member_step": 1e3 * cpu / (members * steps),
+                   "speedup_wall": base_wall / wall, "speedup_cpu": base_cpu / cpu}
+            rows.append(row)
+            print(f"{n:>4} {steps:>5} {side:>10} {n_threads:>7} {wall:>8.3f} {cpu:>8.3f} "
+                  f"{row['cpu_ms_per_member_step']:>18.3f} {row['speedup_wall']:>13.2f} "
+                  f"{row['speedup_cpu']:>12.2f}", flush=True)
+    print(f"# load average at the end {_load()}")
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# agreement with sqgturb's algorithm
+# --------------------------------------------------------------------------------------
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def bench_agreement(n: int = 64, steps: int = 100, spinup_days: float = 20.0
+                    ) -> list[dict[str, Any]]:
+    """Print and return how far each model is from the baseline (module docstring)."""
+    torch.set_num_threads(1)
+    c = SQGTURB_DEALIAS_FACTOR
+    params = bao2024_at_resolution(n).replace(dt=900.0 * 64 / n, diff_efold=0.5 * DAY * 64 / n)
+    compat = params.replace(sqgturb_compat=True)
+    scaled = params.replace(H=c * params.H, f=c * params.f, U=c * params.U, r=params.r / c)
+    print(f"# agreement with sqgturb's algorithm (SqgturbModel): N={n}, dt={params.dt:g} s, "
+          f"diff_efold={params.diff_efold:g} s; relative max difference after 1 / {steps} "
+          "steps")
+    rows: list[dict[str, Any]] = []
+    for spin_name, spin_params in (("sqgturb", compat), ("kit", params)):
+        state = random_initial_state(params, torch.Generator().manual_seed(1))
+        state = SQGModel(spin_params).advance(state, int(round(spinup_days * DAY / params.dt)))
+        print(f"## spun up {spinup_days:g} days with the {spin_name} dynamics")
+        reference = {}
+        for dtype in (np.float64, np.float32):
+            baseline = SqgturbModel(compat, dtype)
+            one = baseline.advance(state.numpy().astype(dtype), 1)
+            reference[np.dtype(dtype).name] = (one, baseline.advance(one, steps - 1))
+        own = _rel(reference["float32"][1], reference["float64"][1])
+        print(f"  {'baseline float32 vs float64':48s}    -     / {own:.1e}")
+        for label, p, dtype in (("kit compat, float64", compat, torch.float64),
+                                ("kit compat, float32", compat, torch.float32),
+                                ("kit default physics, float64", params, torch.float64),
+                                ("kit default, H f U x 2.25 (r / 2.25), float64", scaled,
+                                 torch.float64)):
+            model = SQGModel(p, cfl_check_every=0)
+            one = model.advance(state.to(dtype), 1)
+            last = model.advance(one, steps - 1)
+            ref_one, ref_last = reference["float32" if dtype == torch.float32 else "float64"]
+            gaps = (_rel(one.numpy(), ref_one), _rel(last.numpy(), ref_last))
+            print(f"  {label:48s} {gaps[0]:.1e} / {gaps[1]:.1e}")
+            rows.append({"spinup": spin_name, "model": label, "after_1": gaps[0],
+                         f"after_{steps}": gaps[1]})
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, nargs="*", default=None,
-                        help="torch intra-op thread counts to compare (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=2, help="timing repetitions")
-    parser.add_argument("--quick", action="store_true", help="N = 64 only")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256],
+                        help="grid sizes (64, 128, 256; any multiple of 4)")
+    parser.add_argument("--members", type=int, default=20, help="ensemble size")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="torch intra-op thread counts for the kit sides")
+    parser.add_argument("--hours", type=float, default=12.0, help="forecast length, hours")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timing rounds (every side once per round; minimum kept)")
+    parser.add_argument("--agreement", action="store_true",
+                        help="print the compat mode's agreement with the baseline instead")
     args = parser.parse_args(argv)
-    sizes = (64,) if args.quick else (64, 128, 256)
-    bench_sqg(sizes=sizes, threads=tuple(args.threads) if args.threads else None,
-              repeats=args.repeats)
+    if args.agreement:
+        bench_agreement()
+    else:
+        bench_speed(sizes=tuple(args.sizes), members=args.members, threads=tuple(args.threads),
+                    hours=args.hours, repeats=args.repeats)
 
 
 if __name__ == "__main__":

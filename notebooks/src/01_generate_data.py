@@ -6,8 +6,10 @@
 # `nature_sqg.nc` (or `.zarr`). The physics is the coupled-experiment setting
 # (`bao2024_sqg64`: L = 20 Rossby radii, U = 30 m/s, 10-day relaxation, 8th-order
 # hyperdiffusion); on other grids `dt` and the hyperdiffusion time scale are scaled by
-# 64/N. Re-running into the same `out_dir` resumes an interrupted run and returns a
-# finished one as is.
+# 64/N. `sqgturb_compat=True` runs J. Whitaker's sqgturb algorithm instead (advection
+# 2.25x too strong when dealiased, as in the SC24 paper's nature runs; `docs/models.md`).
+# Re-running into the same `out_dir` resumes an interrupted run and returns a finished
+# one as is.
 
 # %% tags=["parameters"]
 out_dir: str = "."  # run directory (set by `turbda run`)
@@ -19,6 +21,7 @@ spinup_days: float = 50.0  # integration before the first stored state, days
 seed: int = 0  # seed of the initial noise (torch.Generator on the CPU)
 fmt: str = "nc"  # output format: "nc" (netCDF4) or "zarr"
 device: str = "auto"  # "auto" (GPU when visible), "cpu", "cuda", "cuda:1", ...
+sqgturb_compat: bool = False  # True: sqgturb's dynamics (as the paper's data); False: corrected
 
 # %%
 import time
@@ -35,7 +38,7 @@ from turbda_kit.viz.plots import fields, save, show
 
 if model != "sqg":
     raise InputError(f"model = {model!r}: only 'sqg' is available in this notebook")
-params = bao2024_at_resolution(N)
+params = bao2024_at_resolution(N).replace(sqgturb_compat=sqgturb_compat)
 run_device = resolve_device(device)
 out = Path(out_dir)
 path = out / f"nature_sqg.{fmt}"

@@ -8,12 +8,15 @@ import math
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
+from turbda_kit.data.nature import sqg_nature_run
 from turbda_kit.errors import DivergenceError, InputError
 from turbda_kit.models.base import ForecastModel, check_state
 from turbda_kit.models.spectral import to_grid, to_spectral
 from turbda_kit.models.sqg import (
     SQG_PRESETS,
+    SQGTURB_DEALIAS_FACTOR,
     SQGModel,
     SQGParams,
     bao2024_at_resolution,
@@ -84,6 +87,7 @@ def spun_up_32(one_thread):
     ("L", -1.0), ("H", 0.0), ("nsq", 0.0), ("f", -1e-4), ("g", math.inf), ("theta0", 0.0),
     ("tdiab", 0.0), ("diff_efold", -1.0), ("r", -1e-6), ("U", math.nan),
     ("diff_order", 3), ("diff_order", 0), ("symmetric", 1), ("dealias", "yes"),
+    ("sqgturb_compat", 1),
 ])
 def test_params_reject_bad_values_naming_the_parameter(field, value):
     with pytest.raises(InputError, match=field):
@@ -365,6 +369,42 @@ def test_batched_ensemble_equals_members_stepped_alone():
     torch.testing.assert_close(blocked, batched, rtol=1e-12, atol=1e-9)
 
 
+def test_blocks_chunks_and_threads_do_not_change_a_bit(monkeypatch):
+    """Member blocks, Jacobian chunks of member-levels, grid-row blocks (uneven) and
+    member threads only reorganise the same operations: results are bit-identical."""
+    import turbda_kit.models.sqg as sqg_module
+
+    p = small_params(N=32, dt=2400.0, r=1e-6)
+    ensemble = random_initial_state(p, torch.Generator().manual_seed(12), batch_shape=(5,),
+                                    noise_std=1500.0)
+    reference = SQGModel(p).advance(ensemble, 8)
+    for members in (1, 2, 5):
+        assert torch.equal(SQGModel(p, block_members=members).advance(ensemble, 8), reference)
+    spec = to_spectral(ensemble)
+    tendency = SQGModel(p).tendency_spectral(spec)
+    # one member-level per chunk, rows of the 48-point Jacobian grid in blocks of 7 (+ 6)
+    monkeypatch.setattr(sqg_module, "_CPU_JACOBIAN_BYTES", 1)
+    monkeypatch.setattr(sqg_module, "_row_block", lambda ops, chunk: 7)
+    chunked = SQGModel(p)
+    ws = chunked._blocks(chunked.operators("cpu", F64), 5)[0][0][2]
+    assert ws.chunk == 1 and sorted({b - a for a, b in ws.rows}) == [6, 7]
+    assert torch.equal(chunked.advance(ensemble, 8), reference)
+    assert torch.equal(chunked.tendency_spectral(spec), tendency)
+    monkeypatch.undo()
+    one_thread = SQGModel(p).step_spectral(spec, 8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = SQGModel(p)
+        blocks, workers = model._blocks(model.operators("cpu", F64), 5)
+        assert workers == 2 and len(blocks) >= 2
+        assert torch.equal(model.advance(ensemble, 8), reference)
+        assert torch.get_num_threads() == 2  # restored after the member threads
+        assert torch.equal(model.step_spectral(spec, 8), one_thread)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_spun_up_run_is_turbulent_with_bounded_energy(spun_up_32):
     model, state = spun_up_32
     energies = []
@@ -477,3 +517,62 @@ def test_blow_up_raises_divergence_with_the_last_good_state():
     good = info.value.last_good_state
     assert good.shape == state.shape and bool(torch.isfinite(good).all())
     assert info.value.last_good_step % 2 == 0
+
+
+# ----- sqgturb compatibility (kit-side; against the NumPy baseline: tests/baselines) -------
+
+
+def test_sqgturb_compat_is_off_by_default_and_validated():
+    assert bao2024_sqg64().sqgturb_compat is False
+    assert SQGTURB_DEALIAS_FACTOR == 2.25
+    with pytest.raises(InputError, match="multiple of 4"):
+        SQGParams(N=18, sqgturb_compat=True)
+    SQGParams(N=18, sqgturb_compat=True, dealias=False)  # no padded grid, any even N
+    assert SQGParams(N=20, sqgturb_compat=True).to_dict()["sqgturb_compat"] is True
+
+
+def test_sqgturb_compat_steps_rk4_then_the_hyperdiffusion_factor():
+    """The equilibrium-jet mode alone (no Jacobian): dq/dt = (q_eq - q)/tdiab, linear, so
+    sqgturb's step is q <- E (q_eq + R(z) (q - q_eq)) with RK4's polynomial
+    R(z) = 1 + z + z^2/2 + z^3/6 + z^4/24, z = -dt/tdiab, and E = exp(-nu dt). The
+    kit's integrating-factor RK4 is a different (also 4th-order) map."""
+    p = small_params(dt=3600.0, diff_efold=0.5 * DAY, diff_order=2, sqgturb_compat=True)
+    q_eq = equilibrium_pv(p)
+    state = 3.0 * q_eq
+    k = 2 * math.pi / p.L
+    nu = (k / (math.pi * p.N / p.L)) ** p.diff_order / p.diff_efold
+    efac = math.exp(-nu * p.dt)
+    z = -p.dt / p.tdiab
+    r = 1 + z + z**2 / 2 + z**3 / 6 + z**4 / 24
+    expected = state.clone()
+    for _ in range(24):
+        expected = efac * (q_eq + r * (expected - q_eq))
+    out = SQGModel(p).advance(state, 24)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-6)
+    lawson = SQGModel(p.replace(sqgturb_compat=False)).advance(state, 24)
+    # measured 2.2e-5 relative: far above the 1e-10 agreement with the closed form
+    assert float((lawson - out).abs().max()) > 2e-6 * float(out.abs().max())
+
+
+def test_nature_run_records_sqgturb_compat(tmp_path):
+    p = small_params(sqgturb_compat=True)
+    path = sqg_nature_run(p, days=0.5, output_interval_s=43200.0, path=tmp_path / "t.nc",
+                          seed=0, spinup_days=0.5, progress=False)
+    with xr.open_dataset(path) as ds:
+        assert ds.attrs["sqg_sqgturb_compat"] == 1 and ds.attrs["sqg_dealias"] == 1
+        assert bool(np.isfinite(ds["theta"].values).all())
+
+
+def test_divergence_with_member_threads_restores_the_thread_count():
+    p = small_params(dt=40000.0)
+    state = random_initial_state(p, torch.Generator().manual_seed(9), batch_shape=(4,),
+                                 noise_std=20000.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(DivergenceError, match="CFL") as info:
+            SQGModel(p, cfl_check_every=1).advance(state, 5)
+        assert torch.get_num_threads() == 2
+        torch.testing.assert_close(info.value.last_good_state, state)
+    finally:
+        torch.set_num_threads(threads)

@@ -28,10 +28,18 @@ Per member, the tendency of the boundary PV ``q_j`` (``j = 0`` surface, ``1`` li
 * Time stepping: classic 4th-order Runge-Kutta on the integrating-factor form (Lawson's
   IF-RK4), which is 4th order for the full equation.
 
+``SQGParams(sqgturb_compat=True)`` switches to sqgturb's algorithm instead: dealiased
+advection 2.25x too strong (equivalently ``H``, ``f`` and ``U`` all 2.25x larger), the
+Nyquist row and column carried into the Jacobian, and a plain RK4 step followed by one
+multiplication by the hyperdiffusion factor (see :class:`SQGParams` and
+:mod:`turbda_kit.baselines.sqgturb`).
+
 Tensors are ``(*batch, 2, N, N)`` (levels, y, x) in float32 or float64 on any device;
 the input decides the device and dtype. Operators are built once per (device, dtype)
 and cached on the model; per-batch-size work buffers are reused between steps so a
-step allocates almost nothing.
+step allocates almost nothing. On a CPU the work goes by cache-sized blocks (members,
+member-levels, grid rows) and, with several torch threads, member blocks are stepped
+concurrently; none of this changes a bit of the result (see :meth:`SQGModel._blocks`).
 
 Examples
 --------
@@ -46,9 +54,11 @@ torch.Size([3, 2, 32, 32])
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +78,7 @@ from .spectral import (
 
 __all__ = [
     "SQGParams",
+    "SQGTURB_DEALIAS_FACTOR",
     "SQGPreset",
     "SQG_PRESETS",
     "sqg_preset",
@@ -85,8 +96,15 @@ __all__ = [
 
 DAY_SECONDS = 86400.0
 _STATE_UNITS = ("pv", "K")
-# Target working set of one block of members on a CPU (see SQGModel._blocks).
-_CPU_BLOCK_BYTES = 8 * 2**20
+#: Factor by which sqgturb's dealiased advection exceeds the true one: ``(3/2)**2``, the
+#: padded grid's FFT normalisation it leaves on the truncated Jacobian.
+SQGTURB_DEALIAS_FACTOR = 2.25
+# Target working sets on a CPU: a block of members (spectral arrays, see SQGModel._blocks),
+# a chunk of member-levels in the Jacobian (_jacobian_chunk) and a block of grid rows
+# between its y and x transforms (_row_block).
+_CPU_BLOCK_BYTES = 2 * 2**20
+_CPU_JACOBIAN_BYTES = 2 * 2**20
+_CPU_ROW_BLOCK_BYTES = 4 * 2**20
 
 
 # --------------------------------------------------------------------------------------
@@ -133,6 +151,15 @@ class SQGParams:
         variant with no equilibrium wind at the surface.
     dealias : bool
         Compute the Jacobian on a 3/2-padded grid (2/3 rule).
+    sqgturb_compat : bool
+        Reproduce J. Whitaker's ``sqgturb`` algorithm instead of the corrected physics
+        (default False): with ``dealias=True`` advection 2.25x too strong (sqgturb's
+        padded-grid normalisation), the Nyquist row and column carried into the
+        Jacobian as sqgturb does, and plain RK4 followed by one hyperdiffusion factor
+        per step instead of integrating-factor RK4. The SC24 nature runs were made with
+        these dynamics; ``docs/models.md`` explains the three differences.
+        ``turbda_kit.baselines.sqgturb.SqgturbModel`` is the per-member NumPy reference.
+        With ``dealias=True``, ``N`` must be a multiple of 4.
 
     Examples
     --------
@@ -156,6 +183,7 @@ class SQGParams:
     diff_efold: float = DAY_SECONDS
     symmetric: bool = True
     dealias: bool = True
+    sqgturb_compat: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.N, bool) or not isinstance(self.N, int) or self.N < 8 or self.N % 2:
@@ -177,10 +205,14 @@ class SQGParams:
                 or self.diff_order < 2 or self.diff_order % 2):
             raise InputError(f"SQGParams.diff_order = {self.diff_order!r}: must be an even "
                              "integer >= 2 (8 is usual)")
-        for name in ("symmetric", "dealias"):
+        for name in ("symmetric", "dealias", "sqgturb_compat"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"SQGParams.{name} = {getattr(self, name)!r}: must be True "
                                  "or False")
+        if self.sqgturb_compat and self.dealias and self.N % 4:
+            raise InputError(f"SQGParams.N = {self.N} with sqgturb_compat=True and "
+                             "dealias=True: N must be a multiple of 4 (sqgturb's 3N/2 "
+                             "padded grid must be even)")
 
     @property
     def scalefact(self) -> float:
@@ -400,6 +432,11 @@ class _Operators:
     (rows: x wavenumber ``k = 0..N/2``; columns: y wavenumber ``l`` in fftfreq order), so
     that both 1-D transforms of the Jacobian run over contiguous memory and the dealiasing
     copies move contiguous blocks. All operator arrays here are ``(N//2+1, N)``.
+
+    With ``params.sqgturb_compat`` the operators reproduce sqgturb's Jacobian: the
+    Nyquist x wavenumber (row ``k = N/2``) is padded too, its derivative fields
+    conjugated (``k_in`` rows), the Nyquist row ``l = -N/2`` is kept in both directions
+    (``cols``), and the derivatives of ``q`` carry the factor 2.25 when dealiased.
     """
 
     def __init__(self, params: SQGParams, device: torch.device, dtype: torch.dtype):
@@ -407,12 +444,24 @@ class _Operators:
         self.n = n
         self.nh = n // 2 + 1
         self.dealias = params.dealias
-        # kept x wavenumbers (rows) and the padded grid size
+        self.compat = params.sqgturb_compat
+        # sqgturb pads the Nyquist column conjugated (see _tendency_into)
+        self.conj_nyquist = self.compat and self.dealias
+        # kept x wavenumbers (rows) of the Jacobian, the rows carried onto the padded grid,
+        # and the padded grid size
         self.m = 3 * n // 2 if params.dealias else n
         self.k_kept = n // 2 if params.dealias else self.nh
+        self.k_in = self.nh if self.conj_nyquist else self.k_kept
         self.mh = self.m // 2 + 1
         # kept y wavenumbers (columns): (model slice, padded-grid slice) pairs
-        self.cols = dealias_rows(n, self.m) if params.dealias else ((slice(0, n), slice(0, n)),)
+        if not params.dealias:
+            self.cols = ((slice(0, n), slice(0, n)),)
+        elif self.compat:  # |l| <= N/2: the Nyquist row l = -N/2 too
+            half = n // 2
+            self.cols = ((slice(0, half), slice(0, half)),
+                         (slice(half, n), slice(self.m - half, self.m)))
+        else:
+            self.cols = dealias_rows(n, self.m)
         self.device, self.dtype = device, dtype
         self.cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
         f64 = torch.float64
@@ -431,13 +480,29 @@ class _Operators:
         self.inv_s = torch.where(zero, 0.0, h_over_mu / torch.sinh(mu_safe)).to(dtype)
 
         # Spectral derivatives with the Nyquist wavenumbers set to zero (a real field cannot
-        # carry the derivative of a Nyquist mode).
+        # carry the derivative of a Nyquist mode). sqgturb keeps them: l = -N/2, and for
+        # the stored Nyquist column k = -N/2 on the model grid (N * fftfreq(N)) but
+        # k = +N/2 on the padded grid.
         kx_d, ky_d = kx.clone(), ky.clone()
-        kx_d[n // 2, 0] = 0.0
-        ky_d[0, n // 2] = 0.0
+        if not self.compat:
+            kx_d[n // 2, 0] = 0.0
+            ky_d[0, n // 2] = 0.0
+        elif not self.dealias:
+            kx_d[n // 2, 0] = -kx_d[n // 2, 0]
         self.ik = (1j * kx_d).to(self.cdtype)
         self.il = (1j * ky_d).to(self.cdtype)
         self.neg_il = (-1j * ky_d).to(self.cdtype)
+        # derivatives of q: sqgturb's dealiased Jacobian is 2.25x too large, folded in here
+        if self.conj_nyquist:
+            self.ik_q = (SQGTURB_DEALIAS_FACTOR * 1j * kx_d).to(self.cdtype)
+            self.il_q = (SQGTURB_DEALIAS_FACTOR * 1j * ky_d).to(self.cdtype)
+        else:
+            self.ik_q, self.il_q = self.ik, self.il
+        # the four derivative factors (u, v, dq/dx, dq/dy) on the rows and column slices
+        # that go onto the padded grid: the products are written there directly
+        factors = (self.neg_il, self.ik, self.ik_q, self.il_q)
+        self.pad_factors = [tuple(f.expand(self.nh, n)[:self.k_in, small].contiguous()
+                                  for f in factors) for small, _ in self.cols]
         self.ksq = ksq.to(dtype)
 
         # Hyperdiffusion integrating factors exp(-nu dt) and exp(-nu dt / 2).
@@ -485,41 +550,145 @@ class _Operators:
 
 
 class _Workspace:
-    """Reusable buffers for a batch of ``batch`` members (allocated once, zeroed once).
+    """Reusable buffers for a block of ``batch`` members (allocated once, zeroed once).
 
-    FFT outputs are not preallocated: torch's FFTs write ``out=`` through an extra copy,
-    which costs more than taking their fresh result.
+    The Jacobian is formed for ``chunk`` member-levels at a time (one level of one member
+    is independent of the others once the streamfunction is known), and between its y
+    and x transforms in blocks of ``row_block`` grid rows, so that on a CPU the data of
+    one transform is still in cache for the next. FFT outputs are not preallocated:
+    torch's FFTs write ``out=`` through an extra copy, which costs more than taking their
+    fresh result.
     """
 
-    def __init__(self, ops: _Operators, batch: int):
-        n, nh, m, mh, kx = ops.n, ops.nh, ops.m, ops.mh, ops.k_kept
+    def __init__(self, ops: _Operators, batch: int, chunk: int, row_block: int):
+        n, nh, m, mh, k_in, kx = ops.n, ops.nh, ops.m, ops.mh, ops.k_in, ops.k_kept
         c = {"device": ops.device, "dtype": ops.cdtype}
-        self.batch = batch
+        chunk = max(1, min(chunk, 2 * batch))
+        self.batch, self.chunk = batch, chunk
         self.stage = torch.empty((batch, 2, nh, n), **c)
+        self.q_in = torch.empty_like(self.stage)  # tendency input other than a stage
         self.tend = torch.empty_like(self.stage)
         self.acc = torch.empty_like(self.stage)
         self.psi = torch.empty_like(self.stage)
-        # kl spectra of u, v, dq/dx, dq/dy at both levels
-        self.fields = torch.empty((batch, 4, 2, nh, n), **c)
-        # kept modes zero-padded to the Jacobian grid in y (kl layout)
-        self.padded = torch.zeros((batch, 4, 2, kx, m), **c) if ops.dealias else None
-        # after the y transform: (y, k) layout, zero-padded in k for the x transform
-        self.xpad = torch.zeros((batch, 4, 2, m, mh), **c)
+        if ops.dealias:
+            # spectra of u, v, dq/dx, dq/dy, kept modes zero-padded to the Jacobian grid in
+            # y (kl layout), per member-level
+            self.fields = torch.zeros((chunk, 4, k_in, m), **c)
+        else:
+            self.fields = torch.empty((chunk, 4, nh, n), **c)
+        rows = max(1, min(m, row_block))
+        self.rows = [(r0, min(r0 + rows, m)) for r0 in range(0, m, rows)]
+        # a block after the y transform: (y, k) layout, zero-padded in k for the x transform
+        self.xpad = {r: torch.zeros((chunk, 4, r, mh), **c)
+                     for r in {r1 - r0 for r0, r1 in self.rows}}
+        self.adv = {r: torch.empty((chunk, r, m), device=ops.device, dtype=ops.dtype)
+                    for r in self.xpad}
+        # the advection after the x transform, kept k only: (k, y) layout for the y transform
+        self.adv_ky = torch.empty((chunk, kx, m), **c)
         # kept modes of the advection in kl layout (rest stays zero)
         self.adv_kl = torch.zeros((batch, 2, nh, n), **c)
-        self.adv = torch.empty((batch, 2, m, m), device=ops.device, dtype=ops.dtype)
+        self._views: dict[int, list[_ChunkViews]] = {}
+
+    def chunk_views(self, ops: _Operators, source: Tensor) -> list[_ChunkViews]:
+        """The Jacobian's views of these buffers, per chunk, for input ``source``.
+
+        ``source`` is ``stage`` or ``q_in`` (buffers of this workspace, so their address
+        identifies them). Building the views once saves ~50 tensor-view operations per
+        chunk and tendency, a large part of the per-operation overhead at N <= 128.
+        """
+        key = source.data_ptr()
+        views = self._views.get(key)
+        if views is None:
+            views = self._views[key] = _chunk_views(ops, self, source)
+        return views
+
+
+class _ChunkViews:
+    """Views of a workspace for the Jacobian of member-levels ``[c0, c1)`` of one input.
+
+    Attributes
+    ----------
+    pad : list of (source, factor, destination)
+        Derivative products written onto the padded grid.
+    conj : Tensor or None
+        Real parts of the padded Nyquist row (sqgturb compat mode: negated).
+    fields, adv_ky : Tensor
+        Padded fields ``(C, 4, k_in, M)``; advection ``(C, kx, M)`` before its y transform.
+    rows : list of (r0, r1, xpad_kept, xpad, adv, adv_ky_rows)
+        Per block of grid rows: destination of the transposed y transform, x-transform
+        input, product buffer, destination of the forward x transform.
+    trunc : list of (destination, padded-grid column slice)
+        Kept modes of the advection in kl layout.
+    """
+
+    __slots__ = ("pad", "conj", "fields", "adv_ky", "rows", "trunc")
+
+
+def _chunk_views(ops: _Operators, ws: _Workspace, source: Tensor) -> list[_ChunkViews]:
+    levels = 2 * ws.batch
+    nh, n, k_in, kx = ops.nh, ops.n, ops.k_in, ops.k_kept
+    q_ml = source.view(levels, nh, n)
+    psi_ml = ws.psi.view(levels, nh, n)
+    adv_ml = ws.adv_kl.view(levels, nh, n)
+    out = []
+    for c0 in range(0, levels, ws.chunk):
+        c1 = min(c0 + ws.chunk, levels)
+        c = c1 - c0
+        psi, q = psi_ml[c0:c1], q_ml[c0:c1]
+        v = _ChunkViews()
+        v.fields = ws.fields[:c]
+        if ops.dealias:
+            v.pad = [(src[:, :k_in, small], factor, v.fields[:, i, :, large])
+                     for (small, large), factors in zip(ops.cols, ops.pad_factors)
+                     for i, (src, factor) in enumerate(zip((psi, psi, q, q), factors))]
+        else:
+            v.pad = [(src, factor, v.fields[:, i]) for i, (src, factor) in
+                     enumerate(zip((psi, psi, q, q), (ops.neg_il, ops.ik, ops.ik_q, ops.il_q)))]
+        v.conj = (torch.view_as_real(v.fields[:, :, k_in - 1, :])[..., 0]
+                  if ops.conj_nyquist else None)
+        v.adv_ky = ws.adv_ky[:c]
+        v.rows = []
+        for r0, r1 in ws.rows:
+            xpad = ws.xpad[r1 - r0][:c]
+            v.rows.append((r0, r1, xpad[..., :k_in], xpad, ws.adv[r1 - r0][:c],
+                           v.adv_ky[..., r0:r1]))
+        v.trunc = [(adv_ml[c0:c1, :kx, small], large) for small, large in ops.cols]
+        out.append(v)
+    return out
+
+
+def _cplx_bytes(ops: _Operators) -> int:
+    return 8 if ops.dtype == torch.float32 else 16
 
 
 def _bytes_per_member(ops: _Operators) -> int:
-    """Rough working set of one member in one tendency evaluation (buffers + FFT temps)."""
-    real = 4 if ops.dtype == torch.float32 else 8
-    cplx = 2 * real
-    n, nh, m, mh, kx = ops.n, ops.nh, ops.m, ops.mh, ops.k_kept
-    spectral = 2 * nh * n * cplx * 6  # state, stage, tend, acc, psi, advection
-    fields = 8 * nh * n * cplx + 2 * 8 * kx * m * cplx  # fields, padded, y transform
-    grids = 2 * 8 * m * mh * cplx + 8 * m * m * real  # xpad (+ FFT copy), grid
-    forward = 2 * m * m * real + 2 * 2 * m * mh * cplx  # advection, its transforms
-    return spectral + fields + grids + forward
+    """Spectral arrays of one member in one step: state, stage, tendency, sum, psi, advection."""
+    return 2 * ops.nh * ops.n * _cplx_bytes(ops) * 6
+
+
+def _jacobian_chunk(ops: _Operators) -> int:
+    """Member-levels per Jacobian pass: about ``_CPU_JACOBIAN_BYTES`` of padded fields,
+    their y transform and the advection before and after its y transform."""
+    if ops.device.type != "cpu":
+        return 2**30  # the whole block at once
+    per_level = (2 * 4 * ops.k_in * ops.m + 2 * ops.k_kept * ops.m) * _cplx_bytes(ops)
+    return max(1, _CPU_JACOBIAN_BYTES // per_level)
+
+
+def _row_block(ops: _Operators, chunk: int) -> int:
+    """Grid rows per block between the transforms (all of them off the CPU).
+
+    About ``_CPU_ROW_BLOCK_BYTES`` of x-transform input and output, grids and product per
+    block, in blocks of nearly equal size.
+    """
+    if ops.device.type != "cpu":
+        return ops.m
+    cplx = _cplx_bytes(ops)
+    per_row = chunk * (4 * ops.mh * cplx + 4 * ops.m * cplx // 2 + ops.m * cplx // 2
+                       + ops.mh * cplx)
+    rows = max(1, _CPU_ROW_BLOCK_BYTES // per_row)
+    n_blocks = -(-ops.m // rows)
+    return -(-ops.m // n_blocks)
 
 
 # --------------------------------------------------------------------------------------
@@ -546,10 +715,13 @@ class SQGModel:
     cfl_max : float
         Largest CFL number (``max |u| dt / dx``, speed on the padded grid) allowed.
     block_members : int or None
-        Members stepped together in one batched FFT pass. ``None``: the whole batch on a
-        GPU; on a CPU, blocks of ~8 MB working set per intra-op thread (cache-sized;
-        4 members at N=64 in float32). All blocks advance in lockstep, so results do not
-        depend on it beyond FFT round-off.
+        Members stepped together as one block. ``None``: the whole batch on a GPU; on a
+        CPU, blocks of ~2 MB of spectral arrays (10 members at N=64, 2 at N=128 in
+        float32), and at least one block per intra-op thread. All blocks advance in
+        lockstep; on a CPU the result does not depend on the blocks (bit for bit on one
+        thread, measured). With several intra-op threads and several blocks, the blocks
+        are stepped concurrently on that many threads, each operation single-threaded,
+        so the result equals the one-thread run's.
 
     Attributes
     ----------
@@ -615,38 +787,69 @@ class SQGModel:
             self._operators[key] = ops
         return ops
 
-    def _workspace(self, ops: _Operators, batch: int) -> _Workspace:
-        key = (ops.device, ops.dtype, batch)
+    def _workspace(self, ops: _Operators, batch: int, worker: int = 0) -> _Workspace:
+        key = (ops.device, ops.dtype, batch, worker)
         ws = self._workspaces.get(key)
         if ws is None:
-            if len(self._workspaces) >= 4:  # bound the memory held by stale sizes
+            if len(self._workspaces) >= 8:  # bound the memory held by stale sizes
                 self._workspaces.clear()
-            ws = _Workspace(ops, batch)
+            chunk = min(_jacobian_chunk(ops), 2 * batch)
+            ws = _Workspace(ops, batch, chunk, _row_block(ops, chunk))
             self._workspaces[key] = ws
         return ws
 
-    def _blocks(self, ops: _Operators, batch: int) -> list[tuple[int, int, _Workspace]]:
-        """Member blocks ``(start, stop, workspace)`` stepped one after the other.
+    def _blocks(self, ops: _Operators, batch: int
+                ) -> tuple[list[tuple[int, int, _Workspace]], int]:
+        """Member blocks ``(start, stop, workspace)`` and the number of threads stepping them.
 
-        On a CPU a whole large ensemble per FFT spills the caches and runs slower than
-        a loop over members; blocks whose working set is about 8 MB per intra-op thread
-        keep the shared work buffers cache-resident while every step still covers all
-        members (measured: 4 members per block at N=64 float32 on one thread is ~2x
-        faster per member than 20). On a GPU the whole batch is one block.
+        On a CPU the members are stepped in blocks of about ``_CPU_BLOCK_BYTES`` of
+        spectral arrays (the Jacobian inside a step goes by smaller chunks, see
+        :class:`_Workspace`), all blocks in lockstep so every step covers all members.
+        With several intra-op threads the batch is split into at least that many
+        blocks, stepped concurrently, one thread each (block ``j`` on thread
+        ``j % threads``, which owns its workspaces) with every operation single-threaded.
+        On one thread the blocks do not change a bit of the result, so a run on any
+        number of threads equals the one-thread run (a single member falls back to
+        intra-op threads). On a GPU the whole batch is one block.
         """
+        threads = max(1, torch.get_num_threads()) if ops.device.type == "cpu" else 1
         if self.block_members is not None:
             size = self.block_members
         elif ops.device.type == "cpu":
-            budget = _CPU_BLOCK_BYTES * max(1, torch.get_num_threads())
-            size = max(1, budget // _bytes_per_member(ops))
+            size = max(1, _CPU_BLOCK_BYTES // _bytes_per_member(ops))
+            size = min(size, -(-batch // threads))
         else:
             size = batch
         size = min(size, batch)
+        n_blocks = -(-batch // size)
+        workers = min(threads, n_blocks)
         blocks = []
-        for start in range(0, batch, size):
+        for j, start in enumerate(range(0, batch, size)):
             stop = min(start + size, batch)
-            blocks.append((start, stop, self._workspace(ops, stop - start)))
-        return blocks
+            blocks.append((start, stop, self._workspace(ops, stop - start, j % workers)))
+        return blocks, workers
+
+    def _run_steps(self, ops: _Operators, q: Tensor, blocks: list[tuple[int, int, _Workspace]],
+                   n_steps: int, measure_first: bool, pool: ThreadPoolExecutor | None,
+                   workers: int) -> list[Tensor]:
+        """Advance kl amplitudes ``q`` in place by ``n_steps`` steps, block by block.
+
+        Returns the blocks' largest squared wind speeds before the first step when
+        ``measure_first``, else an empty list.
+        """
+        def run(group: list[tuple[int, int, _Workspace]]) -> list[Tensor]:
+            speeds = []
+            for i in range(n_steps):
+                for a, b, ws in group:
+                    speed = self._rk4_into(ops, ws, q[a:b], measure_first and i == 0)
+                    if speed is not None:
+                        speeds.append(speed)
+            return speeds
+
+        if pool is None:
+            return run(blocks)
+        futures = [pool.submit(run, blocks[w::workers]) for w in range(workers)]
+        return [speed for future in futures for speed in future.result()]
 
     def _flatten_spectral(self, pv_spec: Tensor, name: str) -> Tensor:
         n = self.params.N
@@ -726,35 +929,16 @@ class SQGModel:
         Returns the largest squared wind speed on the Jacobian's grid when
         ``measure_speed`` (a 0-dim tensor), else None.
         """
-        psi, fields = ws.psi, ws.fields
+        psi = ws.psi
+        if q.data_ptr() != ws.stage.data_ptr():
+            # the Jacobian's views are built for the workspace's own buffers
+            q = ws.q_in.copy_(q)
         self._invert_into(ops, q, psi)
-        torch.mul(psi, ops.neg_il, out=fields[:, 0])  # u = -dpsi/dy
-        torch.mul(psi, ops.ik, out=fields[:, 1])  # v = dpsi/dx
-        torch.mul(q, ops.ik, out=fields[:, 2])  # dq/dx
-        torch.mul(q, ops.il, out=fields[:, 3])  # dq/dy
-        kx, m = ops.k_kept, ops.m
-        # inverse transform: y first on the kept x wavenumbers only, then x (real output)
-        if ops.dealias:
-            for small, large in ops.cols:
-                ws.padded[..., large] = fields[..., :kx, small]
-            along_y = torch.fft.ifft(ws.padded, dim=-1, norm="forward")
-        else:
-            along_y = torch.fft.ifft(fields, dim=-1, norm="forward")
-        ws.xpad[..., :kx] = along_y.transpose(-1, -2)
-        grid = torch.fft.irfft(ws.xpad, n=m, dim=-1, norm="forward")  # (B, 4, 2, M, M)
-        adv = ws.adv
-        speed_sq = None
-        if measure_speed:
-            torch.mul(grid[:, 0], grid[:, 0], out=adv)
-            adv.addcmul_(grid[:, 1], grid[:, 1])
-            speed_sq = adv.amax()
-        torch.mul(grid[:, 0], grid[:, 2], out=adv)
-        adv.addcmul_(grid[:, 1], grid[:, 3])
-        # forward transform: x, keep the retained k, then y
-        along_x = torch.fft.rfft(adv, dim=-1, norm="forward")[..., :kx]
-        spec = torch.fft.fft(along_x.transpose(-1, -2).contiguous(), dim=-1, norm="forward")
-        for small, large in ops.cols:
-            ws.adv_kl[:, :, :kx, small] = spec[..., large]
+        # the Jacobian of each level of each member, a chunk of member-levels at a time
+        speeds: list[Tensor] | None = [] if measure_speed else None
+        for views in ws.chunk_views(ops, q):
+            self._jacobian_into(ops, views, speeds)
+        speed_sq = torch.stack(speeds).amax() if speeds is not None else None
         if ops.relax:
             torch.sub(ops.relax_q_eq, q, alpha=ops.relax, out=out)  # (q_eq - q) / tdiab
             out.sub_(ws.adv_kl)
@@ -766,6 +950,42 @@ class SQGModel:
             if ops.symmetric:
                 out_v[:, 1].addcmul_(psi_v[:, 1], ops.neg_r_ksq_v)
         return speed_sq
+
+    @staticmethod
+    def _jacobian_into(ops: _Operators, views: _ChunkViews,
+                       speeds: list[Tensor] | None) -> None:
+        """Write the kept modes of ``u dq/dx + v dq/dy`` of a chunk of member-levels.
+
+        With ``speeds`` given, the largest squared wind speed on the Jacobian's grid is
+        appended to it (per block of rows).
+        """
+        # spectra of u = -dpsi/dy, v = dpsi/dx, dq/dx, dq/dy; dealiased: only the kept
+        # modes, written straight onto the padded grid
+        for source, factor, destination in views.pad:
+            torch.mul(source, factor, out=destination)
+        if views.conj is not None:
+            # sqgturb: padded column k = +N/2 holds i k conj(X) for the stored Nyquist
+            # column X, i.e. -conj of our derivative field there: negate the real part
+            views.conj.neg_()
+        # inverse transform: y first on the kept x wavenumbers only, then, block by block
+        # of grid rows, x (real output), the product and the forward x transform
+        along_y = torch.fft.ifft(views.fields, dim=-1, norm="forward")
+        m, kx = ops.m, ops.k_kept
+        for r0, r1, xpad_kept, xpad, adv, adv_ky_rows in views.rows:
+            xpad_kept.copy_(along_y[..., r0:r1].transpose(-1, -2))
+            u, v, dq_dx, dq_dy = torch.fft.irfft(xpad, n=m, dim=-1, norm="forward").unbind(1)
+            if speeds is not None:
+                torch.mul(u, u, out=adv)
+                adv.addcmul_(v, v)
+                speeds.append(adv.amax())
+            torch.mul(u, dq_dx, out=adv)
+            adv.addcmul_(v, dq_dy)
+            along_x = torch.fft.rfft(adv, dim=-1, norm="forward")
+            adv_ky_rows.copy_(along_x[..., :kx].transpose(-1, -2))
+        # forward transform in y of the retained k, then keep the retained l
+        spec = torch.fft.fft(views.adv_ky, dim=-1, norm="forward")
+        for destination, large in views.trunc:
+            destination.copy_(spec[..., large])
 
     def tendency_spectral(self, pv_spec: Tensor) -> Tensor:
         """dq/dt amplitudes (Jacobian, relaxation, Ekman; not hyperdiffusion).
@@ -780,7 +1000,8 @@ class SQGModel:
         """
         flat = self._flatten_spectral(pv_spec, "pv_spec")
         ops = self.operators(flat.device, self._real_dtype(flat.dtype))
-        ws = _Workspace(ops, flat.shape[0])
+        chunk = min(_jacobian_chunk(ops), 2 * flat.shape[0])
+        ws = _Workspace(ops, flat.shape[0], chunk, _row_block(ops, chunk))
         kl = flat.transpose(-1, -2).contiguous()
         out = torch.empty_like(kl)
         with torch.no_grad():
@@ -793,6 +1014,8 @@ class SQGModel:
 
         See the module docstring; ``ws`` must be sized for ``B`` members.
         """
+        if ops.compat:
+            return self._rk4_sqgturb_into(ops, ws, q, measure_speed)
         stage, tend, acc = ws.stage, ws.tend, ws.acc
         # real views for the products with the real integrating factors
         qv, sv, tv, av = (torch.view_as_real(t) for t in (q, stage, tend, acc))
@@ -815,6 +1038,30 @@ class SQGModel:
         q.add_(acc, alpha=dt / 6.0)  # E q + dt/6 (E a + 2Eh(b + c) + d)
         return speed_sq
 
+    def _rk4_sqgturb_into(self, ops: _Operators, ws: _Workspace, q: Tensor,
+                          measure_speed: bool = False) -> Tensor | None:
+        """sqgturb's step of kl amplitudes ``q`` (B, 2, Nh, N), in place.
+
+        Plain RK4 of the tendency, then the hyperdiffusion factor once:
+        ``q <- E (q + dt/6 (a + 2 b + 2 c + d))``, ``a = F(q)``, ``b = F(q + dt/2 a)``,
+        ``c = F(q + dt/2 b)``, ``d = F(q + dt c)``.
+        """
+        stage, tend, acc = ws.stage, ws.tend, ws.acc
+        dt = self.dt
+        speed_sq = self._tendency_into(ops, ws, q, acc, measure_speed)  # acc = a
+        torch.add(q, acc, alpha=0.5 * dt, out=stage)
+        self._tendency_into(ops, ws, stage, tend)  # b
+        acc.add_(tend, alpha=2.0)
+        torch.add(q, tend, alpha=0.5 * dt, out=stage)
+        self._tendency_into(ops, ws, stage, tend)  # c
+        acc.add_(tend, alpha=2.0)
+        torch.add(q, tend, alpha=dt, out=stage)
+        self._tendency_into(ops, ws, stage, tend)  # d
+        acc.add_(tend)
+        q.add_(acc, alpha=dt / 6.0)
+        torch.view_as_real(q).mul_(ops.efac_v)
+        return speed_sq
+
     @torch.no_grad()
     def step_spectral(self, pv_spec: Tensor, n_steps: int = 1) -> Tensor:
         """Advance amplitudes ``(*batch, 2, N, N//2+1)`` by ``n_steps`` (no CFL check)."""
@@ -822,10 +1069,9 @@ class SQGModel:
         _check_steps(n_steps)
         ops = self.operators(flat.device, self._real_dtype(flat.dtype))
         q = flat.transpose(-1, -2).contiguous()
-        blocks = self._blocks(ops, q.shape[0])
-        for _ in range(n_steps):
-            for start, stop, ws in blocks:
-                self._rk4_into(ops, ws, q[start:stop])
+        blocks, workers = self._blocks(ops, q.shape[0])
+        with _member_threads(workers) as pool:
+            self._run_steps(ops, q, blocks, n_steps, False, pool, workers)
         return q.transpose(-1, -2).contiguous().reshape(pv_spec.shape)
 
     # ----- grid API (ForecastModel) ---------------------------------------------------
@@ -870,29 +1116,32 @@ class SQGModel:
         _check_steps(n_steps)
         ops = self.operators(state.device, state.dtype)
         flat = state.reshape(-1, *self.state_shape)
-        q = ops.to_kl(flat)
-        blocks = self._blocks(ops, q.shape[0])
+        blocks, workers = self._blocks(ops, flat.shape[0])
         every = self.cfl_check_every if check else 0
-        good_step, good, candidate = 0, None, None
-        if every:
-            good, candidate = q.clone(), torch.empty_like(q)
         cfl_factor = self.dt / self.params.dx
-        for i in range(n_steps):
-            measure = bool(every) and i % every == 0
-            if measure:
-                candidate.copy_(q)
-                block_speeds = [self._rk4_into(ops, ws, q[a:b], True) for a, b, ws in blocks]
-                # the winds measured are those of the state *before* step i
-                speed = math.sqrt(float(torch.stack(block_speeds).amax()))
-                cfl = speed * cfl_factor
-                if not cfl <= self.cfl_max:  # also catches NaN
-                    raise self._divergence(ops, good, state.shape, i, good_step, speed, cfl)
-                good, candidate = candidate, good
-                good_step = i
-            else:
-                for a, b, ws in blocks:
-                    self._rk4_into(ops, ws, q[a:b])
-        out = ops.from_kl(q).reshape(state.shape)
+        # with member threads the transforms in and out are single-threaded too, so the
+        # result equals the one-thread run's bit for bit
+        with _member_threads(workers) as pool:
+            q = ops.to_kl(flat)
+            good_step, good, candidate = 0, None, None
+            if every:
+                good, candidate = q.clone(), torch.empty_like(q)
+            # segments of `every` steps; the first step of each measures the winds
+            for i in range(0, n_steps, every or max(n_steps, 1)):
+                count = min(every or n_steps, n_steps - i)
+                if every:
+                    candidate.copy_(q)
+                speeds = self._run_steps(ops, q, blocks, count, bool(every), pool, workers)
+                if every:
+                    # the winds measured are those of the state *before* step i
+                    speed = math.sqrt(float(torch.stack(speeds).amax()))
+                    cfl = speed * cfl_factor
+                    if not cfl <= self.cfl_max:  # also catches NaN
+                        raise self._divergence(ops, good, state.shape, i, good_step, speed,
+                                               cfl)
+                    good, candidate = candidate, good
+                    good_step = i
+            out = ops.from_kl(q).reshape(state.shape)
         if every and not bool(torch.isfinite(out).all()):
             raise self._divergence(ops, good, state.shape, n_steps, good_step, float("nan"),
                                    float("nan"))
@@ -945,7 +1194,12 @@ class SQGModel:
         return psi.reshape(*state.shape[:-2], ops.nh, ops.n)
 
     def cfl_number(self, state: Tensor) -> Tensor:
-        """``max |wind| * dt / dx`` per member over both levels, shape ``(*batch)``."""
+        """``max |wind| * dt / dx`` per member over both levels, shape ``(*batch)``.
+
+        With ``sqgturb_compat`` and dealiasing the PV is advected 2.25x faster than this
+        wind; the check in :meth:`advance` still uses the wind itself (runs at the
+        presets' ``dt`` stay finite with that advection; NaN/inf is caught anyway).
+        """
         u, v = self.winds(state)
         speed = torch.sqrt(u**2 + v**2)
         return speed.amax(dim=(-3, -2, -1)) * (self.dt / self.params.dx)
@@ -988,6 +1242,26 @@ class SQGModel:
         """Domain-mean kinetic energy ``0.5 mean(u^2 + v^2)`` per level, ``(*batch, 2)``."""
         u, v = self.winds(state)
         return 0.5 * (u**2 + v**2).mean(dim=(-2, -1))
+
+
+@contextlib.contextmanager
+def _member_threads(workers: int) -> Iterator[ThreadPoolExecutor | None]:
+    """A pool of ``workers`` threads with torch's operations single-threaded meanwhile.
+
+    Each thread steps its own member blocks; torch releases the GIL inside operations.
+    Intra-op threading is set to 1 for the duration (and restored), so the threads do
+    not each start a team of OpenMP/MKL threads. ``workers <= 1``: no pool, no change.
+    """
+    if workers <= 1:
+        yield None
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sqg") as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _check_steps(n_steps: Any) -> None:
