@@ -13,6 +13,7 @@
 out_dir: str = "."  # run directory (set by `turbda run`)
 config: str = "tiny"  # ViT preset (tiny, sqg_64, sqg_64_cpu, sqg_64_coupled, sqg_128, sqg_256) or a YAML path
 data_root: "Optional[str]" = None  # shard root; None: {out_dir}/../02_preprocess/shards
+hours_per_step: "Optional[float]" = None  # hours between steps of a published (seed-layout) root, which has no manifest; None: the root's manifest
 match_data: bool = True  # take img_size and variables from the shards (runs any preset's shape on any grid)
 strategy: "Optional[str]" = None  # none | ddp | fsdp | deepspeed; None: none on one rank, else the preset's (ddp if none)
 sharding: "Optional[str]" = None  # FSDP: FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | NO_SHARD; None: the preset's
@@ -77,7 +78,7 @@ print(f"rank {env.rank} of {env.world_size} ({env.launcher}); shards {root}; out
 # architecture. Inputs and targets are normalised with the training-split statistics.
 
 # %%
-catalog = open_shards(root)
+catalog = open_shards(root, hours_per_step=hours_per_step)
 norm, hours = catalog.normaliser, catalog.hours_per_step
 grid = {"img_size": catalog.grid_shape[0], "variables": catalog.variables} if match_data else {}
 cfg = vit.load_vit_config(config, **grid)

@@ -170,3 +170,21 @@ def test_loss_curves_read_result_rows_and_csv_rows():
     assert len(loss_curves(as_text[:2])) == 1        # metrics.csv gives text; no val rows
     with pytest.raises(InputError, match="kind 'train'"):
         loss_curves([{"step": 1, "kind": "other"}])
+
+
+def test_the_notebook_trains_on_a_seed_layout_root_given_the_step_length(tmp_path):
+    """A published (ClimaX/seed) root has no manifest: hours_per_step says the step length."""
+    from turbda_kit.testing import synthetic_shard_root
+    from turbda_kit.workflow import run_notebook
+
+    root = synthetic_shard_root(tmp_path / "seed_root", layout="climax", grid=16,
+                                split_days=(0, 4, 5, 7), steps_per_day=2, num_shards=1)
+    params = {"data_root": str(root), "config": "tiny", **TINY_RUN, "max_steps": 4, "batch_size": 4,
+              "eval_every": 2, "rollout_steps": 2}
+    without = run_notebook(NOTEBOOK, params, tmp_path / "without", log_output=False)
+    assert without.status == "failed" and "hours_per_step" in without.record["error"]
+    given = run_notebook(NOTEBOOK, {**params, "hours_per_step": 12.0}, tmp_path / "given",
+                         log_output=False)
+    assert given.ok, given.record.get("error")
+    scores = json.loads((tmp_path / "given" / "scores.json").read_text())
+    assert scores["lead_hours"] == [12.0, 24.0]

@@ -51,7 +51,9 @@ def training_datasets(catalog: ShardCatalog, *, loader: str = "trajectory", lead
     """
     if catalog.hours_per_step is None:
         raise InputError(f"{catalog.root} has no manifest.json giving the time between steps: "
-                         "preprocess it with 02_preprocess")
+                         "for a published (ClimaX/seed-layout) root give it, e.g. "
+                         "open_shards(root, hours_per_step=12.0) or notebook 03's "
+                         "-p hours_per_step 12; or preprocess the nature run with 02_preprocess")
     if loader == "trajectory":
         hours = catalog.hours_per_step
         return tuple(TrajectoryPairs(split_trajectory(catalog, split)[0], catalog.normaliser,
