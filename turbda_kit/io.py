@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]:
@@ -90,8 +92,6 @@ def write_dataset(ds, path: str | os.PathLike) -> Path:
         with atomic_path(final) as tmp:
             ds.to_netcdf(tmp)
     else:
-        from .errors import InputError
-
         raise InputError(f"cannot tell the format of {final}: use a '.nc' or '.zarr' suffix")
     return final
 
@@ -102,8 +102,6 @@ def open_dataset(path: str | os.PathLike, **kwargs):
 
     p = Path(path)
     if not p.exists():
-        from .errors import InputError
-
         raise InputError(f"no data set at {p}: check the path (a run directory's output?)")
     if p.suffix == ".zarr" or p.is_dir():
         kwargs.setdefault("consolidated", False)

@@ -37,8 +37,8 @@ import numpy as np
 from turbda_kit.device import resolve_device
 from turbda_kit.errors import InputError
 from turbda_kit.experiments import coupled_experiment, run_comparison, truth_every
-from turbda_kit.experiments.surrogate_model import SurrogateModel
 from turbda_kit.io import open_dataset
+from turbda_kit.surrogate import SurrogateModel
 from turbda_kit.viz.plots import rmse_figure, save, show
 
 out = Path(out_dir)

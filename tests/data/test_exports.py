@@ -5,8 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 import turbda_kit.data as data
 
 
@@ -27,18 +25,6 @@ def test_every_exported_name_resolves():
     from turbda_kit.surrogate.rollout import TrajectoryPairs as FromRollout
 
     assert data.TrajectoryPairs is TrajectoryPairs is FromRollout
-
-
-def test_the_old_import_paths_forward_with_a_warning():
-    from turbda_kit.data import datasets, normaliser
-    from turbda_kit.data.shards import Normaliser  # used there: a plain import
-
-    assert Normaliser is normaliser.Normaliser
-    with pytest.warns(DeprecationWarning, match="moved to turbda_kit.data.datasets"):
-        from turbda_kit.data.shards import ForecastShards
-    assert ForecastShards is datasets.ForecastShards
-    with pytest.warns(DeprecationWarning, match="moved to turbda_kit.testing"):
-        from turbda_kit.data.preprocess import synthetic_nature_run  # noqa: F401
 
 
 def test_preprocessing_starts_without_torch_or_xarray():

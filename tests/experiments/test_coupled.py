@@ -22,12 +22,12 @@ from turbda_kit.experiments.coupled import (
 from turbda_kit.experiments.cycling import TIMING_VARIABLES
 from turbda_kit.experiments.initial import ensemble_around_truth
 from turbda_kit.experiments.presets import PRESETS, VIT_ENSF_SETTINGS
-from turbda_kit.experiments.surrogate_model import SurrogateModel
 from turbda_kit.filters.ensf import ensf_analysis
 from turbda_kit.metrics import rmse
 from turbda_kit.models.sqg import SQGModel, bao2024_at_resolution, random_initial_state
 from turbda_kit.obs.operators import Identity
 from turbda_kit.random_streams import cycle_generator
+from turbda_kit.surrogate import SurrogateModel
 from turbda_kit.surrogate.config import load_vit_config
 from turbda_kit.surrogate.vit import ViT
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from turbda_kit.data.shards import Normaliser
+from turbda_kit.data.normaliser import Normaliser
 from turbda_kit.errors import InputError
 from turbda_kit.surrogate.config import load_vit_config
 from turbda_kit.surrogate.export import (

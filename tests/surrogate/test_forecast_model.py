@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from turbda_kit.data.shards import Normaliser
+from turbda_kit.data.normaliser import Normaliser
 from turbda_kit.errors import InputError
 from turbda_kit.models.base import ForecastModel
 from turbda_kit.surrogate.config import load_vit_config

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from turbda_kit.data.shards import Normaliser
+from turbda_kit.data.normaliser import Normaliser
 from turbda_kit.errors import InputError
 from turbda_kit.surrogate.config import load_vit_config
 from turbda_kit.surrogate.rollout import (
@@ -196,8 +196,9 @@ def test_bad_arguments_are_refused_with_a_clear_message(call, message):
 
 
 def test_split_trajectory_joins_the_shards_of_a_split_in_time_order(tmp_path):
-    from turbda_kit.data.preprocess import preprocess, synthetic_nature_run
+    from turbda_kit.data.preprocess import preprocess
     from turbda_kit.io import write_dataset
+    from turbda_kit.testing import synthetic_nature_run
 
     nature = synthetic_nature_run(n_days=6, steps_per_day=4, grid=8, seed=1)
     write_dataset(nature, tmp_path / "nature.nc")

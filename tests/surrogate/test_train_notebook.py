@@ -21,8 +21,9 @@ TINY_RUN = {"max_steps": 12, "eval_every": 6, "rollout_steps": 3, "num_threads":
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     """Synthetic nature run (4 outputs a day, 16x16) -> shards: 5 train, 1 val, 2 test days."""
-    from turbda_kit.data.preprocess import preprocess, synthetic_nature_run
+    from turbda_kit.data.preprocess import preprocess
     from turbda_kit.io import write_dataset
+    from turbda_kit.testing import synthetic_nature_run
 
     base = tmp_path_factory.mktemp("vit_notebook")
     write_dataset(synthetic_nature_run(n_days=8, steps_per_day=4, grid=16, seed=0),

@@ -19,7 +19,7 @@ from turbda_kit.errors import InputError
 from turbda_kit.parallel import distributed as pdist
 from turbda_kit.surrogate.config import load_vit_config
 from turbda_kit.surrogate.export import load_surrogate
-from turbda_kit.surrogate.trainer import (
+from turbda_kit.surrogate.training import (
     TrainConfig,
     build_deepspeed_config,
     load_train_config,

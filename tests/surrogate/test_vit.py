@@ -380,7 +380,7 @@ def test_residual_must_be_a_bool(value):
 
 
 def test_cpu_preset_is_residual_and_paper_presets_are_not():
-    from turbda_kit.surrogate.trainer import load_train_config
+    from turbda_kit.surrogate.training import load_train_config
 
     cpu = load_vit_config("sqg_64_cpu")
     assert cpu.residual is True and cpu.n_tokens == 256

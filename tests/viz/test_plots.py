@@ -420,7 +420,7 @@ def test_real_trainer_output_is_read(tmp_path):
     from synthetic_data import ShiftDataset
 
     from turbda_kit.surrogate.config import load_vit_config
-    from turbda_kit.surrogate.trainer import TrainConfig, train
+    from turbda_kit.surrogate.training import TrainConfig, train
 
     train(load_vit_config("tiny", img_size=16), TrainConfig(batch_size=4, max_steps=3,
                                                             log_every=1, shuffle=False),

@@ -322,7 +322,7 @@ class TrajectoryPairs(Dataset):
 
     With ``rollout_steps = k > 1`` the target is the next ``k`` states at multiples of
     the lead, for training on autoregressive rollouts (see
-    :func:`turbda_kit.surrogate.trainer.rollout_loss`).
+    :func:`turbda_kit.surrogate.training.rollout_loss`).
 
     Training shards pair states within a shard only, as ClimaX does; with one shard per
     day of 12-hourly output that keeps one 12-h pair per day out of two. This map-style
@@ -347,7 +347,7 @@ class TrajectoryPairs(Dataset):
     Notes
     -----
     Items are ``(input (V, N, N), target, lead_time_hours 0-d)`` float32 tensors, the item
-    format of :func:`turbda_kit.surrogate.trainer.train`; the target is ``(V, N, N)`` for
+    format of :func:`turbda_kit.surrogate.training.train`; the target is ``(V, N, N)`` for
     one rollout step and ``(rollout_steps, V, N, N)`` otherwise.
     """
 

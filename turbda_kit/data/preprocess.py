@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -426,16 +425,3 @@ def _finalize(settings: PreprocessSettings, plan: ShardPlan, writer: ShardWriter
     write_json(plan.root / MANIFEST_NAME, manifest)
     if not settings.keep_chunks:
         shutil.rmtree(plan.root / CHUNK_DIR, ignore_errors=True)
-
-
-def __getattr__(name: str) -> Any:
-    # Moved to turbda_kit.testing (it builds test data, it does not preprocess); kept
-    # importable from here for a while so that callers can move at their own pace.
-    if name == "synthetic_nature_run":
-        warnings.warn("turbda_kit.data.preprocess.synthetic_nature_run moved to "
-                      "turbda_kit.testing.synthetic_nature_run", DeprecationWarning,
-                      stacklevel=2)
-        from ..testing import synthetic_nature_run
-
-        return synthetic_nature_run
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

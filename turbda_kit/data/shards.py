@@ -25,11 +25,9 @@ Example
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,18 +333,3 @@ def open_shards(root: str | os.PathLike, variables: Sequence[str] | None = None,
         or a ``hours_per_step`` that contradicts the manifest.
     """
     return ShardCatalog(root, variables, hours_per_step, normaliser)
-
-
-_MOVED = {"normalise": "normaliser", "denormalise": "normaliser",
-          "ForecastShards": "datasets", "ForecastSamples": "datasets", "partition": "datasets"}
-
-
-def __getattr__(name: str) -> Any:
-    # The datasets and the normaliser moved to their own modules; importable from here for a
-    # while so that callers can move at their own pace.
-    if name in _MOVED:
-        module = f"turbda_kit.data.{_MOVED[name]}"
-        warnings.warn(f"turbda_kit.data.shards.{name} moved to {module}.{name} (also exported "
-                      "by turbda_kit.data)", DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(module), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

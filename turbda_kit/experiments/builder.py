@@ -140,7 +140,7 @@ def build_experiment(preset: DAPreset | str, filter_name: str, *, truth_trajecto
         or Lorenz-96 settings.
     model : ForecastModel, optional
         The ready model of a preset whose model is built elsewhere (``model="vit"``: a
-        trained :class:`~turbda_kit.experiments.surrogate_model.SurrogateModel`).
+        trained :class:`~turbda_kit.surrogate.forecast_model.SurrogateModel`).
 
     Returns
     -------

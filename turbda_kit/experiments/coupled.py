@@ -95,7 +95,7 @@ def coupled_experiment(kind: str, truth_trajectory, *, surrogate: ForecastModel 
         The shared truth in K (a nature run's ``theta``), ``truth_stride`` times per 12-h
         cycle.
     surrogate : ForecastModel, optional
-        The trained surrogate (:class:`~turbda_kit.experiments.surrogate_model.SurrogateModel`),
+        The trained surrogate (:class:`~turbda_kit.surrogate.forecast_model.SurrogateModel`),
         one step per cycle; needed for the ``vit_*`` runs; its grid must be the truth's.
     n_cycles, n_members, spinup_cycles : int, optional
         Override the preset's (300, 20, 100).

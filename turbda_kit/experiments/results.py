@@ -12,7 +12,7 @@ coupled runs         ``notebooks/06_coupled_vit_ensf``             ``coupled_<ex
 ensemble members     the same, with ``save_members``               ``<run file stem>_members.nc``
                                                                    (or ``.zarr``)
 EnSF scaling         ``notebooks/04_ensf_scaling``                 ``scaling_<mode>.nc``
-ViT training         :func:`turbda_kit.surrogate.trainer.train`    ``metrics.csv`` (+ the
+ViT training         :func:`turbda_kit.surrogate.training.train`    ``metrics.csv`` (+ the
                      (``03_train_vit`` puts it in ``training/``)   checkpoint's settings)
 ===================  ============================================  =========================
 

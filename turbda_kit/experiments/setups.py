@@ -16,7 +16,7 @@ Registered kinds:
 * ``"lorenz96"`` — :class:`~turbda_kit.models.lorenz96.Lorenz96` with ``n``, ``forcing``,
   ``dt``.
 * ``"vit"`` — a trained surrogate passed in by the caller (``model=``, e.g.
-  :class:`~turbda_kit.experiments.surrogate_model.SurrogateModel`) on the grid of the SQG
+  :class:`~turbda_kit.surrogate.forecast_model.SurrogateModel`) on the grid of the SQG
   preset named in ``model_settings`` (at ``N``); it needs a stored truth.
 """
 

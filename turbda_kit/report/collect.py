@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .readme import write_readme
 from .summaries import default_results_dir, write_summary
 
 __all__ = ["COMMAND", "collect", "publish", "relative_paths"]
@@ -163,8 +164,6 @@ def publish(pipeline_dir: str | os.PathLike, repo: str | os.PathLike = ".",
             shutil.copyfile(png, repo / "figures" / png.name)
             written.append(repo / "figures" / png.name)
     if readme:
-        from .readme import write_readme  # the renderers register on import
-
         if write_readme(repo / "README.md", results):
             written.append(repo / "README.md")
     return written

@@ -8,7 +8,7 @@ jqyin/sqg_vit, ``configs/<name>.yaml``), with its learned positional embedding a
 lead-time input, so its checkpoints load
 (:func:`turbda_kit.surrogate.seed_checkpoint.load_seed_checkpoint`). A YAML file holds the
 model keys at top level and, optionally, a ``train:`` mapping of training defaults that the
-trainer reads (see :class:`turbda_kit.surrogate.trainer.TrainConfig`).
+trainer reads (see :class:`turbda_kit.surrogate.training.TrainConfig`).
 
 Example
 -------

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data.shards import Normaliser
+from ..data.normaliser import Normaliser
 from ..errors import InputError
 from ..io import atomic_path
 from ..provenance import collect

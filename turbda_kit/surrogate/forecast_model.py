@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data.shards import Normaliser
+from ..data.normaliser import Normaliser
+from ..data.shards import open_shards
 from ..errors import InputError
 from .export import read_surrogate
 from .rollout import iter_rollout
@@ -151,8 +152,6 @@ class SurrogateModel:
             if shards_root is None:
                 raise InputError(f"{checkpoint} carries no normalisation: pass shards_root= "
                                  "the training data's root, or export with export_surrogate")
-            from ..data.shards import open_shards
-
             normaliser = open_shards(shards_root).normaliser
         return cls(export.model, normaliser, lead_hours=export.lead_time_hours or lead_hours,
                    **kwargs)

@@ -41,12 +41,13 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..data.shards import open_shards
 from ..errors import InputError
 from ..io import atomic_path, write_json
 from ..provenance import git_revision
 from .export import read_surrogate, save_surrogate
 from .forecast_model import SurrogateModel
-from .rollout import rollout_rmse
+from .rollout import rollout_rmse, split_trajectory
 
 __all__ = ["PRETRAINED_DIR", "available_pretrained", "load_pretrained", "package_pretrained",
            "pretrained_info", "score_heldout"]
@@ -233,9 +234,6 @@ def package_pretrained(export: str | os.PathLike, name: str, heldout: torch.Tens
 
 
 def _package_cli(args: argparse.Namespace) -> int:
-    from ..data.shards import open_shards
-    from .rollout import split_trajectory
-
     catalog = open_shards(args.shards)
     trajectory, hours = split_trajectory(catalog, args.split)
     heldout = trajectory[:args.states]

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from ..data.datasets import TrajectoryPairs
 from ..data.normaliser import Normaliser
+from ..data.shards import ShardCatalog, open_shards
 from ..errors import InputError
 
 __all__ = ["ForecastFunction", "iter_rollout", "rollout", "trajectory_windows",
@@ -445,8 +446,6 @@ def split_trajectory(root: Any, split: str = "test", variables: Sequence[str] | 
         If the split's days are not consecutive or a day misses shards (the states would
         not be equally spaced), or the spacing is unknown.
     """
-    from ..data.shards import ShardCatalog, open_shards
-
     catalog = root if isinstance(root, ShardCatalog) else open_shards(os.fspath(root), variables)
     refs = catalog.shards(split)
     if not refs:

@@ -8,7 +8,7 @@ permutation (seeded by ``seed`` and the epoch), split across ranks, so the sampl
 step do not depend on the number of ranks and resuming at a micro-batch is exact. An
 iterable dataset is read whole by every rank, which keeps its slice of each global batch,
 unless it has a ``world_size`` attribute
-(:class:`turbda_kit.data.shards.ForecastShards`): then it is taken as already split by
+(:class:`turbda_kit.data.datasets.ForecastShards`): then it is taken as already split by
 rank and each rank batches its own stream.
 """
 

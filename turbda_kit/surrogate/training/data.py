@@ -6,14 +6,15 @@ Two loaders (notebook 03's ``loader`` parameter):
   joined into one trajectory in memory (:class:`~turbda_kit.surrogate.rollout.
   TrajectoryPairs`); with ``rollout_steps = k > 1`` each target is the next ``k`` states;
 * ``"shards"`` — ClimaX's in-shard pairs, streamed and shuffled per rank
-  (:class:`~turbda_kit.data.shards.ForecastShards`), one-step targets only.
+  (:class:`~turbda_kit.data.datasets.ForecastShards`), one-step targets only.
 """
 
 from __future__ import annotations
 
 from torch.utils.data import Dataset
 
-from ...data.shards import ForecastSamples, ForecastShards, ShardCatalog
+from ...data.datasets import ForecastSamples, ForecastShards
+from ...data.shards import ShardCatalog
 from ...errors import InputError
 from ...parallel.distributed import DistEnv
 from ..rollout import TrajectoryPairs, split_trajectory
