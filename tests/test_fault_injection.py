@@ -251,7 +251,7 @@ API_CASES = [
     ApiCase("parse_hint not an expression", lambda tmp: parse_hint("list["),
             "is not a Python expression"),
     ApiCase("pipeline stage without notebook", lambda tmp: pipeline_from_data(
-        "p", {"stages": [{"name": "a"}]}), "needs 'name' and 'notebook'"),
+        "p", {"stages": [{"name": "a"}]}), "needs 'name' and one of 'notebook' or 'command'"),
     ApiCase("pipeline stage name with a slash", lambda tmp: pipeline_from_data(
         "p", {"stages": [{"name": "a/b", "notebook": "x.ipynb"}]}), "must use letters"),
     ApiCase("pipeline placeholder to a later stage", lambda tmp: run_pipeline(
