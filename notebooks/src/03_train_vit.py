@@ -135,28 +135,21 @@ if env.is_main:
 
 # %%
 if env.is_main:
-    import holoviews as hv
+    from turbda_kit.viz.plots import prediction_panels, rollout_rmse_figure
 
     test_traj, _ = vit.split_trajectory(catalog, "test")
     steps = max(1, min(rollout_steps, (len(test_traj) - 1) // lead_steps))
     scores = vit.rollout_rmse(model, test_traj, steps, lead_hours, norm, hours_per_step=hours,
                               climatology=torch.from_numpy(catalog.climatology("train")).float())
-    summary = scores.to_dict()
-    write_json(out / "scores.json", {**summary, "steps": result.step, "best_step": result.best_step,
+    write_json(out / "scores.json", {**scores.to_dict(), "steps": result.step,
+                                     "best_step": result.best_step,
                                      "best_val_loss": result.best_val_loss, "config": cfg.to_dict(),
                                      "train_config": tc.to_dict(), "world_size": env.world_size,
                                      "train_seconds": train_seconds})
     print(scores.table())
-    rmse_plot = hv.Overlay([hv.Curve((summary["lead_hours"], summary[f"{key}rmse_all_K"]), "lead (h)",
-                                     "RMSE (K)", label=label) for key, label in (
-        ("", "ViT"), ("persistence_", "persistence"), ("climatology_", "climatology"))])
     forecast = vit.rollout(model, test_traj[:1], steps, lead_hours, norm)[:, 0, 0].numpy()
     truth = test_traj[lead_steps::lead_steps][:steps, 0].numpy()
-    panels = {f"+{(k + 1) * lead_hours:g} h, z = 0": {
-        "truth": truth[k], "ViT": forecast[k], "ViT - truth (error)": forecast[k] - truth[k]}
-        for k in sorted({0, steps - 1})}
     km = {} if catalog.x is None else {"x_km": catalog.x / 1e3, "y_km": catalog.y / 1e3}
-    title = "test rollout RMSE (both levels)"
-    rmse_plot = rmse_plot.opts(title=title).opts(title=title, backend="matplotlib")
-    print("wrote", *save(rmse_plot, out / "rollout_rmse"),
-          *save(field_panels(panels, **km), out / "prediction_vs_truth"))
+    print("wrote", *save(rollout_rmse_figure(scores.to_dict()), out / "rollout_rmse"),
+          *save(field_panels(prediction_panels(truth, forecast, lead_hours), **km),
+                out / "prediction_vs_truth"))

@@ -580,3 +580,21 @@ def test_fields_helper_maps_units_and_layout():
     assert plots.level_title("u_500") == "u at the lid (z = 0.5 km)"
     assert plots.axis_label("time_per_cycle_s") == "time per cycle (s)"
     assert plots.axis_label("rmse_analysis", "K") == "analysis RMSE (K)"
+
+
+def test_rollout_rmse_figure_and_prediction_panels():
+    from turbda_kit.viz.plots import prediction_panels, render, rollout_rmse_figure
+
+    summary = {"lead_hours": [12.0, 24.0], "rmse_all_K": [1.0, 2.0],
+               "persistence_rmse_all_K": [2.0, 3.0], "climatology_rmse_all_K": [4.0, 4.0]}
+    overlay = rollout_rmse_figure(summary)
+    assert [c.label for c in overlay] == ["ViT", "persistence", "climatology"]
+    assert overlay.get(0).kdims[0].name == "lead (h)"
+    render(overlay)
+    truth = np.zeros((3, 4, 4))
+    forecast = np.ones((3, 4, 4))
+    rows = prediction_panels(truth, forecast, 12.0)
+    assert list(rows) == ["+12 h, z = 0", "+36 h, z = 0"]
+    np.testing.assert_array_equal(rows["+36 h, z = 0"]["ViT - truth (error)"], forecast[2])
+    with pytest.raises(ValueError, match="must both be"):
+        prediction_panels(truth, forecast[:2], 12.0)

@@ -40,7 +40,7 @@ __all__ = [
     "DISPLAY_BACKEND", "EXPORT_BACKEND", "LINE_STYLES", "MARKERS", "PALETTE", "RUN_LINES",
     "RUN_STYLES", "VARIABLE_LABELS", "axis_label", "climatological_spread", "field_panels",
     "fields", "figure_styles", "init_notebook", "level_title", "loss_curves",
-    "observation_error_level",
+    "observation_error_level", "prediction_panels", "rollout_rmse_figure",
     "rank_histogram", "rank_histograms", "render", "rmse_figure", "rmse_vs_time",
     "run_line", "run_style", "running_mean", "save", "scaling", "scaling_figure",
     "scaling_rmse", "show", "spread_ratio_vs_time", "spread_rmse_vs_time", "spread_skill",
@@ -1238,3 +1238,48 @@ def loss_curves(history: list[Mapping], title: str = "training loss", logy: bool
                                         "legend_position": "top_right"},
                  {"fig_inches": 5, "hooks": [_readable_log_ticks, _box_aspect(1.6)]},
                  {"width": 520, "height": 340})
+
+
+def rollout_rmse_figure(summary: Mapping[str, Any], title: str = "test rollout RMSE (both levels)"):
+    """RMSE against lead time of a surrogate, persistence and climatology.
+
+    Parameters
+    ----------
+    summary : mapping
+        ``RolloutScores.to_dict()``: ``lead_hours`` (h) and ``rmse_all_K``,
+        ``persistence_rmse_all_K``, ``climatology_rmse_all_K`` (K), one value per lead.
+    title : str
+
+    Returns
+    -------
+    holoviews.Overlay
+        One labelled curve per forecast, lead (h) against RMSE (K).
+    """
+    hv = _hv()
+    curves = [hv.Curve((summary["lead_hours"], summary[f"{key}rmse_all_K"]), "lead (h)",
+                       "RMSE (K)", label=label)
+              for key, label in (("", "ViT"), ("persistence_", "persistence"),
+                                 ("climatology_", "climatology"))]
+    return hv.Overlay(curves).opts(title=title).opts(title=title, backend="matplotlib")
+
+
+def prediction_panels(truth: np.ndarray, forecast: np.ndarray, lead_hours: float,
+                      leads: Sequence[int] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Rows of truth / forecast / error panels for :func:`field_panels`, one per lead.
+
+    Parameters
+    ----------
+    truth, forecast : ndarray, shape (n_leads, ny, nx)
+        One level of the verifying truth and of the forecast at leads 1 ... n_leads (K).
+    lead_hours : float
+        Hours per lead step.
+    leads : sequence of int, optional
+        Zero-based lead indices to show; default the first and the last.
+    """
+    if truth.shape != forecast.shape or truth.ndim != 3:
+        raise ValueError(f"truth {truth.shape} and forecast {forecast.shape} must both be "
+                         "(n_leads, ny, nx)")
+    chosen = sorted({0, len(truth) - 1}) if leads is None else list(leads)
+    return {f"+{(k + 1) * lead_hours:g} h, z = 0": {
+        "truth": truth[k], "ViT": forecast[k], "ViT - truth (error)": forecast[k] - truth[k]}
+        for k in chosen}
