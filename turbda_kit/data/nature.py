@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from .. import provenance
+from ..cf import CONVENTIONS
 from ..device import resolve_device
 from ..errors import DivergenceError, InputError
 from ..io import atomic_path, write_dataset
@@ -328,7 +329,7 @@ def _dataset_attrs(plan: dict[str, Any]) -> dict[str, Any]:
         "title": "SQG nature run (turbda_kit)",
         "model": "f-plane surface quasi-geostrophic model with a rigid lid "
                  "(Tulloch & Smith 2009, sec. 3), turbda_kit.models.sqg",
-        "Conventions": "CF-1.8",
+        "Conventions": CONVENTIONS,
     }
     for key, value in params.items():
         attrs[f"sqg_{key}"] = int(value) if isinstance(value, bool) else value
