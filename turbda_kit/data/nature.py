@@ -353,11 +353,14 @@ def _coords(plan: dict[str, Any], start: int, count: int) -> dict[str, Any]:
         "time": ("time", time, _TIME_ATTRS),
         "z": ("z", np.array([0.0, params["H"]]), {"units": "m", "long_name": "height of the "
                                                   "boundary (0: surface, H: lid)",
+                                                  "standard_name": "height",
                                                   "positive": "up", "axis": "Z"}),
-        "y": ("y", np.arange(n, dtype=np.float64) * dx, {"units": "m", "long_name":
-                                                         "northward distance", "axis": "Y"}),
-        "x": ("x", np.arange(n, dtype=np.float64) * dx, {"units": "m", "long_name":
-                                                         "eastward distance", "axis": "X"}),
+        "y": ("y", np.arange(n, dtype=np.float64) * dx, {
+            "units": "m", "long_name": "northward distance",
+            "standard_name": "projection_y_coordinate", "axis": "Y"}),
+        "x": ("x", np.arange(n, dtype=np.float64) * dx, {
+            "units": "m", "long_name": "eastward distance",
+            "standard_name": "projection_x_coordinate", "axis": "X"}),
     }
 
 
