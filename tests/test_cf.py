@@ -151,6 +151,15 @@ def test_zarr_shard_store_groups_are_cf_complete(tmp_path):
         assert ds["x"].attrs["standard_name"] == "projection_x_coordinate"
 
 
+@pytest.mark.slow  # a kernel start-up
+def test_kit_check_notebook_writes_a_cf_complete_dataset(tmp_path):
+    from turbda_kit.workflow import run_notebook
+
+    run_notebook(REPO / "notebooks" / "00_kit_check.ipynb", {"n_values": 3}, tmp_path / "run",
+                 log_output=False)
+    check_file(tmp_path / "run" / "check.nc", time=False)
+
+
 # --- what the files say ---------------------------------------------------------------
 
 
