@@ -128,6 +128,7 @@ def sweep(preset: DAPreset | str, filter_name: str, settings: Sequence[Mapping[s
         cycle, failed = -1, False
         try:
             ds = experiment.run(show_progress=False)
+            units = ds["rmse_analysis"].attrs.get("units", units)
             for name in SCORES:
                 rows[f"mean_{name}"].append(float(np.nanmean(ds[name].values[spinup_cycles:])))
         except DivergenceError as err:  # the engine names the cycle
@@ -160,8 +161,7 @@ def _table(rows, diverged, diverged_cycle, wall, labels, attrs, units: str):
                                   "label": ("setting", list(labels))}, attrs=dict(attrs))
     scored = f"cycles {attrs['spinup_cycles']}..{attrs['n_cycles'] - 1}"
     catalogue = {f"mean_{name}": VariableInfo(
-        f"mean over {scored} of the {cf.VARIABLES[name].long_name[0].lower()}"
-        f"{cf.VARIABLES[name].long_name[1:]}", units) for name in SCORES}
+        f"{cf.VARIABLES[name].long_name}, mean over {scored}", units) for name in SCORES}
     catalogue.update({
         "diverged": VariableInfo("the run diverged (1: NaN scores)", "1"),
         "diverged_cycle": VariableInfo("cycle at which the run diverged (-1: it did not)", "1"),
