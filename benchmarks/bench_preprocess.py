@@ -45,6 +45,7 @@ def make_nature_run(path: Path, size_gb: float, grid: int, steps_per_day: int) -
     """Write a synthetic nature run of about ``size_gb`` GB; returns the number of days."""
     import xarray as xr
 
+    from turbda_kit.cf import CONVENTIONS
     from turbda_kit.data.time_axis import time_attrs
     from turbda_kit.io import write_dataset
 
@@ -60,11 +61,16 @@ def make_nature_run(path: Path, size_gb: float, grid: int, steps_per_day: int) -
         theta[i] = state
     dt = 86400.0 / steps_per_day
     ds = xr.Dataset(
-        {"theta": (("time", "z", "y", "x"), theta, {"units": "K"})},
+        {"theta": (("time", "z", "y", "x"), theta,
+                   {"units": "K", "long_name": "potential temperature (random walk)"})},
         coords={"time": ("time", dt * np.arange(n_time), time_attrs("time since time zero")),
-                "z": ("z", [0.0, 10000.0], {"units": "m"}),
-                "y": ("y", 20000.0 * np.arange(grid), {"units": "m"}),
-                "x": ("x", 20000.0 * np.arange(grid), {"units": "m"})})
+                "z": ("z", [0.0, 10000.0], {"units": "m", "long_name": "height"}),
+                "y": ("y", 20000.0 * np.arange(grid),
+                      {"units": "m", "long_name": "northward distance"}),
+                "x": ("x", 20000.0 * np.arange(grid),
+                      {"units": "m", "long_name": "eastward distance"})},
+        attrs={"title": "synthetic nature run for the preprocessing benchmark",
+               "Conventions": CONVENTIONS})
     write_dataset(ds, path)
     return n_days
 

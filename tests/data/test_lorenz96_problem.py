@@ -29,7 +29,8 @@ def test_layout(dataset):
     assert dataset.truth.dims == ("time", "i") and dataset.truth.shape == (6, 40)
     assert dataset.obs.dims == ("time", "i_obs") and dataset.obs.attrs["operator"] == "arctan"
     assert dataset.obs_identity.shape == (6, 40)
-    np.testing.assert_allclose(dataset.time.values, 0.1 * np.arange(1, 7))
+    np.testing.assert_allclose(dataset.time_mtu.values, 0.1 * np.arange(1, 7))
+    np.testing.assert_allclose(dataset.time.values, dataset.time_mtu.values * 5 * 86400.0)
     assert dataset.attrs["problem_n"] == 40 and "provenance_torch" in dataset.attrs
 
 

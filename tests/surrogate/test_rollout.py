@@ -20,6 +20,7 @@ from turbda_kit.surrogate.rollout import (
     trajectory_windows,
 )
 from turbda_kit.surrogate.vit import ViT
+from turbda_kit.testing import assert_cf_complete
 
 NORMALISER = Normaliser(("sqg_0", "sqg_10000"), np.array([290.0, 285.0]), np.array([4.0, 2.0]))
 
@@ -144,6 +145,8 @@ def test_a_perfect_model_scores_zero_and_persistence_matches_its_closed_form():
     assert scores.climatology_rmse.shape == (4, 2)
     ds = scores.to_dataset()
     assert ds["rmse"].dims == ("lead", "variable") and ds.attrs["n_cases"] == 8
+    assert_cf_complete(ds, require_time=False)
+    assert ds["lead"].attrs["standard_name"] == "forecast_period"
     assert "lead (h)" in scores.table()
 
 

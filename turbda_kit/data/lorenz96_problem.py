@@ -10,8 +10,12 @@ forcing, time step, observation interval, operators, noise, seed) and generated 
 * ``obs (time, i_obs)``: ``H(truth) + obs_error_std * obs_noise`` for the first operator
   of ``problem.operators``, and ``obs_<name>`` for any further one (all operators observe
   every component, so ``i_obs`` runs over the ring);
-* coordinates ``time`` (model time units since the end of the burn-in), ``i``, ``i_obs``;
-  the problem's fields and provenance in ``attrs``.
+* coordinates ``time`` (CF: float64 seconds since the end of the burn-in, units
+  ``"seconds since 2000-01-01 00:00:00"``, one model time unit counted as
+  :data:`~turbda_kit.models.lorenz96.LORENZ96_TIME_UNIT_SECONDS`; xarray decodes it to
+  dates), ``time_mtu`` (the same times in model time units, as :attr:`Lorenz96Problem.times`),
+  ``i``, ``i_obs``; CF-1.8 metadata (:mod:`turbda_kit.cf`), the problem's fields and
+  provenance in ``attrs``.
 
 Every random number is drawn by global index (:func:`turbda_kit.random_streams.indexed_normal_`
 keyed by the seed): the initial condition of the ring and the observation noise at
@@ -40,12 +44,14 @@ import torch
 from torch import Tensor
 
 from .. import provenance
+from ..cf import VariableInfo, describe
 from ..errors import InputError
 from ..io import write_dataset
 from ..models.lorenz96 import L96Workspace, Lorenz96
 from ..obs.operators import Arctan, Identity, ObsOperator
 from ..progress import progress
 from ..random_streams import indexed_normal_
+from .time_axis import time_attrs
 
 __all__ = [
     "Lorenz96Problem",
@@ -56,6 +62,17 @@ __all__ = [
 ]
 
 _OPERATORS = ("arctan", "identity")
+_VARIABLES = {
+    "truth": VariableInfo("true Lorenz-96 state (non-dimensional)", "1"),
+    "truth_initial": VariableInfo("true state at the start of the cycling (time 0, after the "
+                                  "burn-in)", "1"),
+    "obs_noise": VariableInfo("standard-normal observation error draws", "1"),
+    "time_mtu": VariableInfo("model time after the burn-in, in model time units", "1"),
+    "i": VariableInfo("ring index", "1"),
+    "i_obs": VariableInfo("observed ring index", "1"),
+}
+"""CF attributes of the problem's variables (``obs*`` are added per operator)."""
+
 # Stream keys (first word after the seed) of the problem's random draws.
 _INITIAL_KEY, _OBS_KEY = 11, 12
 _ATTR_PREFIX = "problem_"
@@ -256,27 +273,32 @@ def generate_lorenz96_problem(problem: Lorenz96Problem, dtype: torch.dtype = tor
     truth_t = torch.from_numpy(truth)
     noise_t = torch.from_numpy(noise)
     data_vars = {
-        "truth": (("time", "i"), truth, {"long_name": "true Lorenz-96 state", "units": "1"}),
-        "truth_initial": (("i",), start, {"long_name": "true state at time 0", "units": "1"}),
-        "obs_noise": (("time", "i_obs"), noise,
-                      {"long_name": "standard-normal observation error draws", "units": "1"}),
+        "truth": (("time", "i"), truth),
+        "truth_initial": (("i",), start),
+        "obs_noise": (("time", "i_obs"), noise),
     }
+    catalogue = dict(_VARIABLES)
     for k, name in enumerate(problem.operators):
         clean = problem.obs_operator(name)(truth_t)
         values = (clean + problem.obs_error_std * noise_t).numpy()
         var = "obs" if k == 0 else f"obs_{name}"
         data_vars[var] = (("time", "i_obs"), values,
-                          {"long_name": f"observations through {name}", "operator": name,
-                           "obs_error_std": problem.obs_error_std, "units": "1"})
+                          {"operator": name, "obs_error_std": problem.obs_error_std})
+        catalogue[var] = VariableInfo(f"observations through {name}", "1")
+    mtu = problem.times
     coords = {
-        # Not "MTU since ...": CF readers would try to decode that as a calendar time.
-        "time": ("time", problem.times, {"units": "MTU",
-                                         "long_name": "observation time after the burn-in"}),
-        "i": ("i", np.arange(problem.n), {"long_name": "ring index"}),
-        "i_obs": ("i_obs", np.arange(problem.n), {"long_name": "observed ring index"}),
+        # CF time in seconds (1 MTU = LORENZ96_TIME_UNIT_SECONDS, a nominal date), so CF
+        # readers decode it; the model time units themselves are time_mtu.
+        "time": ("time", mtu * float(model.time_unit_seconds),
+                 time_attrs("model time after the burn-in (1 model time unit = 5 days); the "
+                            "date is nominal")),
+        "time_mtu": ("time", mtu),
+        "i": ("i", np.arange(problem.n)),
+        "i_obs": ("i_obs", np.arange(problem.n)),
     }
     attrs = {**problem.to_attrs(), **provenance.as_attrs(provenance.collect())}
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    return describe(xr.Dataset(data_vars, coords=coords, attrs=attrs), catalogue,
+                    title="Lorenz-96 twin-experiment problem (turbda_kit)")
 
 
 def write_lorenz96_problem(problem: Lorenz96Problem, path: str | os.PathLike,

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from .. import provenance
+from ..cf import CONVENTIONS
 from ..device import resolve_device
 from ..errors import DivergenceError, InputError
 from ..io import atomic_path, write_dataset
@@ -328,7 +329,7 @@ def _dataset_attrs(plan: dict[str, Any]) -> dict[str, Any]:
         "title": "SQG nature run (turbda_kit)",
         "model": "f-plane surface quasi-geostrophic model with a rigid lid "
                  "(Tulloch & Smith 2009, sec. 3), turbda_kit.models.sqg",
-        "Conventions": "CF-1.8",
+        "Conventions": CONVENTIONS,
     }
     for key, value in params.items():
         attrs[f"sqg_{key}"] = int(value) if isinstance(value, bool) else value
@@ -352,11 +353,14 @@ def _coords(plan: dict[str, Any], start: int, count: int) -> dict[str, Any]:
         "time": ("time", time, _TIME_ATTRS),
         "z": ("z", np.array([0.0, params["H"]]), {"units": "m", "long_name": "height of the "
                                                   "boundary (0: surface, H: lid)",
+                                                  "standard_name": "height",
                                                   "positive": "up", "axis": "Z"}),
-        "y": ("y", np.arange(n, dtype=np.float64) * dx, {"units": "m", "long_name":
-                                                         "northward distance", "axis": "Y"}),
-        "x": ("x", np.arange(n, dtype=np.float64) * dx, {"units": "m", "long_name":
-                                                         "eastward distance", "axis": "X"}),
+        "y": ("y", np.arange(n, dtype=np.float64) * dx, {
+            "units": "m", "long_name": "northward distance",
+            "standard_name": "projection_y_coordinate", "axis": "Y"}),
+        "x": ("x", np.arange(n, dtype=np.float64) * dx, {
+            "units": "m", "long_name": "eastward distance",
+            "standard_name": "projection_x_coordinate", "axis": "X"}),
     }
 
 

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..cf import CONVENTIONS
 from ..io import write_json
 from ..optional import require
 from .day_statistics import DayStatistics
@@ -45,6 +46,12 @@ __all__ = ["FORMATS", "NpzShardWriter", "ShardPlan", "ShardWriter", "ZARR_STORE"
 
 FORMATS = ("npz", "zarr")
 ZARR_STORE = "data.zarr"
+
+
+def _field_long_name(variable: str, level_m: float) -> str:
+    """What a stored field is: the nature run's ``variable`` at one ``z`` level."""
+    what = "potential temperature (anomaly)" if variable == "theta" else variable
+    return f"{what} of the nature run at z = {level_m:g} m"
 
 
 def shard_path(root: str | os.PathLike, split: str, day: int, shard: int) -> Path:
@@ -226,14 +233,22 @@ class ZarrShardWriter:
         seconds = np.asarray(plan.info.time_seconds[first:first + n_time])
         data_vars = {name: (("time", "y", "x"),
                             da.zeros((n_time, ny, nx), dtype=plan.info.dtype, chunks=chunks),
-                            {"units": "K", "level_m": level})
+                            {"units": "K", "level_m": level,
+                             "long_name": _field_long_name(plan.info.variable, level)})
                      for name, level in zip(plan.names, plan.info.levels)}
         coords = {"time": ("time", seconds,
                            time_attrs("time since the nature run's time zero", axis=False)),
-                  "day": ("time", np.floor(seconds / SECONDS_PER_DAY).astype(np.int64)),
-                  "y": ("y", np.asarray(plan.info.y), {"units": "m"}),
-                  "x": ("x", np.asarray(plan.info.x), {"units": "m"})}
-        attrs = {"split": split, "first_day": days.start, "n_days": len(days),
+                  "day": ("time", np.floor(seconds / SECONDS_PER_DAY).astype(np.int64),
+                          {"units": "1", "long_name": "day of the nature run (whole days "
+                           "since its time zero)"}),
+                  "y": ("y", np.asarray(plan.info.y), {
+                      "units": "m", "long_name": "northward distance",
+                      "standard_name": "projection_y_coordinate", "axis": "Y"}),
+                  "x": ("x", np.asarray(plan.info.x), {
+                      "units": "m", "long_name": "eastward distance",
+                      "standard_name": "projection_x_coordinate", "axis": "X"})}
+        attrs = {"title": f"turbda_kit training shards, {split} split", "Conventions": CONVENTIONS,
+                 "split": split, "first_day": days.start, "n_days": len(days),
                  "steps_per_day": plan.info.steps_per_day, "num_shards": plan.num_shards,
                  "steps_per_shard": plan.steps_per_shard}
         encoding = {name: {"chunks": chunks} for name in plan.names}
@@ -304,13 +319,15 @@ class ZarrShardWriter:
         """Rank 0: climatologies, statistics in attrs, then move the store into place."""
         import xarray as xr
         zarr = require("zarr", "writing zarr shards")
-        names = self.plan.names
+        names, info = self.plan.names, self.plan.info
         for split in SPLITS:
-            clim = stats[split].field.mean.astype(self.plan.info.dtype)
+            clim = stats[split].field.mean.astype(info.dtype)
             # to_zarr(mode="a") replaces the group's attributes: carry them over.
             kept = dict(zarr.open_group(str(self.partial), mode="r")[split].attrs)
-            ds = xr.Dataset({f"climatology_{n}": (("y", "x"), clim[j], {"units": "K"})
-                             for j, n in enumerate(names)}, attrs=kept)
+            ds = xr.Dataset({f"climatology_{n}": (("y", "x"), clim[j], {
+                "units": "K", "long_name": f"time mean over the {split} split of the "
+                f"{_field_long_name(info.variable, level)}"})
+                for j, (n, level) in enumerate(zip(names, info.levels))}, attrs=kept)
             ds.to_zarr(str(self.partial), group=split, mode="a", consolidated=False)
         train = stats["train"].scalar
         std = train.std()

@@ -18,51 +18,32 @@ them without guessing:
 The scores' units follow the state (K for SQG and the ViT); innovations are in the
 observations' units (those of the state for identity and subset operators, ``1`` for
 arctan observations).
+
+The rules every Dataset of the kit follows, :class:`~turbda_kit.cf.VariableInfo` and the
+generic :func:`~turbda_kit.cf.describe` are in :mod:`turbda_kit.cf`; the scaling studies
+(:mod:`turbda_kit.experiments.scaling_results`) and sweeps
+(:mod:`turbda_kit.experiments.sweep`) use them with this module's time coordinates.
 """
 
 from __future__ import annotations
 
 import ast
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..cf import CONVENTIONS, VariableInfo
 from ..data.time_axis import time_attrs
 
 __all__ = [
-    "CONVENTIONS",
     "VARIABLES",
-    "VariableInfo",
     "describe_dataset",
     "grid_coordinates",
     "obs_units",
     "state_description",
     "time_coordinates",
 ]
-
-CONVENTIONS = "CF-1.8"
-
-
-@dataclass(frozen=True)
-class VariableInfo:
-    """What a result variable is.
-
-    Attributes
-    ----------
-    long_name : str
-    units : str
-        A UDUNITS string, or ``"state"`` / ``"obs"`` for the units of the state or of the
-        observations, known only when a run is made.
-    standard_name : str
-        The CF standard name, when one exists ("" otherwise).
-    """
-
-    long_name: str
-    units: str
-    standard_name: str = ""
-
 
 VARIABLES: dict[str, VariableInfo] = {
     "rmse_forecast": VariableInfo("RMSE of the forecast ensemble mean against the truth",

@@ -6,6 +6,9 @@
   ``efficiency`` (wall time), ``efficiency_cpu`` (CPU seconds per rank), ``cpu_utilisation``
   (CPU time over the cores the ranks were given) and ``oversubscribed``.
 * :func:`combine_scaling` merges the Datasets of several jobs (e.g. one per node count).
+* :func:`describe_scaling` gives a Dataset its CF-1.8 metadata (:mod:`turbda_kit.cf`):
+  units and long names everywhere, ``time`` / ``time_hours`` (model time of each analysis)
+  along ``cycle``; :func:`assemble_scaling` and :func:`summarize` apply it.
 * :func:`scaling_table` is the printable table; :func:`scaling_summary` the JSON summary
   (``scaling_summary.json``) a results pipeline collects.
 
@@ -24,12 +27,15 @@ import numpy as np
 import xarray as xr
 
 from .. import provenance
+from ..cf import VariableInfo, describe
 from ..errors import InputError
 from ..io import open_dataset
+from ..models.lorenz96 import LORENZ96_TIME_UNIT_SECONDS
+from . import cf
 from .efficiency import MODES, cpu_utilisation, efficiency
 
 __all__ = ["COMPONENTS", "SCORES", "SUMMARY_KIND", "assemble_scaling", "combine_scaling",
-           "scaling_summary", "scaling_table", "study_summary", "summarize"]
+           "describe_scaling", "scaling_summary", "scaling_table", "study_summary", "summarize"]
 
 COMPONENTS = ("forecast", "halo", "analysis", "reduce", "total")
 """Parts of a cycle timed by :func:`~turbda_kit.experiments.l96_ensf.run_l96_ensf`."""
@@ -44,6 +50,7 @@ _COMPARABLE = ("mode", "n_members", "euler_steps", "obs", "obs_error_std", "n_cy
                "block_size", "dtype", "threads_per_rank", "prefetch_noise")
 _DERIVED = ("efficiency", "efficiency_cpu", "cpu_utilisation", "oversubscribed",
             "time_per_cycle_s") + tuple(f"{c}_per_cycle_s" for c in COMPONENTS[:-1])
+_TIME = ("time", "time_hours")
 _INTEGER_FILL = {"n_global": 0, "peak_memory_bytes": 0, "baseline_memory_bytes": 0,
                  "fingerprint": -1}
 
@@ -67,7 +74,8 @@ def assemble_scaling(study: Any, records: Mapping[tuple[int, int], Mapping[str, 
     Returns
     -------
     xarray.Dataset
-        Dims ``ranks``, ``size``, ``cycle``; points not run are NaN (or the integer fill).
+        Dims ``ranks``, ``size``, ``cycle``; points not run are NaN (or the integer fill);
+        CF-1.8 metadata and the ``time`` coordinate from :func:`describe_scaling`.
     """
     ranks, sizes = list(study.ranks), list(study.sizes)
     shape = (len(ranks), len(sizes))
@@ -81,47 +89,107 @@ def assemble_scaling(study: Any, records: Mapping[tuple[int, int], Mapping[str, 
     cycle_dims, point_dims = ("ranks", "size", "cycle"), ("ranks", "size")
     data: dict[str, Any] = {}
     for name in SCORES:
-        data[name] = (cycle_dims, grid(name, True), {
-            "units": "1", "long_name": name.replace("_", " ") + " (global, Lorenz-96 units)"})
+        data[name] = (cycle_dims, grid(name, True))
     for c in COMPONENTS:
-        data[f"time_{c}_s"] = (cycle_dims, grid(f"time_{c}_s", True), {
-            "units": "s", "long_name": f"{c} wall time per cycle, max over ranks"})
-
-    def integer(key: str, units: str, long_name: str) -> None:
-        data[key] = (point_dims, grid(key, False, _INTEGER_FILL[key], np.int64),
-                     {"units": units, "long_name": long_name})
-
-    integer("n_global", "1", "ring size (state dimension)")
-    integer("peak_memory_bytes", "bytes", "peak memory per rank, max over ranks (CPU: peak "
-            "resident set; GPU: peak tensor allocation)")
-    integer("baseline_memory_bytes", "bytes", "memory in use before the point started, max "
-            "over ranks")
-    data["fingerprint"] = (point_dims, grid("fingerprint", False, -1, np.int64), {
-        "long_name": "exact split-independent fingerprint of the final analysis ensemble "
-        "(turbda_kit.parallel.fingerprint.analysis_fingerprint)"})
-    data["cores_available_per_rank"] = (point_dims, grid("cores_available_per_rank", False), {
-        "units": "1", "long_name": "CPUs each running rank could have without sharing (its "
-        "node's CPUs / its node's running ranks; below 1 when ranks outnumber CPUs), min over "
-        "nodes"})
-    data["point_wall_s"] = (point_dims, grid("point_wall_s", False), {
-        "units": "s", "long_name": "wall time of the whole point (spin-up and all cycles), "
-        "max over ranks"})
-    data["point_cpu_s"] = (point_dims, grid("point_cpu_s", False), {
-        "units": "s", "long_name": "process CPU time of the whole point (all threads), summed "
-        "over ranks"})
-    mode = study.mode
-    coords = {"ranks": ("ranks", np.asarray(ranks, dtype=np.int64), {"long_name": "MPI ranks"}),
-              "size": ("size", np.asarray(sizes, dtype=np.int64), {
-                  "long_name": "total ring size" if mode == "strong" else "points per rank"}),
-              "cycle": ("cycle", np.arange(study.n_cycles), {"long_name": "analysis cycle"})}
-    all_attrs: dict[str, Any] = {"title": f"EnSF Lorenz-96 {mode}-scaling study"}
+        data[f"time_{c}_s"] = (cycle_dims, grid(f"time_{c}_s", True))
+    for key in ("n_global", "peak_memory_bytes", "baseline_memory_bytes", "fingerprint"):
+        data[key] = (point_dims, grid(key, False, _INTEGER_FILL[key], np.int64))
+    for key in ("cores_available_per_rank", "point_wall_s", "point_cpu_s"):
+        data[key] = (point_dims, grid(key, False))
+    coords = {"ranks": ("ranks", np.asarray(ranks, dtype=np.int64)),
+              "size": ("size", np.asarray(sizes, dtype=np.int64)),
+              "cycle": ("cycle", np.arange(study.n_cycles))}
+    all_attrs: dict[str, Any] = {}
     for key, value in dataclasses.asdict(study).items():
         if key not in ("sizes", "ranks"):
             all_attrs[key] = int(value) if isinstance(value, bool) else value
+    # The model time step (not a study field): what the time coordinate is counted in.
+    all_attrs["dt"] = study.experiment(max(sizes)).dt
     for key, value in attrs.items():
         all_attrs[key] = int(value) if isinstance(value, bool) else value
     all_attrs.update(provenance.as_attrs(provenance.collect()))
-    return xr.Dataset(data, coords=coords, attrs=all_attrs)
+    return describe_scaling(xr.Dataset(data, coords=coords, attrs=all_attrs))
+
+
+def _catalogue(mode: str, warmup: int, n_cycles: int, cores: int) -> dict[str, VariableInfo]:
+    """What every variable of a scaling Dataset is (units and long names)."""
+    rule = "p0 T(p0) / (p T(p))" if mode == "strong" else "T(p0) / T(p)"
+    timed = f"cycles {warmup}..{n_cycles - 1}"
+    info = {
+        "ranks": VariableInfo("number of MPI ranks", "1"),
+        "size": VariableInfo("total ring size (state dimension)" if mode == "strong"
+                             else "ring points per rank", "1"),
+        "cycle": VariableInfo("analysis cycle (0 is the first analysis)", "1"),
+        "n_global": VariableInfo("ring size (state dimension)", "1"),
+        "peak_memory_bytes": VariableInfo(
+            "peak memory per rank in bytes, max over ranks (CPU: peak resident set; GPU: "
+            "peak tensor allocation)", "bytes"),
+        "baseline_memory_bytes": VariableInfo(
+            "memory in use before the point started in bytes, max over ranks", "bytes"),
+        "fingerprint": VariableInfo(
+            "exact split-independent fingerprint of the final analysis ensemble "
+            "(turbda_kit.parallel.fingerprint.analysis_fingerprint; -1: not run)", "1"),
+        "cores_available_per_rank": VariableInfo(
+            "CPUs each running rank could have without sharing (its node's CPUs / its node's "
+            "running ranks; below 1 when ranks outnumber CPUs), min over nodes", "1"),
+        "point_wall_s": VariableInfo("wall time of the whole point (spin-up and all cycles), "
+                                     "max over ranks", "s"),
+        "point_cpu_s": VariableInfo("process CPU time of the whole point (all threads), "
+                                    "summed over ranks", "s"),
+        "efficiency": VariableInfo(f"{mode}-scaling efficiency {rule}, T = wall time per "
+                                   "cycle, p0 = smallest rank count run", "1"),
+        "efficiency_cpu": VariableInfo(f"{rule} with T = CPU seconds per rank of the whole "
+                                       "point", "1"),
+        "cpu_utilisation": VariableInfo(
+            f"CPU time / (wall time x ranks x {cores} core(s) per rank): the share of the "
+            "cores given that the run used", "1"),
+        "oversubscribed": VariableInfo(f"fewer CPUs per rank than the {cores} core(s) a rank "
+                                       "keeps busy (1: the point measured sharing)", "1"),
+    }
+    for name in SCORES:
+        what = cf.VARIABLES[name].long_name
+        info[name] = VariableInfo(f"{what}, global over the ring (Lorenz-96 state, "
+                                  "non-dimensional)", "1")
+    for c in COMPONENTS:
+        info[f"time_{c}_s"] = VariableInfo(f"{c} wall time per cycle, max over ranks", "s")
+        info["time_per_cycle_s" if c == "total" else f"{c}_per_cycle_s"] = VariableInfo(
+            f"mean {c} wall time per cycle ({timed})", "s")
+    return info
+
+
+def describe_scaling(ds: xr.Dataset) -> xr.Dataset:
+    """Give a scaling Dataset its CF metadata (in place): units and long names, the title,
+    ``Conventions`` and the model time of each analysis along ``cycle``.
+
+    ``time`` (CF, seconds since cycle 0, decoded to dates by xarray) and ``time_hours``
+    are ``(cycle + 1) * steps_per_cycle * dt`` model time units of
+    :data:`~turbda_kit.models.lorenz96.LORENZ96_TIME_UNIT_SECONDS`; files written before
+    they were recorded get them here (``dt`` defaults to 0.01).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        From :func:`assemble_scaling`, :func:`summarize` or an older file.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ds``.
+    """
+    mode = str(ds.attrs.get("mode", ""))
+    cycles = np.asarray(ds["cycle"].values, dtype=np.int64)
+    cycle_seconds = (float(ds.attrs.get("steps_per_cycle", 10)) * float(ds.attrs.get("dt", 0.01))
+                     * LORENZ96_TIME_UNIT_SECONDS)
+    time = cf.time_coordinates(cycles + 1, cycle_seconds, dim="cycle")
+    time["time"][2]["long_name"] = ("model time of the analysis since the start of the "
+                                    "cycling; the date is nominal")
+    time["time_hours"][2]["long_name"] = "model time of the analysis since the start of cycling"
+    for name, (dim, values, attrs) in time.items():
+        ds.coords[name] = (dim, values, attrs)
+    catalogue = _catalogue(mode, int(ds.attrs.get("warmup_cycles", 1)), ds.sizes["cycle"],
+                           _cores_per_rank(ds.attrs))
+    return describe(ds, catalogue, replace=True,
+                    title=f"EnSF Lorenz-96 {mode}-scaling study" if mode else None)
 
 
 def _cores_per_rank(attrs: Mapping[str, Any]) -> int:
@@ -158,34 +226,23 @@ def summarize(ds: xr.Dataset) -> xr.Dataset:
     for c in COMPONENTS:
         name = "time_per_cycle_s" if c == "total" else f"{c}_per_cycle_s"
         out[name] = timed[f"time_{c}_s"].mean("cycle", skipna=False)
-        out[name].attrs = {"units": "s", "long_name": f"mean {c} wall time per cycle "
-                           f"(cycles {warmup}..{ds.sizes['cycle'] - 1})"}
     mode = ds.attrs["mode"]
     times = out["time_per_cycle_s"].transpose("ranks", ...)
-    rule = "p0 T(p0) / (p T(p))" if mode == "strong" else "T(p0) / T(p)"
-    out["efficiency"] = (times.dims, efficiency(times.values, ds["ranks"].values, mode), {
-        "units": "1", "long_name": f"{mode}-scaling efficiency {rule}, T = wall time per "
-        "cycle, p0 = smallest rank count run"})
+    out["efficiency"] = (times.dims, efficiency(times.values, ds["ranks"].values, mode))
     cores = _cores_per_rank(ds.attrs)
     if "point_cpu_s" in ds:
         # CPU seconds per rank play the role of T(p) in a measure that time-sharing does not
         # distort (busy-waiting in MPI counts as used, so it is, if anything, pessimistic).
         per_rank = (ds["point_cpu_s"] / ds["ranks"]).transpose("ranks", ...)
         out["efficiency_cpu"] = (per_rank.dims, efficiency(per_rank.values, ds["ranks"].values,
-                                                           mode), {
-            "units": "1", "long_name": f"{rule} with T = CPU seconds per rank of the whole "
-            "point"})
+                                                           mode))
         cpu, wall = xr.broadcast(ds["point_cpu_s"], ds["point_wall_s"])
         out["cpu_utilisation"] = (cpu.dims, cpu_utilisation(
-            cpu.values, wall.values, ds["ranks"].broadcast_like(cpu).values, cores), {
-            "units": "1", "long_name": f"CPU time / (wall time x ranks x {cores} core(s) per "
-            "rank): the share of the cores given that the run used"})
+            cpu.values, wall.values, ds["ranks"].broadcast_like(cpu).values, cores))
     if "cores_available_per_rank" in ds:
         # NaN (not measured) compares False: not flagged.
         out["oversubscribed"] = ds["cores_available_per_rank"] < cores
-        out["oversubscribed"].attrs = {
-            "long_name": f"fewer CPUs per rank than the {cores} core(s) a rank keeps busy"}
-    return out
+    return describe_scaling(out)
 
 
 def combine_scaling(datasets: Sequence[Any]) -> xr.Dataset:
@@ -234,7 +291,8 @@ def combine_scaling(datasets: Sequence[Any]) -> xr.Dataset:
                 raise InputError(f"rank count {p} appears in both {seen[p]} and {name}: drop one "
                                  "(combine_scaling does not average repeated runs)")
             seen[p] = name
-    parts = [ds.drop_vars([v for v in _DERIVED if v in ds]) for ds in loaded]
+    # Derived variables and the time axis (older files lack it) are made again by summarize.
+    parts = [ds.drop_vars([v for v in _DERIVED + _TIME if v in ds.variables]) for ds in loaded]
     merged = xr.concat(parts, dim="ranks", join="outer", combine_attrs="override",
                        fill_value={k: v for k, v in _INTEGER_FILL.items()
                                    if all(k in p for p in parts)})

@@ -26,9 +26,11 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..cf import VariableInfo, describe
 from ..errors import DivergenceError, InputError
 from ..io import open_dataset, write_dataset
 from ..progress import progress_bar
+from . import cf
 from .builder import build_experiment
 from .presets import DAPreset, get_preset
 
@@ -77,6 +79,7 @@ def sweep(preset: DAPreset | str, filter_name: str, settings: Sequence[Mapping[s
         (means over cycles ``spinup_cycles .. n_cycles - 1``, units of the truth),
         ``diverged`` (bool; NaN scores), ``diverged_cycle`` (-1 if not), ``wall_s``;
         coordinate ``label`` (the setting as JSON); attrs: preset, filter, cycles, seed.
+        CF-1.8: units and long names on every variable (:mod:`turbda_kit.cf`).
     """
     if isinstance(preset, str):
         preset = get_preset(preset)
@@ -97,7 +100,10 @@ def sweep(preset: DAPreset | str, filter_name: str, settings: Sequence[Mapping[s
     attrs = {"preset": preset.name, "filter": filter_name, "n_cycles": n_cycles,
              "spinup_cycles": spinup_cycles, "seed": seed,
              "base": json.dumps(base, sort_keys=True)}
-    done = _finished_rows(out_path, attrs)
+    done, units = _finished_rows(out_path, attrs)
+    # Units of the scores: those of the state (K for SQG and the ViT, 1 for Lorenz-96),
+    # from each model built (an earlier file's when every setting is taken from it).
+    units = units or cf.state_description(None, {"model": preset.model})[1]
     rows: dict[str, list[float]] = {f"mean_{name}": [] for name in SCORES}
     diverged, diverged_cycle, wall, labels = [], [], [], []
     bar = progress_bar(len(settings), f"sweep {preset.name}:{filter_name}", every_seconds=0.0)
@@ -117,10 +123,12 @@ def sweep(preset: DAPreset | str, filter_name: str, settings: Sequence[Mapping[s
         experiment = build_experiment(run_preset, filter_name, seed=seed,
                                       truth_trajectory=truth_trajectory, device=device,
                                       **build_kwargs)
+        units = cf.state_description(experiment.model, experiment.attrs)[1]
         start = time.perf_counter()
         cycle, failed = -1, False
         try:
             ds = experiment.run(show_progress=False)
+            units = ds["rmse_analysis"].attrs.get("units", units)
             for name in SCORES:
                 rows[f"mean_{name}"].append(float(np.nanmean(ds[name].values[spinup_cycles:])))
         except DivergenceError as err:  # the engine names the cycle
@@ -136,25 +144,40 @@ def sweep(preset: DAPreset | str, filter_name: str, settings: Sequence[Mapping[s
         bar.set_postfix_str(f"{label}: {outcome}, {wall[-1]:.0f} s")
         bar.update()
         if out_path is not None:
-            write_dataset(_table(rows, diverged, diverged_cycle, wall, labels, attrs), out_path)
+            write_dataset(_table(rows, diverged, diverged_cycle, wall, labels, attrs, units),
+                          out_path)
     bar.close()
-    return _table(rows, diverged, diverged_cycle, wall, labels, attrs)
+    return _table(rows, diverged, diverged_cycle, wall, labels, attrs, units)
 
 
-def _table(rows, diverged, diverged_cycle, wall, labels, attrs):
+def _table(rows, diverged, diverged_cycle, wall, labels, attrs, units: str):
+    """The sweep's Dataset, CF-1.8 (:mod:`turbda_kit.cf`); scores in ``units``."""
     data = {name: ("setting", np.asarray(values, dtype=np.float64))
             for name, values in rows.items()}
     data["diverged"] = ("setting", np.asarray(diverged, dtype=bool))
     data["diverged_cycle"] = ("setting", np.asarray(diverged_cycle, dtype=np.int64))
     data["wall_s"] = ("setting", np.asarray(wall, dtype=np.float64))
-    return xr.Dataset(data, coords={"setting": np.arange(len(labels)),
-                                    "label": ("setting", list(labels))}, attrs=dict(attrs))
+    ds = xr.Dataset(data, coords={"setting": np.arange(len(labels)),
+                                  "label": ("setting", list(labels))}, attrs=dict(attrs))
+    scored = f"cycles {attrs['spinup_cycles']}..{attrs['n_cycles'] - 1}"
+    catalogue = {f"mean_{name}": VariableInfo(
+        f"{cf.VARIABLES[name].long_name}, mean over {scored}", units) for name in SCORES}
+    catalogue.update({
+        "diverged": VariableInfo("the run diverged (1: NaN scores)", "1"),
+        "diverged_cycle": VariableInfo("cycle at which the run diverged (-1: it did not)", "1"),
+        "wall_s": VariableInfo("wall time of the run", "s"),
+        "setting": VariableInfo("setting index (order of the settings given)", "1"),
+        "label": VariableInfo("the setting: filter-config changes as JSON", ""),  # text
+    })
+    return describe(ds, catalogue,
+                    title=f"turbda_kit sweep of {attrs['filter']} on {attrs['preset']}")
 
 
-def _finished_rows(out_path, attrs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Rows of an earlier run of the same sweep at ``out_path``, by label (else empty)."""
+def _finished_rows(out_path, attrs: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], str]:
+    """Rows of an earlier run of the same sweep at ``out_path``, by label (else empty), and
+    the units of its scores ("" when unknown)."""
     if out_path is None or not Path(out_path).exists():
-        return {}
+        return {}, ""
     old = open_dataset(out_path)
     try:
         same = all(str(old.attrs.get(k)) == str(v) for k, v in attrs.items())
@@ -162,11 +185,12 @@ def _finished_rows(out_path, attrs: dict[str, Any]) -> dict[str, dict[str, Any]]
             raise InputError(f"{out_path} holds a sweep with other settings "
                              f"({ {k: old.attrs.get(k) for k in attrs} }): choose another "
                              f"out_path or remove it")
-        return {str(old["label"].values[i]): {
+        rows = {str(old["label"].values[i]): {
             **{f"mean_{n}": float(old[f"mean_{n}"].values[i]) for n in SCORES},
             "diverged": bool(old["diverged"].values[i]),
             "diverged_cycle": int(old["diverged_cycle"].values[i]),
             "wall_s": float(old["wall_s"].values[i])} for i in range(old.sizes["setting"])}
+        return rows, str(old["mean_rmse_analysis"].attrs.get("units", ""))
     finally:
         old.close()
 

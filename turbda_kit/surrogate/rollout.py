@@ -294,17 +294,30 @@ class RolloutScores:
             return 1.0 - self.rmse_all / self.persistence_rmse_all
 
     def to_dataset(self):
-        """The scores as an ``xarray.Dataset`` with dims ``(lead, variable)``; lead in hours."""
+        """The scores as a CF-1.8 ``xarray.Dataset`` with dims ``(lead, variable)``; lead in
+        hours (``forecast_period``), RMSE in K."""
         import xarray as xr
 
-        data = {"rmse": (("lead", "variable"), self.rmse, {"units": "K"}),
-                "persistence_rmse": (("lead", "variable"), self.persistence_rmse, {"units": "K"})}
+        from ..cf import VariableInfo, describe
+
+        data = {"rmse": (("lead", "variable"), self.rmse),
+                "persistence_rmse": (("lead", "variable"), self.persistence_rmse)}
         if self.climatology_rmse is not None:
-            data["climatology_rmse"] = (("lead", "variable"), self.climatology_rmse,
-                                        {"units": "K"})
-        return xr.Dataset(data, coords={"lead": ("lead", self.lead_hours, {"units": "h"}),
-                                        "variable": list(self.variables)},
-                          attrs={"n_cases": self.n_cases})
+            data["climatology_rmse"] = (("lead", "variable"), self.climatology_rmse)
+        pooled = f"pooled over {self.n_cases} windows and the grid"
+        ds = xr.Dataset(data, coords={"lead": ("lead", self.lead_hours),
+                                      "variable": list(self.variables)},
+                        attrs={"n_cases": self.n_cases})
+        return describe(ds, {
+            "rmse": VariableInfo(f"RMSE of the surrogate's rollout against the truth, {pooled}",
+                                 "K"),
+            "persistence_rmse": VariableInfo("RMSE of persistence (the initial state) against "
+                                             f"the truth, {pooled}", "K"),
+            "climatology_rmse": VariableInfo("RMSE of the climatology against the truth, "
+                                             f"{pooled}", "K"),
+            "lead": VariableInfo("lead time of the forecast", "h", "forecast_period"),
+            "variable": VariableInfo("forecast variable", ""),
+        }, title="turbda_kit surrogate rollout scores")
 
     def to_dict(self) -> dict[str, Any]:
         """The scores as JSON-ready lists (``*_K`` per lead and variable, ``*_all_K`` pooled)."""

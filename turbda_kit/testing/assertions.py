@@ -174,13 +174,23 @@ def _time_is_decodable(time: Any) -> str | None:
             "'seconds since <date>' (turbda_kit.data.time_axis.TIME_UNITS)")
 
 
+def _is_text(var: Any) -> bool:
+    """Whether a variable holds strings (labels, paths): CF gives those no units."""
+    if var.dtype.kind in "US":
+        return True
+    if var.dtype == object and var.size:
+        return isinstance(np.asarray(var.values).flat[0], (str, bytes))
+    return False
+
+
 def assert_cf_complete(ds: Any, *, require_time: bool = True,
                        require_conventions: bool = True, require_dim_coords: bool = True
                        ) -> None:
     """Assert a Dataset carries what CF readers need: units, long names, a decodable time.
 
     Every data variable and every coordinate must have non-empty ``units`` (for a time
-    xarray decoded, in ``.encoding``) and ``long_name`` (or ``standard_name``); the
+    xarray decoded, in ``.encoding``; text variables such as labels must have none) and
+    ``long_name`` (or ``standard_name``); the
     ``time`` coordinate must decode to dates and carry ``standard_name = "time"``; the
     Dataset must say ``Conventions = "CF-..."``; every dimension a variable uses must have
     a coordinate variable (``x``/``y``/``z`` in m, ``member``, ``cycle`` ...).
@@ -203,7 +213,10 @@ def assert_cf_complete(ds: Any, *, require_time: bool = True,
     """
     problems = []
     for name, var in list(ds.data_vars.items()) + list(ds.coords.items()):
-        if not str(var.attrs.get("units") or var.encoding.get("units") or "").strip():
+        if _is_text(var):
+            if "units" in var.attrs:
+                problems.append(f"{name}: text with units {var.attrs['units']!r} (CF: none)")
+        elif not str(var.attrs.get("units") or var.encoding.get("units") or "").strip():
             problems.append(f"{name}: no units")
         if not str(var.attrs.get("long_name") or var.attrs.get("standard_name") or "").strip():
             problems.append(f"{name}: no long_name")
