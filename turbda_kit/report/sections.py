@@ -5,18 +5,14 @@ the name of its README block (``<!-- results:NAME -->``) and reads the summaries
 ``collect`` stage of ``turbda pipeline paper`` writes (``results/<stage>.json``, copied into
 the checkout by ``turbda report publish RUN``):
 
-=================== ============================================ =========================
-block               what it shows                                summaries (stages)
-=================== ============================================ =========================
-``da_sqg``          SQG DA presets: free, LETKF, EnSF            ``da_linear``,
-                                                                 ``da_shocks``, ``da_arctan``
-``coupled``         coupled ViT + EnSF runs and SQG baselines    ``coupled``
-``l96_accuracy``    Lorenz-96 EnSF from the paper's cold start   ``l96_accuracy``
-``vit_bundle``      the shipped surrogate's held-out RMSE        ``ship_vit``
-``benchmarks``      speed against each baseline, with threads    ``bench_*``
-``scaling``         EnSF weak/strong efficiency, CPU utilisation ``scaling_weak``,
-                                                                 ``scaling_strong``
-=================== ============================================ =========================
+* ``da_sqg``: the SQG DA presets, free / LETKF / EnSF (stages ``da_linear``,
+  ``da_shocks``, ``da_arctan``);
+* ``coupled``: the coupled ViT + EnSF runs and the SQG baselines (``coupled``);
+* ``l96_accuracy``: Lorenz-96 EnSF from the paper's cold start (``l96_accuracy``);
+* ``vit_bundle``: the shipped surrogate's held-out RMSE (``ship_vit``);
+* ``benchmarks``: speed against each baseline, with each side's threads (``bench_*``);
+* ``scaling``: EnSF weak and strong efficiency beside CPU utilisation (``scaling_weak``,
+  ``scaling_strong``).
 
 A block whose summaries are missing says so (:data:`NOT_YET`) instead of showing a number,
 and every block ends with the commands its numbers come from
@@ -74,7 +70,18 @@ def _quick_note(*summaries: Summary) -> str:
 
 @renderer("da_sqg")
 def render_da_sqg(results: Results) -> str:
-    """SQG DA presets: mean analysis RMSE of SQG free, SQG+LETKF and SQG+EnSF (K)."""
+    """SQG DA presets: mean analysis RMSE of SQG free, SQG+LETKF and SQG+EnSF (K).
+
+    Parameters
+    ----------
+    results : mapping of str to Summary
+        The loaded summaries, by stage name (:func:`~turbda_kit.report.summaries.load_results`).
+
+    Returns
+    -------
+    str
+        The block's markdown.
+    """
     present = [results[s] for s in _DA_STAGES if s in results]
     if not present:
         return _missing("SQG DA presets", _DA_STAGES)
@@ -106,7 +113,18 @@ def render_da_sqg(results: Results) -> str:
 
 @renderer("coupled")
 def render_coupled(results: Results) -> str:
-    """Coupled ViT + EnSF runs and the SQG baselines: mean analysis RMSE and spread (K)."""
+    """Coupled ViT + EnSF runs and the SQG baselines: mean analysis RMSE and spread (K).
+
+    Parameters
+    ----------
+    results : mapping of str to Summary
+        The loaded summaries, by stage name (:func:`~turbda_kit.report.summaries.load_results`).
+
+    Returns
+    -------
+    str
+        The block's markdown.
+    """
     if "coupled" not in results:
         return _missing("Coupled ViT + EnSF runs", ["coupled"])
     summary = results["coupled"]
@@ -134,7 +152,18 @@ def render_coupled(results: Results) -> str:
 
 @renderer("l96_accuracy")
 def render_l96_accuracy(results: Results) -> str:
-    """Lorenz-96 EnSF accuracy in the EnSF paper's setting from its cold start."""
+    """Lorenz-96 EnSF accuracy in the EnSF paper's setting from its cold start.
+
+    Parameters
+    ----------
+    results : mapping of str to Summary
+        The loaded summaries, by stage name (:func:`~turbda_kit.report.summaries.load_results`).
+
+    Returns
+    -------
+    str
+        The block's markdown.
+    """
     if "l96_accuracy" not in results:
         return _missing("Lorenz-96 EnSF accuracy", ["l96_accuracy"])
     summary = results["l96_accuracy"]
@@ -156,7 +185,18 @@ def render_l96_accuracy(results: Results) -> str:
 
 @renderer("vit_bundle")
 def render_vit_bundle(results: Results) -> str:
-    """The shipped ViT bundle's RMSE on its held-out states, against persistence (K)."""
+    """The shipped ViT bundle's RMSE on its held-out states, against persistence (K).
+
+    Parameters
+    ----------
+    results : mapping of str to Summary
+        The loaded summaries, by stage name (:func:`~turbda_kit.report.summaries.load_results`).
+
+    Returns
+    -------
+    str
+        The block's markdown.
+    """
     if "ship_vit" not in results:
         return _missing("Shipped ViT surrogate", ["ship_vit"])
     summary = results["ship_vit"]
@@ -267,7 +307,18 @@ _BENCH_STAGES = ("bench_models", "bench_letkf", "bench_vit", "bench_preprocess",
 
 @renderer("benchmarks")
 def render_benchmarks(results: Results) -> str:
-    """Speed of each benchmark against its baseline, with the threads of each side."""
+    """Speed of each benchmark against its baseline, with the threads of each side.
+
+    Parameters
+    ----------
+    results : mapping of str to Summary
+        The loaded summaries, by stage name (:func:`~turbda_kit.report.summaries.load_results`).
+
+    Returns
+    -------
+    str
+        The block's markdown.
+    """
     rows, used = _speed_rows(results)
     if not used:
         return _missing("Benchmarks", _BENCH_STAGES)
@@ -292,7 +343,18 @@ def _study_rows(study: Mapping[str, Any]) -> list[list[str]]:
 
 @renderer("scaling")
 def render_scaling(results: Results) -> str:
-    """EnSF (Lorenz-96) weak and strong scaling: efficiency beside CPU utilisation."""
+    """EnSF (Lorenz-96) weak and strong scaling: efficiency beside CPU utilisation.
+
+    Parameters
+    ----------
+    results : mapping of str to Summary
+        The loaded summaries, by stage name (:func:`~turbda_kit.report.summaries.load_results`).
+
+    Returns
+    -------
+    str
+        The block's markdown.
+    """
     stages = ("scaling_weak", "scaling_strong")
     present = [results[s] for s in stages if s in results]
     if not present:
