@@ -137,6 +137,14 @@ def render_coupled(results: Results) -> str:
                      fmt(entry.get("mean_spread_analysis"), 3),
                      fmt(entry.get("mean_surrogate_drift"), 2),
                      fmt(entry.get("reported_rmse"), 2)])
+    physical = results.get("coupled_sqg_ensf_physical")
+    used = [summary]
+    if physical is not None:
+        used.append(physical)
+        entry = physical.data.get("sqg_ensf")
+        if isinstance(entry, dict):
+            rows.append(["`sqg_ensf` with the ViT runs' EnSF settings", _rmse_cell(entry),
+                         fmt(entry.get("mean_spread_analysis"), 3), "—", "—"])
     spinup = int(params.get("spinup_cycles", 0) or 0)
     over = (f"all {params.get('n_cycles')} cycles" if spinup == 0 else
             f"cycles {spinup + 1}–{params.get('n_cycles')}")
@@ -147,7 +155,7 @@ def render_coupled(results: Results) -> str:
             f"{over}, K{_quick_note(summary)}:")
     table = markdown_table(["run", "analysis RMSE", "analysis spread",
                             "ViT − SQG 12-h drift", "SC24 Fig. 4"], rows)
-    return f"{head}\n\n{table}\n\n{source_line(summary)}"
+    return f"{head}\n\n{table}\n\n{source_line(*used)}"
 
 
 @renderer("l96_accuracy")
