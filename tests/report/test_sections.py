@@ -134,6 +134,7 @@ def test_blocks_render_the_summaries_and_check_catches_a_changed_number(tmp_path
                      "| 2 | 2,048 | 1.100 | 0.91 | 0.90 | 0.97 |"):
         assert expected in text, expected
     assert check_readme(readme, results) == []
+    assert main(["check", "--readme", str(readme)]) == 0   # results/ beside the README
     readme.write_text(text.replace("| 1.250 |", "| 1.240 |"))
     assert main(["check", "--readme", str(readme), "--results", str(results)]) == 1
     problems = check_readme(readme, results)
