@@ -9,11 +9,15 @@ STAMP := $(VENV)/.turbda-installed
 PYTEST_ARGS ?=
 QUICKSTART_ARGS ?=
 
-.PHONY: install quickstart test lint docs notebooks clean-runs help bench-dapper bench-letkf
+.PHONY: install quickstart test lint docs notebooks clean-runs help bench-dapper bench-letkf \
+	pipeline-quick readme-check
 
 help:
 	@echo "make quickstart   install (if needed) and run the quickstart pipeline"
-	@echo "make test         install (if needed), ruff check, the test suite and the docs site"
+	@echo "make test         install (if needed), ruff check, the test suite, the docs site and"
+	@echo "                  make pipeline-quick"
+	@echo "make pipeline-quick  every stage of the paper pipeline at its --quick size (a temp dir)"
+	@echo "make readme-check fail when a README result block differs from results/"
 	@echo "make docs         build the documentation site into site/ (warnings are errors)"
 	@echo "make install      only create $(VENV) and install the kit"
 	@echo "make notebooks    rebuild notebooks/*.ipynb and figures/*.ipynb from their src/*.py"
@@ -44,6 +48,20 @@ test: install
 	$(VENV)/bin/ruff check .
 	PATH="$(abspath $(VENV))/bin:$$PATH" OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m pytest $(PYTEST_ARGS)
 	$(DOCS_BUILD)
+	$(MAKE) pipeline-quick
+
+# Every stage of `turbda pipeline paper` at its --quick size (under 10 minutes on 2 cores),
+# into a temporary directory that is removed when it passes (kept, and named, when it fails);
+# then the README's result blocks against results/.
+pipeline-quick: install
+	@dir=$$(mktemp -d "$${TMPDIR:-/tmp}/turbda-pipeline-quick.XXXXXX") && \
+	PATH="$(abspath $(VENV))/bin:$$PATH" OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} \
+		$(VENV)/bin/turbda pipeline paper --quick --out "$$dir/paper" \
+		&& rm -rf "$$dir" || { echo "pipeline-quick failed: see $$dir/paper"; exit 1; }
+	$(MAKE) readme-check
+
+readme-check: install
+	$(VENV)/bin/turbda report check
 
 # The documentation site in strict mode: any warning (a broken link, a docstring that
 # names a parameter the signature lacks) fails the build. Nothing is executed or fetched.

@@ -26,17 +26,26 @@ Usage::
     python benchmarks/bench_ensf.py                          # speed, 1e6 x 20 x 100
     python benchmarks/bench_ensf.py --n 1e5 --threads 1
     python benchmarks/bench_ensf.py --accuracy --n 1e4 --cycles 150
+    python benchmarks/bench_ensf.py --json bench_ensf.json    # also write the summary
+
+``--json PATH`` writes the printed figures (speed) or the per-cycle RMSEs with the start
+and length of the run (accuracy) as one JSON summary, atomically; the printed output is
+unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import sys
 import time
+from typing import Any
 
 import torch
 
 from turbda_kit.filters.ensf import EnSFConfig, ensf_analysis
+from turbda_kit.io import write_json
 from turbda_kit.models.lorenz96 import L96Workspace, Lorenz96
 from turbda_kit.obs.operators import Arctan, Identity, inverse_variance
 from turbda_kit.random_streams import indexed_blocks, indexed_normal_
@@ -71,7 +80,7 @@ def _bandwidths(like: torch.Tensor) -> tuple[float, float]:
 
 
 def speed(n: int, members: int, steps: int, obs: str, dtype: torch.dtype, repeats: int,
-          path: str) -> None:
+          path: str) -> dict[str, Any]:
     item = torch.finfo(dtype).bits // 8
     array_bytes = members * n * item
     gen = torch.Generator().manual_seed(0)
@@ -130,10 +139,19 @@ def speed(n: int, members: int, steps: int, obs: str, dtype: torch.dtype, repeat
     print(f"  memory traffic (model)    {moved / 1e9:10.1f} GB     ({per_step} array streams per "
           f"step; {moved / 1e9 / copy_bw:.2f} s at copy bandwidth)")
     print(f"  achieved bandwidth        {achieved:10.2f} GB/s   = {achieved / copy_bw:.0%} of copy")
+    return {"benchmark": "ensf_analysis_speed", "n": n, "members": members, "euler_steps": steps,
+            "obs": obs, "dtype": str(dtype).replace("torch.", ""), "path": path,
+            "block_size": config.block_size, "threads": torch.get_num_threads(),
+            "analysis_s": t_total, "ns_per_value_step": t_total / values * 1e9,
+            "random_draws_s": t_rng, "likelihood_score_s": t_score,
+            "copy_bandwidth_gb_s": copy_bw, "triad_bandwidth_gb_s": triad_bw,
+            "array_streams_per_step": per_step, "memory_traffic_gb": moved / 1e9,
+            "copy_bound_s": moved / 1e9 / copy_bw, "achieved_bandwidth_gb_s": achieved,
+            "fraction_of_copy_bandwidth": achieved / copy_bw}
 
 
 def accuracy(n: int, members: int, cycles: int, steps: int, dtype: torch.dtype,
-             seed: int) -> None:
+             seed: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(seed)
     model = Lorenz96(n, forcing=8.0, dt=0.01)
     truth = indexed_normal_(torch.empty(n, dtype=torch.float64), (seed, 0)).add_(8.0)
@@ -170,6 +188,18 @@ def accuracy(n: int, members: int, cycles: int, steps: int, dtype: torch.dtype,
     tail = rmse_history[-10:]
     print(f"final analysis RMSE {rmse_history[-1]:.3f}; mean of the last {len(tail)} cycles "
           f"{sum(tail) / len(tail):.3f} (paper: ~0.20 at 1e6 variables, 150 cycles)")
+    return {"benchmark": "ensf_lorenz96_accuracy", "n": n, "members": members,
+            "euler_steps": steps, "cycles": cycles, "steps_per_cycle": 10, "dt": 0.01,
+            "forcing": 8.0, "obs": "arctan", "obs_error_std": 0.05,
+            "dtype": str(dtype).replace("torch.", ""), "seed": seed,
+            "threads": torch.get_num_threads(),
+            "start": "cold: members drawn from N(0, I); truth spun up 1000 steps from 8 + N(0, I)",
+            "eps_alpha": config.eps_alpha, "eps_beta": config.eps_beta,
+            "final_rmse_analysis": rmse_history[-1],
+            "mean_rmse_analysis_last_10": sum(tail) / len(tail),
+            "rmse_analysis": rmse_history,
+            "paper": {"rmse_analysis": 0.20, "n": 1_000_000, "cycles": 150,
+                      "source": "Bao, Zhang & Zhang 2024 (EnSF paper), Lorenz-96 experiment"}}
 
 
 def main() -> None:
@@ -187,15 +217,23 @@ def main() -> None:
     parser.add_argument("--accuracy", action="store_true")
     parser.add_argument("--cycles", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="also write the summary to this JSON file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
+    load_start = os.getloadavg()[0]
     if args.accuracy:
-        accuracy(int(args.n), args.members, args.cycles, args.steps or 500, dtype, args.seed)
+        summary = accuracy(int(args.n), args.members, args.cycles, args.steps or 500, dtype,
+                           args.seed)
     else:
-        speed(int(args.n), args.members, args.steps or 100, args.obs, dtype, args.repeats,
-              args.path)
+        summary = speed(int(args.n), args.members, args.steps or 100, args.obs, dtype,
+                        args.repeats, args.path)
+    if args.json:
+        summary.update(command=shlex.join(["python", "benchmarks/bench_ensf.py", *sys.argv[1:]]),
+                       torch=torch.__version__, cpu_count=os.cpu_count(),
+                       load_average_start=load_start, load_average_end=os.getloadavg()[0])
+        print("summary written to", write_json(args.json, summary))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ beside the efficiency, so a loaded or oversubscribed machine shows up in the num
   with ``--plots`` and ``--summary`` (used by ``launch/*/ensf_scaling.sbatch``).
 
 Outputs go to ``--out`` (default: a new ``runs/bench-ensf-scaling-<UTC time>`` under the
-current directory; the path is printed): ``<what>.nc`` (the Dataset), ``<what>.png`` /
+current directory; the path is printed): ``scaling_<what>.nc`` (the Dataset; the name the
+figure notebook ``fig_ensf_scaling`` looks for), ``<what>.png`` /
 ``.html`` (time, efficiency and CPU utilisation against ranks) and ``scaling_summary.json``
 (every figure the README quotes: efficiency, CPU utilisation, threads per rank, prefetch
 setting, sizes, times, peak memory per rank, the command and the machine's load average;
@@ -192,7 +193,7 @@ def measure(what: str, args: argparse.Namespace, command: str) -> int:
 
     study = build_study(what, args)
     out = args.out
-    path = out / f"{what}.nc"
+    path = out / f"scaling_{what}.nc"
     print(f"{what}: {json.dumps(study)} on {args.ranks} MPI rank(s) x "
           f"{study['threads_per_rank']} thread(s)", flush=True)
     if args.dry_run:

@@ -350,7 +350,7 @@ def kit_full_cycles(cycles: int, seed: int) -> dict:
             "rmse_a": rmse}
 
 
-def l96_part(args: argparse.Namespace) -> dict | None:
+def l96_part(args: argparse.Namespace) -> dict:
     python = Path(args.dapper_python) if args.dapper_python else DAPPER_VENV / "bin" / "python"
     print(f"== Lorenz-96 sakov2008 (40 variables, N = 7, infl 1.04, DAPPER loc_rad 4 = GC "
           f"half-width 7.28), {args.cycles} cycles per timing, best of {args.rounds} rounds, "
@@ -358,7 +358,8 @@ def l96_part(args: argparse.Namespace) -> dict | None:
     if not python.exists():
         print(f"DAPPER: no interpreter at {python}; run `python benchmarks/bench_letkf.py "
               f"--setup-dapper` (or pass --dapper-python) to include the comparison")
-        return None
+        return {"skipped": "no DAPPER environment (.venv-dapper): run `make bench-dapper` "
+                           "first to include the comparison"}
     torch.set_num_threads(1)
     worker = DapperWorker(python)
     print(f"DAPPER {worker.info['dapper']} (numpy {worker.info['numpy']}) in {python}; "
@@ -419,8 +420,8 @@ def setup_dapper(venv: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
-                        help="torch thread counts for the SQG part")
+    parser.add_argument("--threads", nargs="+", default=["1", "2"],
+                        help="torch thread counts for the SQG part (space- or comma-separated)")
     parser.add_argument("--n", type=int, default=64, help="grid points per horizontal axis")
     parser.add_argument("--members", type=int, default=20)
     parser.add_argument("--half-width-m", type=float, default=2.0e6)
@@ -439,6 +440,7 @@ def main() -> None:
                         help=f"create {DAPPER_VENV.name} with DAPPER and exit")
     parser.add_argument("--json", help="write every figure to this JSON file")
     args = parser.parse_args()
+    args.threads = [int(t) for word in args.threads for t in word.split(",") if t]
     if args.setup_dapper:
         setup_dapper(Path(args.dapper_python).parent.parent if args.dapper_python
                      else DAPPER_VENV)

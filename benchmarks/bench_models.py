@@ -31,6 +31,11 @@ Usage::
     python benchmarks/bench_models.py --sizes 64 --threads 1    # quick
     python benchmarks/bench_models.py --hours 3 --repeats 1     # shorter forecasts
     python benchmarks/bench_models.py --agreement
+    python benchmarks/bench_models.py --json bench_models.json  # also write the summary
+
+``--sizes`` and ``--threads`` take space- or comma-separated lists (``--sizes 64,128``).
+``--json PATH`` writes every printed row, the threads of each side, the load average and
+the command as one JSON summary (atomically); the printed table is unchanged.
 """
 
 from __future__ import annotations
@@ -199,25 +204,48 @@ def bench_agreement(n: int = 64, steps: int = 100, spinup_days: float = 20.0
     return rows
 
 
+def _int_list(words: list[str]) -> tuple[int, ...]:
+    """``["64,128", "256"]`` -> ``(64, 128, 256)``."""
+    return tuple(int(w) for word in words for w in word.split(",") if w)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: see the module docstring."""
+    import shlex
+    import sys
+
+    from turbda_kit.io import write_json
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256],
+    parser.add_argument("--sizes", nargs="+", default=["64", "128", "256"],
                         help="grid sizes (64, 128, 256; any multiple of 4)")
     parser.add_argument("--members", type=int, default=20, help="ensemble size")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+    parser.add_argument("--threads", nargs="+", default=["1", "2"],
                         help="torch intra-op thread counts for the kit sides")
     parser.add_argument("--hours", type=float, default=12.0, help="forecast length, hours")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timing rounds (every side once per round; minimum kept)")
     parser.add_argument("--agreement", action="store_true",
                         help="print the compat mode's agreement with the baseline instead")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    summary: dict[str, Any] = {
+        "benchmark": "sqg_agreement" if args.agreement else "sqg_forecast_speed",
+        "command": shlex.join(["python", "benchmarks/bench_models.py", *words]),
+        "torch": torch.__version__, "numpy": np.__version__, "cpu_count": os.cpu_count(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_average_start": _load()}
     if args.agreement:
-        bench_agreement()
+        summary["rows"] = bench_agreement()
     else:
-        bench_speed(sizes=tuple(args.sizes), members=args.members, threads=tuple(args.threads),
-                    hours=args.hours, repeats=args.repeats)
+        summary.update(members=args.members, hours=args.hours, repeats=args.repeats,
+                       dtype="float32", baseline="sqgturb (NumPy, one member at a time, 1 thread)")
+        summary["rows"] = bench_speed(sizes=_int_list(args.sizes), members=args.members,
+                                      threads=_int_list(args.threads), hours=args.hours,
+                                      repeats=args.repeats)
+    summary["load_average_end"] = _load()
+    if args.json:
+        print("summary written to", write_json(args.json, summary))
 
 
 if __name__ == "__main__":

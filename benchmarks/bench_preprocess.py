@@ -24,6 +24,11 @@ Usage::
 
     python benchmarks/bench_preprocess.py                  # 1 GB, 1 and 2 ranks, both modes
     python benchmarks/bench_preprocess.py --size-gb 0.05   # quick check
+    python benchmarks/bench_preprocess.py --json bench_preprocess.json   # also the summary
+
+``--json PATH`` writes every printed row (seconds, MB/s, the fraction of the ideal, the
+stage seconds) with the sizes, cores and command as one JSON summary, atomically; the
+printed table is unchanged.
 """
 
 from __future__ import annotations
@@ -149,6 +154,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs per configuration")
     parser.add_argument("--fmt", default="npz", choices=["npz", "zarr"])
     parser.add_argument("--tmpdir", default=None, help="where to put the data (default: $TMPDIR)")
+    parser.add_argument("--json", default=None, help="also write the summary to this JSON file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--nature", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
@@ -207,6 +213,16 @@ def main() -> None:
         budget = {k: min(b[k] for b in budgets) for k in budgets[0]}
         total = sum(budget.values())
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        summary = {
+            "benchmark": "preprocess_throughput",
+            "command": " ".join(["python", "benchmarks/bench_preprocess.py",
+                                 *sys.argv[1:]]),
+            "nature_run_mb": size / 1e6, "grid": args.grid, "days": n_days,
+            "steps_per_day": args.steps_per_day, "num_shards": args.num_shards,
+            "format": args.fmt, "cores": cores, "load_average_start": os.getloadavg()[0],
+            "copy_s": copy_seconds, "copy_mb_s": size / 1e6 / copy_seconds,
+            "user_space_copy_s": user_seconds, "cpu_budget_s": total,
+            "cpu_budget_parts_s": budget, "runs": []}
         print(f"{'CPU budget, 1 thread':<22}{total:>10.2f}   "
               + ", ".join(f"{k} {v:.2f}" for k, v in budget.items())
               + f"; on {cores} cores >= {total / cores:.2f} s ({copy_seconds * cores / total:.2f}"
@@ -246,11 +262,20 @@ def main() -> None:
                     continue
                 wall, outside, seconds = min(runs)
                 label = f"{mode} x{n_ranks}"
+                summary["runs"].append({
+                    "mode": mode, "ranks": n_ranks, "threads_per_rank": 1, "wall_s": wall,
+                    "mb_s": size / 1e6 / wall, "vs_ideal": copies_moved * copy_seconds / wall,
+                    "stage_seconds": seconds, "repeats_s": [r[0] for r in runs]})
                 print(f"{label:<22}{wall:>10.2f}{size / 1e6 / wall:>8.0f}"
                       f"{copies_moved * copy_seconds / wall:>10.2f}   "
                       + " ".join(f"{seconds.get(s, 0.0):>6.2f}" for s in stages)
                       + f" {wall - sum(seconds.values()):>6.2f}"
                       + f"   ({outside:.1f}; each: {', '.join(f'{r[0]:.2f}' for r in runs)})")
+        summary["load_average_end"] = os.getloadavg()[0]
+        if args.json:
+            from turbda_kit.io import write_json
+
+            print("summary written to", write_json(args.json, summary))
 
 if __name__ == "__main__":
     main()

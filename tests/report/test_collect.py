@@ -69,7 +69,7 @@ def test_publish_copies_summaries_bundle_figures_and_renders(tmp_path, monkeypat
                         lambda results: f"RMSE {results['da'].get('rmse')}")
     written = {p.relative_to(repo).as_posix() for p in publish(pipeline, repo)}
     assert written == {"results/da.json", "turbda_kit/pretrained/model_x/manifest.json",
-                       "turbda_kit/pretrained/model_x/surrogate.pt", "figures/rmse.png",
+                       "turbda_kit/pretrained/model_x/surrogate.pt", "figures/fig_rmse/rmse.png",
                        "README.md"}
     assert "RMSE 0.25" in (repo / "README.md").read_text()
     assert main(["check", "--readme", str(repo / "README.md"), "--results",

@@ -3,7 +3,7 @@
 ::
 
     python -m turbda_kit.report collect PIPELINE_DIR --out RUN_DIR [--quick true] STAGE=FILE ...
-    python -m turbda_kit.report check   [--readme README.md] [--results results]
+    python -m turbda_kit.report check   [--readme README.md] [--results DIR]  (DIR: results/ beside it)
     python -m turbda_kit.report render  [--readme README.md] [--results results]
     python -m turbda_kit.report publish PIPELINE_DIR [--repo .]
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..errors import InputError
 from .collect import collect, publish
@@ -37,7 +38,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                        ("render", "rewrite the README's result blocks from the summaries")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--readme", default="README.md")
-        cmd.add_argument("--results", default=None, help="summaries folder (default: results/)")
+        cmd.add_argument("--results", default=None,
+                         help="summaries folder (default: results/ beside the README)")
     pub = sub.add_parser("publish", help="copy a finished pipeline's summaries, shipped model "
                                          "and figures into the checkout, render the README")
     pub.add_argument("pipeline_dir")
@@ -48,6 +50,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def run(args: argparse.Namespace) -> int:
     """Carry out parsed arguments; 0 ok, 1 README differs, 2 bad input."""
     try:
+        if args.action in ("check", "render") and args.results is None:
+            args.results = str(Path(args.readme).resolve().parent / "results")
         if args.action == "collect":
             pairs = dict(item.split("=", 1) for item in args.files if "=" in item)
             if len(pairs) != len(args.files):

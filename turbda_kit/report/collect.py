@@ -7,7 +7,8 @@ revision, CPU seconds), with the pipeline directory's absolute paths made relati
 
 ``publish`` copies what the README and the package rely on into a checkout: the summaries
 into ``results/``, the pretrained bundle into ``turbda_kit/pretrained/``, the figures into
-``figures/``, and re-renders the README's result blocks
+``figures/<stage>/`` (one folder per figure stage, so two stages' PNGs of the same name
+never overwrite each other), and re-renders the README's result blocks
 (:func:`turbda_kit.report.readme.write_readme`).
 
 Both are plain functions; the pipeline calls them as
@@ -122,7 +123,8 @@ def publish(pipeline_dir: str | os.PathLike, repo: str | os.PathLike = ".",
     collect_stage, bundle_stage : str
         Stage names of the summaries and of the pretrained bundle.
     figures : sequence of str
-        Glob patterns (relative to the pipeline directory) of the PNGs copied to ``figures/``.
+        Glob patterns (relative to the pipeline directory) of the PNGs to copy; each goes to
+        ``figures/<its stage>/<its name>``.
     readme : bool
         Re-render the README's result blocks afterwards.
 
@@ -161,8 +163,11 @@ def publish(pipeline_dir: str | os.PathLike, repo: str | os.PathLike = ".",
             written.append(target / item.name)
     for pattern in figures:
         for png in sorted(source.glob(pattern)):
-            shutil.copyfile(png, repo / "figures" / png.name)
-            written.append(repo / "figures" / png.name)
+            stage = png.relative_to(source).parts[0]
+            target = repo / "figures" / stage / png.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(png, target)
+            written.append(target)
     if readme:
         if write_readme(repo / "README.md", results):
             written.append(repo / "README.md")
