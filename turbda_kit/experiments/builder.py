@@ -27,10 +27,17 @@ from torch import Tensor
 from ..errors import InputError
 from ..filters.base import Filter, available_filters, make_filter
 from ..models.base import ForecastModel
+from ..obs.networks import NetworkSampler
 from ..obs.noise import ShockProcess
 from ..obs.operators import ObsOperator, make_operator
 from ..random_streams import cycle_generator
-from .cycling import CyclingConfig, ObsNetwork, cycle_observations, run_cycling
+from .cycling import (
+    CyclingConfig,
+    ObsNetwork,
+    cycle_observations,
+    operator_error_std,
+    run_cycling,
+)
 from .initial import ensemble_around_truth
 from .presets import DAPreset, get_preset
 from .setups import ModelSetup, model_setup
@@ -166,13 +173,19 @@ def build_experiment(preset: DAPreset | str, filter_name: str, *, truth_trajecto
                            spinup_days)
     initial = ensemble_around_truth(truth0, preset.n_members, preset.initial_spread,
                                     cycle_generator(seed, 0, "initial", device))
-    obs_operator = make_operator(preset.obs, state_shape)
+    if preset.network is not None:
+        obs_operator = preset.network.build(state_shape, preset.obs_error_std, seed)
+    else:
+        obs_operator = make_operator(preset.obs, state_shape)
     if preset.initial_filter is not None:
-        # Cycle 0's observations, drawn from the same stream the engine uses at every cycle.
+        # Cycle 0's observations, drawn from the same streams the engine uses every cycle.
         first = make_filter(preset.initial_filter, preset.filter_settings(preset.initial_filter),
                             setup.geometry)
-        obs0 = cycle_observations(obs_operator, truth0, preset.obs_error_std, seed, 0)
-        initial = first(initial, obs0, obs_operator, preset.obs_error_std,
+        operator0 = (obs_operator(0, cycle_generator(seed, 0, "obs_network", "cpu"))
+                     if isinstance(obs_operator, NetworkSampler) else obs_operator)
+        std0 = operator_error_std(operator0, preset.obs_error_std)
+        obs0 = cycle_observations(operator0, truth0, std0, seed, 0)
+        initial = first(initial, obs0, operator0, std0,
                         cycle_generator(seed, 0, "analysis", device))
     analysis = None if filter_name == FREE_RUN else make_filter(
         filter_name, preset.filter_settings(filter_name), setup.geometry)
@@ -184,7 +197,9 @@ def build_experiment(preset: DAPreset | str, filter_name: str, *, truth_trajecto
                            save_means=save_means)
     shocks = ShockProcess(torch.Generator(device=device)) if preset.shocks else None
     used = {filter_name, preset.initial_filter}
-    attrs = {"preset": preset.name, "filter": filter_name, "obs": preset.obs,
+    attrs = {"preset": preset.name, "filter": filter_name,
+             "obs": preset.obs if preset.network is None else "network",
+             "obs_network": "" if preset.network is None else repr(preset.network),
              "model_settings": repr(setup.settings), "model": preset.model,
              "source": preset.source,
              **{f"{name}_settings": repr(settings) if name in used else ""

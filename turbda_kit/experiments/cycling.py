@@ -73,6 +73,7 @@ __all__ = [
     "CyclingConfig",
     "ObsNetwork",
     "cycle_observations",
+    "operator_error_std",
     "run_cycling",
 ]
 
@@ -141,7 +142,7 @@ PER_CYCLE_VARIABLES = (
 TIMING_VARIABLES = ("time_forecast_s", "time_analysis_s")
 
 
-def cycle_observations(obs_operator, true_state: Tensor, obs_error_std: float, seed: int,
+def cycle_observations(obs_operator, true_state: Tensor, obs_error_std: float | Tensor, seed: int,
                        cycle: int) -> Tensor:
     """The synthetic observations of one cycle: ``H(truth) + obs_error_std * xi``.
 
@@ -154,8 +155,8 @@ def cycle_observations(obs_operator, true_state: Tensor, obs_error_std: float, s
         ``H: (*state_shape) -> (n_obs,)``.
     true_state : Tensor, shape (*state_shape)
         The (possibly shocked) truth of this cycle.
-    obs_error_std : float
-        Observation error standard deviation (observation units).
+    obs_error_std : float or Tensor of shape (n_obs,)
+        Observation error standard deviation(s) (observation units).
     seed, cycle : int
         Name the noise stream.
 
@@ -166,7 +167,17 @@ def cycle_observations(obs_operator, true_state: Tensor, obs_error_std: float, s
     clean = obs_operator(true_state)
     noise = torch.empty_like(clean).normal_(
         generator=cycle_generator(seed, cycle, "obs_noise", clean.device))
+    if isinstance(obs_error_std, Tensor):
+        obs_error_std = obs_error_std.to(dtype=clean.dtype, device=clean.device)
     return clean + obs_error_std * noise
+
+
+def operator_error_std(obs_operator: Any, default: float) -> float | Tensor:
+    """The observation error std of ``obs_operator``: its own per-observation values when
+    it carries them (``obs_error_std`` attribute, e.g. a mixed
+    :class:`~turbda_kit.obs.networks.PointNetwork`), else ``default``."""
+    own = getattr(obs_operator, "obs_error_std", None)
+    return default if own is None else own
 
 
 def _check_model(model: Any) -> None:
@@ -406,11 +417,12 @@ def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any
         operator = (obs_operator(cycle, cycle_generator(config.seed, cycle, "obs_network", "cpu"))
                     if callable(obs_operator) and not hasattr(obs_operator, "n_obs")
                     else obs_operator)
-        obs = cycle_observations(operator, true_state, config.obs_error_std, config.seed, cycle)
+        obs_error_std = operator_error_std(operator, config.obs_error_std)
+        obs = cycle_observations(operator, true_state, obs_error_std, config.seed, cycle)
         t2 = time.perf_counter()
         if analysis is not None:
             try:
-                analysed = analysis(forecast, obs, operator, config.obs_error_std,
+                analysed = analysis(forecast, obs, operator, obs_error_std,
                                     cycle_generator(config.seed, cycle, "analysis", device))
             except DivergenceError as err:  # the filter's own checks (e.g. a non-finite EnSF)
                 bar.close()
