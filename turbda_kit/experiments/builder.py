@@ -41,6 +41,7 @@ from .cycling import (
 from .initial import ensemble_around_truth
 from .presets import DAPreset, get_preset
 from .setups import ModelSetup, model_setup
+from .skill import SkillConfig
 from .truth import ArrayTruth, ModelTruth, TruthSource
 
 __all__ = ["FREE_RUN", "Experiment", "build_experiment"]
@@ -74,6 +75,8 @@ class Experiment:
         (default ``"<preset>:<filter>"``).
     diagnostics : callable, optional
         Extra per-cycle variables (see :func:`run_cycling`).
+    skill : SkillConfig, optional
+        Forecast skill by lead and baselines (:mod:`turbda_kit.experiments.skill`).
     """
 
     preset: DAPreset
@@ -88,6 +91,7 @@ class Experiment:
     attrs: dict[str, Any] = field(default_factory=dict)
     name: str = ""
     diagnostics: Callable[..., dict[str, float]] | None = None
+    skill: SkillConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -97,6 +101,7 @@ class Experiment:
             **kwargs: Any) -> xr.Dataset:
         """Run the experiment; returns the engine's Dataset (``kwargs`` go to it)."""
         kwargs.setdefault("diagnostics", self.diagnostics)
+        kwargs.setdefault("skill", self.skill)
         return run_cycling(self.model, self.analysis, self.obs_operator, self.truth,
                            self.initial_ensemble, self.config, out_dir=out_dir,
                            name=self.name, shocks=self.shocks, attrs=self.attrs,
@@ -109,7 +114,8 @@ def build_experiment(preset: DAPreset | str, filter_name: str, *, truth_trajecto
                      checkpoint_every: int = 10, divergence_rmse: float | None = None,
                      spinup_days: float = 100.0,
                      model_overrides: dict[str, Any] | None = None,
-                     model: ForecastModel | None = None) -> Experiment:
+                     model: ForecastModel | None = None,
+                     skill: SkillConfig | None = None) -> Experiment:
     """Assemble a cycling experiment from a preset.
 
     Parameters
@@ -148,6 +154,11 @@ def build_experiment(preset: DAPreset | str, filter_name: str, *, truth_trajecto
     model : ForecastModel, optional
         The ready model of a preset whose model is built elsewhere (``model="vit"``: a
         trained :class:`~turbda_kit.surrogate.forecast_model.SurrogateModel`).
+    skill : SkillConfig, optional
+        Score forecasts launched from the analyses by lead time and the baselines
+        (persistence, climatology, observations only;
+        :mod:`turbda_kit.experiments.skill`); e.g.
+        ``SkillConfig.from_hours([12, 24, 48, 72], 12.0, every=5)``.
 
     Returns
     -------
@@ -207,7 +218,7 @@ def build_experiment(preset: DAPreset | str, filter_name: str, *, truth_trajecto
              "initial_filter": preset.initial_filter or "",
              "reported_rmse": preset.reported.get(filter_name, math.nan)}
     return Experiment(preset, filter_name, setup.model, analysis, obs_operator, truth, initial,
-                      config, shocks, attrs)
+                      config, shocks, attrs, skill=skill)
 
 
 def _truth(preset: DAPreset, setup: ModelSetup, truth_trajectory, truth_stride: int, seed: int,
