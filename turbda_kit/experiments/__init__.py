@@ -31,6 +31,7 @@ from .members import MemberOutput
 from .presets import PRESETS, VIT_ENSF_SETTINGS, DAPreset, get_preset
 from .results import find_runs, find_scaling, find_training_runs, load_runs, open_members
 from .setups import ModelSetup, available_models, model_setup, register_model
+from .skill import SkillConfig
 from .sweep import best_setting
 
 # Not re-exported: ``sweep.sweep`` (the function would hide its module,
@@ -57,6 +58,7 @@ __all__ = [
     "MemberOutput",
     "ModelSetup",
     "ModelTruth",
+    "SkillConfig",
     "ObsNetwork",
     "TruthSource",
     "available_models",

@@ -27,13 +27,21 @@ from torch import Tensor
 from ..errors import InputError
 from ..filters.base import Filter, available_filters, make_filter
 from ..models.base import ForecastModel
+from ..obs.networks import NetworkSampler
 from ..obs.noise import ShockProcess
 from ..obs.operators import ObsOperator, make_operator
 from ..random_streams import cycle_generator
-from .cycling import CyclingConfig, ObsNetwork, cycle_observations, run_cycling
+from .cycling import (
+    CyclingConfig,
+    ObsNetwork,
+    cycle_observations,
+    operator_error_std,
+    run_cycling,
+)
 from .initial import ensemble_around_truth
 from .presets import DAPreset, get_preset
 from .setups import ModelSetup, model_setup
+from .skill import SkillConfig
 from .truth import ArrayTruth, ModelTruth, TruthSource
 
 __all__ = ["FREE_RUN", "Experiment", "build_experiment"]
@@ -67,6 +75,8 @@ class Experiment:
         (default ``"<preset>:<filter>"``).
     diagnostics : callable, optional
         Extra per-cycle variables (see :func:`run_cycling`).
+    skill : SkillConfig, optional
+        Forecast skill by lead and baselines (:mod:`turbda_kit.experiments.skill`).
     """
 
     preset: DAPreset
@@ -81,6 +91,7 @@ class Experiment:
     attrs: dict[str, Any] = field(default_factory=dict)
     name: str = ""
     diagnostics: Callable[..., dict[str, float]] | None = None
+    skill: SkillConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -90,6 +101,7 @@ class Experiment:
             **kwargs: Any) -> xr.Dataset:
         """Run the experiment; returns the engine's Dataset (``kwargs`` go to it)."""
         kwargs.setdefault("diagnostics", self.diagnostics)
+        kwargs.setdefault("skill", self.skill)
         return run_cycling(self.model, self.analysis, self.obs_operator, self.truth,
                            self.initial_ensemble, self.config, out_dir=out_dir,
                            name=self.name, shocks=self.shocks, attrs=self.attrs,
@@ -102,7 +114,8 @@ def build_experiment(preset: DAPreset | str, filter_name: str, *, truth_trajecto
                      checkpoint_every: int = 10, divergence_rmse: float | None = None,
                      spinup_days: float = 100.0,
                      model_overrides: dict[str, Any] | None = None,
-                     model: ForecastModel | None = None) -> Experiment:
+                     model: ForecastModel | None = None,
+                     skill: SkillConfig | None = None) -> Experiment:
     """Assemble a cycling experiment from a preset.
 
     Parameters
@@ -141,6 +154,11 @@ def build_experiment(preset: DAPreset | str, filter_name: str, *, truth_trajecto
     model : ForecastModel, optional
         The ready model of a preset whose model is built elsewhere (``model="vit"``: a
         trained :class:`~turbda_kit.surrogate.forecast_model.SurrogateModel`).
+    skill : SkillConfig, optional
+        Score forecasts launched from the analyses by lead time and the baselines
+        (persistence, climatology, observations only;
+        :mod:`turbda_kit.experiments.skill`); e.g.
+        ``SkillConfig.from_hours([12, 24, 48, 72], 12.0, every=5)``.
 
     Returns
     -------
@@ -166,13 +184,19 @@ def build_experiment(preset: DAPreset | str, filter_name: str, *, truth_trajecto
                            spinup_days)
     initial = ensemble_around_truth(truth0, preset.n_members, preset.initial_spread,
                                     cycle_generator(seed, 0, "initial", device))
-    obs_operator = make_operator(preset.obs, state_shape)
+    if preset.network is not None:
+        obs_operator = preset.network.build(state_shape, preset.obs_error_std, seed)
+    else:
+        obs_operator = make_operator(preset.obs, state_shape)
     if preset.initial_filter is not None:
-        # Cycle 0's observations, drawn from the same stream the engine uses at every cycle.
+        # Cycle 0's observations, drawn from the same streams the engine uses every cycle.
         first = make_filter(preset.initial_filter, preset.filter_settings(preset.initial_filter),
                             setup.geometry)
-        obs0 = cycle_observations(obs_operator, truth0, preset.obs_error_std, seed, 0)
-        initial = first(initial, obs0, obs_operator, preset.obs_error_std,
+        operator0 = (obs_operator(0, cycle_generator(seed, 0, "obs_network", "cpu"))
+                     if isinstance(obs_operator, NetworkSampler) else obs_operator)
+        std0 = operator_error_std(operator0, preset.obs_error_std)
+        obs0 = cycle_observations(operator0, truth0, std0, seed, 0)
+        initial = first(initial, obs0, operator0, std0,
                         cycle_generator(seed, 0, "analysis", device))
     analysis = None if filter_name == FREE_RUN else make_filter(
         filter_name, preset.filter_settings(filter_name), setup.geometry)
@@ -184,7 +208,9 @@ def build_experiment(preset: DAPreset | str, filter_name: str, *, truth_trajecto
                            save_means=save_means)
     shocks = ShockProcess(torch.Generator(device=device)) if preset.shocks else None
     used = {filter_name, preset.initial_filter}
-    attrs = {"preset": preset.name, "filter": filter_name, "obs": preset.obs,
+    attrs = {"preset": preset.name, "filter": filter_name,
+             "obs": preset.obs if preset.network is None else "network",
+             "obs_network": "" if preset.network is None else repr(preset.network),
              "model_settings": repr(setup.settings), "model": preset.model,
              "source": preset.source,
              **{f"{name}_settings": repr(settings) if name in used else ""
@@ -192,7 +218,7 @@ def build_experiment(preset: DAPreset | str, filter_name: str, *, truth_trajecto
              "initial_filter": preset.initial_filter or "",
              "reported_rmse": preset.reported.get(filter_name, math.nan)}
     return Experiment(preset, filter_name, setup.model, analysis, obs_operator, truth, initial,
-                      config, shocks, attrs)
+                      config, shocks, attrs, skill=skill)
 
 
 def _truth(preset: DAPreset, setup: ModelSetup, truth_trajectory, truth_stride: int, seed: int,

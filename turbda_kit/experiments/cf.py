@@ -81,6 +81,19 @@ VARIABLES: dict[str, VariableInfo] = {
     "member": VariableInfo("ensemble member", "1"),
     "time_hours": VariableInfo("model time since cycle 0", "h"),
     "i": VariableInfo("grid point index on the ring", "1"),
+    "lead_time": VariableInfo("forecast lead time (from the analysis it starts from)", "h",
+                              "forecast_period"),
+    "rmse_forecast_lead": VariableInfo("RMSE against the truth of forecasts launched from "
+                                       "the analyses after spin-up, by lead time, mean over "
+                                       "launches", "state"),
+    "n_forecasts_lead": VariableInfo("number of forecasts scored at this lead time", "1"),
+    "rmse_persistence_lead": VariableInfo("RMSE of persistence (the truth at the launch "
+                                          "cycle) on the same launches, by lead time",
+                                          "state"),
+    "rmse_climatology": VariableInfo("RMSE of the truth's time mean over the scored cycles "
+                                     "as their forecast (sample climatology)", "state"),
+    "rmse_obs_only": VariableInfo("RMSE of the observations as the analysis (every point "
+                                  "observed linearly; NaN otherwise)", "state"),
 }
 """What each variable the cycling engine writes is; ``run_cycling(diagnostics=...)`` can
 declare more through a ``variable_attrs`` attribute of the callable."""

@@ -26,6 +26,7 @@ from ..io import write_dataset, write_json
 from ..progress import process_rank
 from .builder import Experiment
 from .members import MemberOutput, members_file_name
+from .skill import skill_summary
 
 __all__ = ["SUMMARY_NAME", "Comparison", "run_comparison"]
 
@@ -52,8 +53,9 @@ class Comparison:
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """Per run: mean analysis RMSE and spread, the published score (None if there is
-        none), wall seconds and the mean surrogate drift when recorded; or where it
-        diverged. JSON-ready."""
+        none), wall seconds, the mean surrogate drift when recorded, forecast RMSE by lead
+        and the baselines when scored (:func:`~turbda_kit.experiments.skill.skill_summary`);
+        or where it diverged. JSON-ready."""
         out: dict[str, dict[str, Any]] = {}
         for name, ds in self.results.items():
             reported = float(ds.attrs.get("reported_rmse", math.nan))
@@ -63,6 +65,7 @@ class Comparison:
                      "wall_seconds": self.wall_seconds[name]}
             if "surrogate_drift" in ds:
                 entry["mean_surrogate_drift"] = float(ds["surrogate_drift"].mean())
+            entry.update(skill_summary(ds))
             out[name] = entry
         out.update(self.diverged)
         return out

@@ -63,6 +63,7 @@ from ..progress import progress_bar
 from ..random_streams import cycle_generator
 from . import cf
 from .members import MemberOutput, MemberWriter
+from .skill import SkillConfig, SkillTracker, dense_linear_obs_rmse
 from .truth import TruthSource
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "CyclingConfig",
     "ObsNetwork",
     "cycle_observations",
+    "operator_error_std",
     "run_cycling",
 ]
 
@@ -141,7 +143,7 @@ PER_CYCLE_VARIABLES = (
 TIMING_VARIABLES = ("time_forecast_s", "time_analysis_s")
 
 
-def cycle_observations(obs_operator, true_state: Tensor, obs_error_std: float, seed: int,
+def cycle_observations(obs_operator, true_state: Tensor, obs_error_std: float | Tensor, seed: int,
                        cycle: int) -> Tensor:
     """The synthetic observations of one cycle: ``H(truth) + obs_error_std * xi``.
 
@@ -154,8 +156,8 @@ def cycle_observations(obs_operator, true_state: Tensor, obs_error_std: float, s
         ``H: (*state_shape) -> (n_obs,)``.
     true_state : Tensor, shape (*state_shape)
         The (possibly shocked) truth of this cycle.
-    obs_error_std : float
-        Observation error standard deviation (observation units).
+    obs_error_std : float or Tensor of shape (n_obs,)
+        Observation error standard deviation(s) (observation units).
     seed, cycle : int
         Name the noise stream.
 
@@ -166,7 +168,17 @@ def cycle_observations(obs_operator, true_state: Tensor, obs_error_std: float, s
     clean = obs_operator(true_state)
     noise = torch.empty_like(clean).normal_(
         generator=cycle_generator(seed, cycle, "obs_noise", clean.device))
+    if isinstance(obs_error_std, Tensor):
+        obs_error_std = obs_error_std.to(dtype=clean.dtype, device=clean.device)
     return clean + obs_error_std * noise
+
+
+def operator_error_std(obs_operator: Any, default: float) -> float | Tensor:
+    """The observation error std of ``obs_operator``: its own per-observation values when
+    it carries them (``obs_error_std`` attribute, e.g. a mixed
+    :class:`~turbda_kit.obs.networks.PointNetwork`), else ``default``."""
+    own = getattr(obs_operator, "obs_error_std", None)
+    return default if own is None else own
 
 
 def _check_model(model: Any) -> None:
@@ -203,11 +215,13 @@ def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
 
 
 def _fingerprint(config: CyclingConfig, name: str, member_count: int, state_shape,
-                 members: MemberOutput | None = None) -> str:
+                 members: MemberOutput | None = None, skill: SkillConfig | None = None) -> str:
     settings = {"config": dataclasses.asdict(config), "name": name, "members": member_count,
                 "state_shape": list(state_shape)}
     if members is not None:  # only then: checkpoints of runs without members stay valid
         settings["saved_members"] = list(members.kinds)
+    if skill is not None:    # likewise
+        settings["skill"] = dataclasses.asdict(skill)
     return json.dumps(settings, sort_keys=True, default=str)
 
 
@@ -228,7 +242,7 @@ def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any
                 on_cycle_end: Callable[[int, dict[str, float]], None] | None = None,
                 diagnostics: Callable[..., dict[str, float]] | None = None,
                 show_progress: bool | None = None, members: MemberOutput | None = None,
-                state_units: str | None = None):
+                state_units: str | None = None, skill: SkillConfig | None = None):
     """Run a cycling DA experiment and return its per-cycle scores as a Dataset.
 
     Parameters
@@ -280,6 +294,12 @@ def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any
         Units of the state, for the CF attributes (default: from the model —
         ``SQGModel.state_units``; K for the ViT presets, ``attrs["model"] == "vit"``; ``1``
         for Lorenz-96 and models that do not say).
+    skill : SkillConfig, optional
+        Launch forecasts from the analyses and score them by lead time, with the
+        persistence, climatology and observations-only baselines
+        (:mod:`turbda_kit.experiments.skill`): variables ``rmse_forecast_lead``,
+        ``n_forecasts_lead``, ``rmse_persistence_lead`` along a ``lead_time`` coordinate
+        (h), ``rmse_climatology`` and per cycle ``rmse_obs_only``.
 
     Returns
     -------
@@ -325,7 +345,9 @@ def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any
     means = {k: np.full((n, *state_shape), np.nan, dtype=np.float32)
              for k in ("truth", "forecast_mean", "analysis_mean")} if config.save_means else {}
 
-    fingerprint = _fingerprint(config, name, n_members, state_shape, members)
+    fingerprint = _fingerprint(config, name, n_members, state_shape, members, skill)
+    tracker = None if skill is None else SkillTracker(skill, model, config.steps_per_cycle, n,
+                                                      config.spinup_cycles)
     out = Path(out_dir) if out_dir is not None else None
     start_cycle = 1
     state_name, units = cf.state_description(model, attrs, state_units)
@@ -349,6 +371,8 @@ def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any
             means[k] = saved["means"][k].numpy().copy()
         if hasattr(truth, "set_state") and "truth" in saved:
             truth.set_state(saved["truth"])
+        if tracker is not None and "skill" in saved:
+            tracker.load_state_dict(saved["skill"], device)
     run_attrs = {"experiment": name, "n_members": n_members,
                  **{f"config_{k}": (str(v) if isinstance(v, bool) else v)
                     for k, v in dataclasses.asdict(config).items()},
@@ -368,6 +392,8 @@ def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any
         if hasattr(truth, "get_state"):
             payload["truth"] = {k: (v.cpu() if isinstance(v, Tensor) else v)
                                 for k, v in truth.get_state().items()}
+        if tracker is not None:
+            payload["skill"] = tracker.state_dict()
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
 
@@ -406,11 +432,12 @@ def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any
         operator = (obs_operator(cycle, cycle_generator(config.seed, cycle, "obs_network", "cpu"))
                     if callable(obs_operator) and not hasattr(obs_operator, "n_obs")
                     else obs_operator)
-        obs = cycle_observations(operator, true_state, config.obs_error_std, config.seed, cycle)
+        obs_error_std = operator_error_std(operator, config.obs_error_std)
+        obs = cycle_observations(operator, true_state, obs_error_std, config.seed, cycle)
         t2 = time.perf_counter()
         if analysis is not None:
             try:
-                analysed = analysis(forecast, obs, operator, config.obs_error_std,
+                analysed = analysis(forecast, obs, operator, obs_error_std,
                                     cycle_generator(config.seed, cycle, "analysis", device))
             except DivergenceError as err:  # the filter's own checks (e.g. a non-finite EnSF)
                 bar.close()
@@ -445,6 +472,11 @@ def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any
         if diagnostics is not None:
             for k, v in diagnostics(cycle, ensemble, forecast, analysed, true_state).items():
                 extra.setdefault(k, np.full(n, np.nan))[cycle - 1] = float(v)
+        if tracker is not None:
+            if skill.baselines:
+                extra.setdefault("rmse_obs_only", np.full(n, np.nan))[cycle - 1] = \
+                    dense_linear_obs_rmse(operator, obs, true_state)
+            tracker.update(cycle, analysed, true_state)
         if cycle > config.spinup_cycles:
             rank_hist += metrics.rank_histogram(analysed, true_state).cpu().numpy().astype(np.int64)
         if writer is not None:
@@ -470,7 +502,12 @@ def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any
     data_vars["rank_histogram"] = ("rank", rank_hist)
     for k, v in means.items():
         data_vars[k] = (("cycle", *state_dims), v)
-    ds = xr.Dataset(data_vars, coords={**coords, "rank": ("rank", np.arange(n_members + 1))})
+    skill_coords: dict[str, Any] = {}
+    if tracker is not None:
+        skill_vars, skill_coords = tracker.data_vars(model_seconds / 3600.0)
+        data_vars.update(skill_vars)
+    ds = xr.Dataset(data_vars, coords={**coords, **skill_coords,
+                                       "rank": ("rank", np.arange(n_members + 1))})
     scored = slice(config.spinup_cycles, None)
     wall_per_cycle = records["time_forecast_s"] + records["time_analysis_s"]
     summary = {
@@ -485,6 +522,11 @@ def run_cycling(model: ForecastModel, analysis: Filter | None, obs_operator: Any
         "cycle_model_seconds": model_seconds,
         "realtime_factor": float(model_seconds / np.mean(wall_per_cycle)),
     }
+    if tracker is not None and skill.baselines:
+        obs_only = extra["rmse_obs_only"][scored]
+        summary["mean_rmse_obs_only"] = (float(np.mean(obs_only)) if np.isfinite(obs_only).all()
+                                         else math.nan)
+        summary["rmse_climatology"] = tracker.climatology_rmse()
     ds.attrs.update(summary)
     ds.attrs.update(run_attrs)
     observed = operator if start_cycle <= n else obs_operator

@@ -20,6 +20,7 @@ from .ensemble_space import (
     transforms_from_gram,
 )
 from .ensf import EnSF, EnSFConfig, EnSFResult, ensf_analysis, ensf_analysis_detailed
+from .ensf_twostage import TwoStageEnSF, TwoStageEnSFConfig, regression_increments
 from .letkf import LETKF, LETKFConfig, etkf_analysis, letkf_analysis, uses_convolution
 from .localization import (
     LatticeGeometry,
@@ -43,6 +44,8 @@ __all__ = [
     "FunctionFilter",
     "LETKFConfig",
     "LatticeGeometry",
+    "TwoStageEnSF",
+    "TwoStageEnSFConfig",
     "LocalizationPlan",
     "as_filter",
     "available_filters",
@@ -62,6 +65,7 @@ __all__ = [
     "nerger_weights",
     "plan_localization",
     "register_filter",
+    "regression_increments",
     "sqg_positions",
     "transforms_from_gram",
     "uses_convolution",

@@ -1,5 +1,6 @@
 """Observation operators, observation networks and noise processes."""
 
+from .networks import NetworkSampler, ObsNetworkSpec, PointNetwork, observed_points
 from .noise import ShockProcess, ShockRecord, gaussian_noise, observe
 from .operators import (
     Arctan,
@@ -24,6 +25,9 @@ __all__ = [
     "Composed",
     "DifferentiableObs",
     "Identity",
+    "NetworkSampler",
+    "ObsNetworkSpec",
+    "PointNetwork",
     "ObsOperator",
     "OperatorFactory",
     "ShockProcess",
@@ -37,6 +41,7 @@ __all__ = [
     "likelihood_score",
     "make_operator",
     "observe",
+    "observed_points",
     "register_operator",
     "without_missing",
 ]
