@@ -7,10 +7,11 @@ A result section of the README is a marked block::
     <!-- /results:da_sqg -->
 
 Its content is produced by the renderer registered under that name from the summaries in
-``results/`` (:func:`turbda_kit.report.summaries.load_results`). ``turbda report --check``
+``results/`` (:func:`turbda_kit.report.summaries.load_results`). ``turbda report check``
 (and the test suite) fails when a block differs from what its summaries give, so a number
 in the README cannot drift from the output of the command it names; ``turbda report
---write`` rewrites the blocks after the results pipeline has refreshed ``results/``.
+render`` (or ``publish``) rewrites the blocks after the results pipeline has refreshed
+``results/``. The renderers are in :mod:`turbda_kit.report.sections`.
 """
 
 from __future__ import annotations
