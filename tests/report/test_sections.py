@@ -43,6 +43,18 @@ STAGE_DATA = {
                                       "spinup_cycles": 100, "n_members": 20}),
     "da_arctan": (_da(diverged=True), {"preset": "bao2024_sqg_arctan", "n_cycles": 300,
                                        "spinup_cycles": 100, "n_members": 20}),
+    "da_sparse": ({"table_version": 1, "run": {
+        "model": "SQG 64x64x2, 12-h cycles", "n_members": 20, "n_cycles": 80,
+        "scored_cycles": 60, "start": "warm", "forecast_leads_hours": [12.0, 24.0],
+        "forecast_launch_every_cycles": 5},
+        "rows": [{"preset": "sqgturb_lgetkf_cv", "filter": "ensf_twostage", "diverged": False,
+                  "analysis_rmse": 0.678, "analysis_spread": 0.5,
+                  "forecast_rmse_by_lead_hours": {"12": 0.91, "24": 1.33},
+                  "network": "1024 random points", "baselines": {
+                      "obs_only_rmse": None, "climatology_rmse": 11.0,
+                      "persistence_rmse_by_lead_hours": {"12": 6.0, "24": 8.0},
+                      "free_run_forecast_rmse_by_lead_hours": {"12": 9.0, "24": 9.1}}},
+                 {"preset": "sqgturb_lgetkf_cv", "filter": "letkf", "diverged": True}]}, {}),
     "coupled": ({"vit_ensf": {"mean_rmse_analysis": 0.97, "mean_spread_analysis": 0.6,
                               "reported_rmse": 1.27, "wall_seconds": 1.0,
                               "mean_surrogate_drift": 3.1},
@@ -131,7 +143,9 @@ def test_blocks_render_the_summaries_and_check_catches_a_changed_number(tmp_path
                      "| persistence | 6.30 | 8.30 |", "kit, 1 thread(s)",
                      "sqgturb's algorithm in NumPy, 1 thread", "2.20× CPU",
                      "skipped: no DAPPER environment", "1.50× CPU", "noise prefetch off",
-                     "| 2 | 2,048 | 1.100 | 0.91 | 0.90 | 0.97 |"):
+                     "| 2 | 2,048 | 1.100 | 0.91 | 0.90 | 0.97 |",
+                     "| `sqgturb_lgetkf_cv` | 1024 random points | two-stage EnSF | 0.678 | 0.500 "
+                     "| 0.91 | 1.33 |", "| LETKF | diverged |", "| 6.00 / 9.00 | 8.00 / 9.10 |"):
         assert expected in text, expected
     assert check_readme(readme, results) == []
     assert main(["check", "--readme", str(readme)]) == 0   # results/ beside the README

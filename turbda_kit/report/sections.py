@@ -7,6 +7,8 @@ the checkout by ``turbda report publish RUN``):
 
 * ``da_sqg``: the SQG DA presets, free / LETKF / EnSF (stages ``da_linear``,
   ``da_shocks``, ``da_arctan``);
+* ``da_sparse``: dense and sparse networks, four filters, forecast skill and baselines
+  (``da_sparse``, ``tools/da_table.py``);
 * ``coupled``: the coupled ViT + EnSF runs and the SQG baselines (``coupled``);
 * ``l96_accuracy``: Lorenz-96 EnSF from the paper's cold start (``l96_accuracy``);
 * ``vit_bundle``: the shipped surrogate's held-out RMSE (``ship_vit``);
@@ -33,7 +35,7 @@ NOT_YET = ("*Not yet generated*: run `turbda pipeline paper`, then `turbda repor
            "<its run directory>`.")
 """What a block says when the summaries it needs are not in ``results/``."""
 
-SECTIONS = ("da_sqg", "coupled", "l96_accuracy", "vit_bundle", "benchmarks", "scaling")
+SECTIONS = ("da_sqg", "da_sparse", "coupled", "l96_accuracy", "vit_bundle", "benchmarks", "scaling")
 """The block names this module renders."""
 
 Results = Mapping[str, Summary]
@@ -392,3 +394,60 @@ def render_scaling(results: Results) -> str:
             "T(1)/(p T(p)) (strong); CPU utilisation is CPU time / (wall × ranks × cores per "
             f"rank){_quick_note(*present)}.")
     return head + "\n\n" + "\n\n".join(parts) + f"\n\n{source_line(*present)}"
+
+
+_FILTER_LABELS = {"free": "SQG free", "letkf": "LETKF", "ensf": "EnSF",
+                  "ensf_twostage": "two-stage EnSF"}
+
+
+@renderer("da_sparse")
+def render_da_sparse(results: Results) -> str:
+    """Dense and sparse networks: analysis RMSE, forecast RMSE by lead and the baselines (K).
+
+    Parameters
+    ----------
+    results : mapping of str to Summary
+        The loaded summaries, by stage name (:func:`~turbda_kit.report.summaries.load_results`).
+
+    Returns
+    -------
+    str
+        The block's markdown: one row per preset and filter, then one row of baselines per
+        preset (observations only where every point is observed, climatology, persistence,
+        free run).
+    """
+    if "da_sparse" not in results:
+        return _missing("Sparse networks and forecast skill", ["da_sparse"])
+    summary = results["da_sparse"]
+    d = summary.data
+    run = d.get("run") or {}
+    leads = [f"{float(h):g}" for h in run.get("forecast_leads_hours", [])]
+    rows, baselines = [], {}
+    for row in d.get("rows", []):
+        preset, name = row.get("preset"), row.get("filter")
+        by_lead = row.get("forecast_rmse_by_lead_hours") or {}
+        analysis = ("diverged" if row.get("diverged") else fmt(row.get("analysis_rmse"), 3))
+        rows.append([f"`{preset}`", row.get("network", "—"), _FILTER_LABELS.get(name, name),
+                     analysis, fmt(row.get("analysis_spread"), 3),
+                     *(fmt(by_lead.get(h, by_lead.get(f"{h}.0")), 2) for h in leads)])
+        baselines.setdefault(preset, row.get("baselines") or {})
+    base_rows = []
+    for preset, b in baselines.items():
+        persistence = b.get("persistence_rmse_by_lead_hours") or {}
+        free = b.get("free_run_forecast_rmse_by_lead_hours") or {}
+        base_rows.append([f"`{preset}`", fmt(b.get("obs_only_rmse"), 3),
+                          fmt(b.get("climatology_rmse"), 3),
+                          *(f"{fmt(persistence.get(h), 2)} / {fmt(free.get(h), 2)}"
+                            for h in leads)])
+    head = (f"Dense and sparse observation networks on {run.get('model', 'SQG')}, "
+            f"{run.get('n_members')} members, {run.get('n_cycles')} cycles; analysis RMSE and "
+            f"spread are means over the last {run.get('scored_cycles')} (start: "
+            f"{run.get('start', '—')}); forecasts of {', '.join(leads)} h from the analysis "
+            f"mean every {run.get('forecast_launch_every_cycles')} cycles; K"
+            f"{_quick_note(summary)}:")
+    table = markdown_table(["preset", "network", "filter", "analysis RMSE", "spread",
+                            *(f"{h}-h forecast" for h in leads)], rows)
+    base = markdown_table(["preset", "observations only", "climatology",
+                           *(f"{h} h: persistence / free run" for h in leads)], base_rows)
+    return (f"{head}\n\n{table}\n\nBaselines (K; observations only is shown where every "
+            f"point is observed):\n\n{base}\n\n{source_line(summary)}")
