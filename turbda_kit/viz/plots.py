@@ -1260,7 +1260,9 @@ def rollout_rmse_figure(summary: Mapping[str, Any], title: str = "test rollout R
                        "RMSE (K)", label=label)
               for key, label in (("", "ViT"), ("persistence_", "persistence"),
                                  ("climatology_", "climatology"))]
-    return hv.Overlay(curves).opts(title=title).opts(title=title, backend="matplotlib")
+    return _both(hv.Overlay(curves), common={"title": title},
+                 matplotlib={"fig_inches": (5.6, 3.6), "hooks": [_legend_beside()]},
+                 bokeh={"legend_position": "right", "width": 560})
 
 
 def prediction_panels(truth: np.ndarray, forecast: np.ndarray, lead_hours: float,
