@@ -12,7 +12,7 @@ torch code (compiled with ``-ffp-contract=off``: no fused multiply-adds), intege
 unsigned 32-bit arithmetic, and no library transcendental, so it returns **the same bits**
 as the torch functions, which remain the reference and run on every other device (tested
 in ``tests/filters/test_ensf_fused.py``). GCC or Clang vectorises the loops (AVX2 on
-x86-64); one call works on one thread, and :func:`ensf_step_f32` splits the columns
+x86-64, ``-march=native``); one call works on one thread, and :func:`ensf_step_f32` splits the columns
 between ``threads`` Python threads (the call releases the GIL).
 
 The shared library is compiled once per source, flags and CPU capability into
@@ -242,10 +242,22 @@ def _flags() -> list[str]:
     # compiler turn the selects into blends, hence vectorise (results unchanged).
     flags = ["-O3", "-std=c11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math",
              "-fno-math-errno", "-fno-trapping-math"]
-    capability = torch.backends.cpu.get_cpu_capability()
-    if platform.machine() in ("x86_64", "AMD64") and capability in ("AVX2", "AVX512"):
-        flags.append("-march=x86-64-v3")          # AVX2 + FMA instructions (no contraction)
+    if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
+        # This CPU's vector units and tuning (the cache key includes the CPU's identity);
+        # 25-40% faster than a generic AVX2 target on the machine of docs/ensf.md.
+        flags.append("-march=native")
     return flags
+
+
+def _cpu_identity() -> str:
+    # What -march=native depends on: the CPU model and its feature flags.
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    wanted = [line for line in lines if line.startswith(("model name", "flags", "Features",
+                                                         "CPU part"))]
+    return "\n".join(sorted(set(wanted)))
 
 
 def _build() -> ctypes.CDLL | None:
@@ -254,8 +266,7 @@ def _build() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC", "cc")
     flags = _flags()
     tag = hashlib.sha256("\0".join([_SOURCE, compiler, *flags, platform.machine(),
-                                    torch.backends.cpu.get_cpu_capability()]).encode()
-                         ).hexdigest()[:16]
+                                    _cpu_identity()]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("TURBDA_KERNEL_CACHE",
                                 Path.home() / ".cache" / "turbda_kit" / "kernels"))
     library = cache / f"ensf_kernels_{tag}.so"
