@@ -2,9 +2,10 @@
 
 Two functions, each the exact transcription of a pure torch function of the kit:
 
-* ``ensf_step_f32`` — :func:`turbda_kit.filters.ensf_fused.fused_step_`: one EnSF
-  Euler-Maruyama step (counter-based noise, identity/arctan likelihood score, update) in
-  one pass over the ensemble;
+* ``ensf_steps_f32`` — consecutive calls of
+  :func:`turbda_kit.filters.ensf_fused.fused_step_`: EnSF Euler-Maruyama steps
+  (counter-based noise, identity/arctan likelihood score, update), all steps of a chunk of
+  columns while it is in cache (``ensf_step_f32``: one step);
 * ``counter_fill_f32`` — :func:`turbda_kit.random_streams.counter_normal` into a buffer.
 
 The C code performs the same exactly rounded float32 operations in the same order as the
@@ -12,8 +13,8 @@ torch code (compiled with ``-ffp-contract=off``: no fused multiply-adds), intege
 unsigned 32-bit arithmetic, and no library transcendental, so it returns **the same bits**
 as the torch functions, which remain the reference and run on every other device (tested
 in ``tests/filters/test_ensf_fused.py``). GCC or Clang vectorises the loops (AVX2 on
-x86-64, ``-march=native``); one call works on one thread, and :func:`ensf_step_f32` splits the columns
-between ``threads`` Python threads (the call releases the GIL).
+x86-64, ``-march=native``); one call works on one thread, and :func:`ensf_steps_f32`
+splits the columns between ``threads`` Python threads (the call releases the GIL).
 
 The shared library is compiled once per source, flags and CPU capability into
 ``$TURBDA_KERNEL_CACHE`` (default ``~/.cache/turbda_kit/kernels``) with the C compiler
@@ -37,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["available", "counter_fill_f32", "ensf_step_f32"]
+__all__ = ["available", "counter_fill_f32", "ensf_step_f32", "ensf_steps_f32"]
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -211,23 +212,31 @@ static inline void update_row(int64_t len, float* x, const float* prior, const f
     }
 }
 
-/* One EnSF step on columns [j0, j1) of all members; rows 2p and 2p + 1 share the draws. */
-void ensf_step_f32(float* x, const float* prior, int64_t ld_x, int64_t ld_prior,
-                   const float* obs, const float* inv_var, int64_t iv_stride,
-                   int64_t members, int64_t j0, int64_t j1, int32_t w0, int32_t w1,
-                   int32_t col0, float keep, float pull, float like, float noise, float scale,
-                   int32_t arctan) {
+/* n_steps EnSF steps on columns [j0, j1) of all members; rows 2p and 2p + 1 share the
+   draws. Columns do not interact (paired score, elementwise operator), so each chunk of
+   columns runs through all the steps while it sits in the L1 cache: the ensemble is read
+   and written once per call, not once per step. Each value sees the same operations in
+   the same order as step by step, hence the same bits. words: 2 per step; coefficients:
+   keep, pull, like, noise, scale per step. */
+void ensf_steps_f32(float* x, const float* prior, int64_t ld_x, int64_t ld_prior,
+                    const float* obs, const float* inv_var, int64_t iv_stride,
+                    int64_t members, int64_t j0, int64_t j1, int64_t n_steps,
+                    const int32_t* words, int32_t col0, const float* coefficients,
+                    int32_t arctan) {
     float z[2][CHUNK];
     for (int64_t i = 0; i < members; i += 2) {
-        uint32_t k[3];
-        row_keys(i >> 1, w0, w1, k);
         for (int64_t j = j0; j < j1; j += CHUNK) {
             int64_t len = j1 - j < CHUNK ? j1 - j : CHUNK;
-            pair_chunk(len, (uint32_t)col0 + (uint32_t)j, k, z[0], z[1]);
             const float* iv = inv_var + j * iv_stride;
-            for (int64_t r = i; r < i + 2 && r < members; ++r)
-                update_row(len, x + r * ld_x + j, prior + r * ld_prior + j, obs + j, iv,
-                           iv_stride, z[r - i], keep, pull, like, noise, scale, arctan);
+            for (int64_t step = 0; step < n_steps; ++step) {
+                uint32_t k[3];
+                row_keys(i >> 1, words[2 * step], words[2 * step + 1], k);
+                pair_chunk(len, (uint32_t)col0 + (uint32_t)j, k, z[0], z[1]);
+                const float* c = coefficients + 5 * step;
+                for (int64_t r = i; r < i + 2 && r < members; ++r)
+                    update_row(len, x + r * ld_x + j, prior + r * ld_prior + j, obs + j, iv,
+                               iv_stride, z[r - i], c[0], c[1], c[2], c[3], c[4], arctan);
+            }
         }
     }
 }
@@ -288,12 +297,12 @@ def _build() -> ctypes.CDLL | None:
                       f"torch implementation (same results, slower)", RuntimeWarning,
                       stacklevel=3)
         return None
-    i64, i32, f32, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_float, ctypes.c_void_p
+    i64, i32, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
     lib.counter_fill_f32.argtypes = [ptr, i64, i64, i64, i64, i32, i32, i32]
     lib.counter_fill_f32.restype = None
-    lib.ensf_step_f32.argtypes = [ptr, ptr, i64, i64, ptr, ptr, i64, i64, i64, i64, i32, i32,
-                                  i32, f32, f32, f32, f32, f32, i32]
-    lib.ensf_step_f32.restype = None
+    lib.ensf_steps_f32.argtypes = [ptr, ptr, i64, i64, ptr, ptr, i64, i64, i64, i64, i64, ptr,
+                                   i32, ptr, i32]
+    lib.ensf_steps_f32.restype = None
     return lib
 
 
@@ -327,21 +336,27 @@ def counter_fill_f32(out: Tensor, words: tuple[int, int], column0: int, row0: in
     return True
 
 
-def ensf_step_f32(x: Tensor, prior: Tensor, obs: Tensor, inv_var: Tensor,
-                  words: tuple[int, int], column0: int, coefficients: tuple[float, ...],
-                  operator: str, threads: int = 1) -> bool:
-    """:func:`turbda_kit.filters.ensf_fused.fused_step_` in C, in place; same bits.
+def ensf_steps_f32(x: Tensor, prior: Tensor, obs: Tensor, inv_var: Tensor,
+                   words: list[tuple[int, int]], column0: int,
+                   coefficients: list[tuple[float, ...]], operator: str,
+                   threads: int = 1) -> bool:
+    """Consecutive :func:`turbda_kit.filters.ensf_fused.fused_step_` calls in C; same bits.
+
+    Step ``s`` uses ``words[s]`` and ``coefficients[s]``. Chunks of columns go through all
+    the steps while in cache (columns do not interact), so the ensemble is streamed once.
 
     Parameters
     ----------
     x, prior : Tensor, shape ``(M, n)``, float32, CPU, unit column stride
+        ``x`` is updated in place.
     obs : Tensor, shape ``(n,)``, contiguous
     inv_var : Tensor, shape ``(1,)`` or ``(n,)``, contiguous
-    words : (int, int)
-        Noise key words (:func:`turbda_kit.random_streams.counter_words`).
+    words : list of (int, int)
+        Noise key words of each step (:func:`turbda_kit.random_streams.counter_words`).
     column0 : int
         Global column of ``x[:, 0]``.
-    coefficients : (keep, pull, like, noise, scale)
+    coefficients : list of (keep, pull, like, noise, scale)
+        One tuple per step.
     operator : {"identity", "arctan"}
     threads : int
         Column ranges worked on concurrently (the calls release the GIL); 1 uses no
@@ -356,17 +371,18 @@ def ensf_step_f32(x: Tensor, prior: Tensor, obs: Tensor, inv_var: Tensor,
     if lib is None or not (_rows_ok(x) and _rows_ok(prior) and obs.is_contiguous() and
                            inv_var.is_contiguous() and obs.dtype == torch.float32 and
                            inv_var.dtype == torch.float32 and x.device == obs.device ==
-                           inv_var.device):
+                           inv_var.device) or len(words) != len(coefficients):
         return False
     members, n = x.shape
     iv_stride = 0 if inv_var.numel() == 1 else 1
-    keep, pull, like, noise, scale = coefficients
+    word_array = torch.tensor(words, dtype=torch.int32).reshape(-1)
+    coefficient_array = torch.tensor(coefficients, dtype=torch.float32).reshape(-1)
 
     def run(j0: int, j1: int) -> None:
-        lib.ensf_step_f32(x.data_ptr(), prior.data_ptr(), x.stride(0), prior.stride(0),
-                          obs.data_ptr(), inv_var.data_ptr(), iv_stride, members, j0, j1,
-                          words[0], words[1], column0, keep, pull, like, noise, scale,
-                          1 if operator == "arctan" else 0)
+        lib.ensf_steps_f32(x.data_ptr(), prior.data_ptr(), x.stride(0), prior.stride(0),
+                           obs.data_ptr(), inv_var.data_ptr(), iv_stride, members, j0, j1,
+                           len(words), word_array.data_ptr(), column0,
+                           coefficient_array.data_ptr(), 1 if operator == "arctan" else 0)
 
     threads = max(1, min(int(threads), n // 4096 or 1))
     if threads == 1:
@@ -379,6 +395,18 @@ def ensf_step_f32(x: Tensor, prior: Tensor, obs: Tensor, inv_var: Tensor,
     for p in pending:
         p.result()
     return True
+
+
+def ensf_step_f32(x: Tensor, prior: Tensor, obs: Tensor, inv_var: Tensor,
+                  words: tuple[int, int], column0: int, coefficients: tuple[float, ...],
+                  operator: str, threads: int = 1) -> bool:
+    """One :func:`turbda_kit.filters.ensf_fused.fused_step_` in C, in place; same bits.
+
+    Parameters as :func:`ensf_steps_f32`, for one step (``words``: one pair,
+    ``coefficients``: one ``(keep, pull, like, noise, scale)``).
+    """
+    return ensf_steps_f32(x, prior, obs, inv_var, [tuple(words)], column0,
+                          [tuple(coefficients)], operator, threads)
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:

@@ -112,3 +112,14 @@ def test_blocks_noise_is_still_available():
     new = ensf_analysis(prior, obs, Arctan((n,)), 0.1, 6, EnSFConfig(n_steps=10))
     assert old.shape == new.shape and not torch.equal(old, new)
     assert float((old.mean(0) - new.mean(0)).abs().mean()) < 0.5
+
+
+def test_step_by_step_equals_all_steps_at_once():
+    """Early stopping tests every step, so it runs the fused step one step at a time."""
+    members, n = 5, 3000
+    _, prior, obs = _problem(members, n, seed=5)
+    config = EnSFConfig(n_steps=15)
+    at_once = ensf_analysis(prior, obs, Arctan((n,)), 0.1, 2, config)
+    stepwise = ensf_analysis(prior, obs, Arctan((n,)), 0.1, 2,
+                             dataclasses.replace(config, early_stop_tol=1e-30))
+    assert torch.equal(at_once, stepwise)

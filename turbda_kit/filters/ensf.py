@@ -638,27 +638,33 @@ def ensf_analysis_detailed(forecast_ensemble: Tensor, obs: Tensor, obs_operator,
 
     dt = 1.0 / config.n_steps
     steps_taken = config.n_steps
-    for k in range(config.n_steps):
+
+    def coefficients_at(k: int) -> _Coefficients:
         t = 1.0 - k * dt
         alpha, beta_sq, drift, diffusion_sq = schedule(t, config.eps_alpha, config.eps_beta)
         # x <- keep x + pull x0 + like L(x) + noise xi, from
         # x <- x - dt [f x + g^2 (x - alpha x0) / beta^2 - g^2 h w L] + sqrt(dt) g xi
-        coefficients = _Coefficients(
+        return _Coefficients(
             keep=1.0 - dt * drift - dt * diffusion_sq / beta_sq,
             pull=dt * diffusion_sq * alpha / beta_sq,
             like=dt * diffusion_sq * config.damping_at(t) * config.likelihood_weight,
             noise=math.sqrt(dt * diffusion_sq), alpha=alpha, beta_sq=beta_sq)
-        step(context, k, coefficients)
 
-        if history is not None:
-            if not tiled or fused is not None:
-                torch.mean(x, 0, out=mean_now)
-            if k >= window:
-                change = float((mean_now - history[k % window]).abs_().max()) / window
-                if reduce.max(change) < config.early_stop_tol:
-                    steps_taken = k + 1
-                    break
-            history[k % window].copy_(mean_now)
+    if fused is not None and history is None:
+        # No per-step reduction: all steps at once, chunk of columns by chunk of columns.
+        _fused_steps(context, 0, [coefficients_at(k) for k in range(config.n_steps)])
+    else:
+        for k in range(config.n_steps):
+            step(context, k, coefficients_at(k))
+            if history is not None:
+                if not tiled or fused is not None:
+                    torch.mean(x, 0, out=mean_now)
+                if k >= window:
+                    change = float((mean_now - history[k % window]).abs_().max()) / window
+                    if reduce.max(change) < config.early_stop_tol:
+                        steps_taken = k + 1
+                        break
+                history[k % window].copy_(mean_now)
 
     del context, buffers, history
     if config.normalize:
@@ -717,19 +723,30 @@ def _fused_operator(obs_operator, config: EnSFConfig, prior: Tensor, implicit: b
     return None
 
 
-def _fused_step(c: _StepContext, k: int, coef: _Coefficients) -> None:
-    """One Euler-Maruyama step in one pass (C kernel on CPU, torch elsewhere; same bits)."""
-    words = counter_words((c.seed, k))
-    coefficients = (coef.keep, coef.pull, coef.like, coef.noise, c.buffers["scale"])
+def _fused_steps(c: _StepContext, first: int, coefs: list[_Coefficients]) -> None:
+    """Euler-Maruyama steps ``first, first + 1, ...`` in one pass each (or one pass in all).
+
+    The C kernel on CPU runs all steps on a cache-sized chunk of columns before the next
+    chunk; elsewhere the torch step runs step by step. Same bits either way.
+    """
+    words = [counter_words((c.seed, first + i)) for i in range(len(coefs))]
+    scale = c.buffers["scale"]
+    rows = [(co.keep, co.pull, co.like, co.noise, scale) for co in coefs]
     operator, inv_var, obs = c.buffers["fused"], c.buffers["inv_var"], c.likelihood.obs
     offset = c.slab["offset"]
-    if c.x.device.type == "cpu" and native.ensf_step_f32(
-            c.x, c.prior, obs, inv_var, words, offset, coefficients, operator,
+    if c.x.device.type == "cpu" and native.ensf_steps_f32(
+            c.x, c.prior, obs, inv_var, words, offset, rows, operator,
             threads=torch.get_num_threads()):
         return
-    word_tensor = torch.tensor([*words, offset], dtype=torch.int32, device=c.x.device)
-    fused_step_(c.x, c.prior, obs, inv_var, word_tensor,
-                torch.tensor(coefficients, dtype=c.x.dtype, device=c.x.device), operator)
+    for pair, row in zip(words, rows):
+        word_tensor = torch.tensor([*pair, offset], dtype=torch.int32, device=c.x.device)
+        fused_step_(c.x, c.prior, obs, inv_var, word_tensor,
+                    torch.tensor(row, dtype=c.x.dtype, device=c.x.device), operator)
+
+
+def _fused_step(c: _StepContext, k: int, coef: _Coefficients) -> None:
+    """One fused Euler-Maruyama step (with early stopping, which tests every step)."""
+    _fused_steps(c, k, [coef])
 
 
 def _whole_array_step(c: _StepContext, k: int, coef: _Coefficients) -> None:
