@@ -10,7 +10,8 @@ prior score, arctan observations of every component, float32), timed in one run 
 
 Both sides run on ``--threads`` torch threads (default 1, with no helper threads: the
 kit's noise-prefetch thread is off and the fused step uses the calling thread only; a
-"one-core" figure uses one core). Wall and CPU (process) times are printed: on a loaded
+"one-core" figure uses one core; with more, the kit splits the columns over the caller
+and ``threads - 1`` pool threads). Wall and CPU (process) times are printed: on a loaded
 machine the CPU time is the fairer figure, and CPU/wall shows the cores actually used.
 "Fraction of copy" = (bytes the update must stream: x read + written and the prior read, 3
 ensemble arrays per step) / analysis time / copy bandwidth.
@@ -111,7 +112,9 @@ def speed(n: int, members: int, steps: int, repeats: int, seed_repeats: int, noi
     values = steps * members * n
     summary = {
         "n": n, "members": members, "steps": steps, "threads": threads,
-        "seed_threads": threads, "kit_threads": threads, "helper_threads": 0,
+        "seed_threads": threads, "kit_threads": threads,
+        # The kit's threads: the caller plus threads - 1 pool threads splitting the columns.
+        "kit_helper_threads": threads - 1,
         "python_threads_alive": threads_alive,
         "seed_s": seed_s, "kit_s": kit_s, "speedup": seed_s / kit_s,
         "seed_cpu_s": seed_cpu, "kit_cpu_s": kit_cpu, "speedup_cpu": seed_cpu / kit_cpu,
@@ -125,8 +128,10 @@ def speed(n: int, members: int, steps: int, repeats: int, seed_repeats: int, noi
     }
     print(f"EnSF analysis: n={n:,} x {members} members x {steps} Euler steps, arctan obs of "
           f"every component (sigma {sigma}), paired score, float32, torch {torch.__version__}")
-    print(f"  threads: {threads} torch thread(s) for both sides, no helper threads "
-          f"(kit noise={noise}, prefetch off, C kernel {'on' if native_kernel else 'off'}); "
+    helpers = ("no helper thread" if threads == 1 else
+               f"the kit's columns split over the caller + {threads - 1} pool thread(s)")
+    print(f"  threads: {threads} torch thread(s) for both sides, {helpers} (kit "
+          f"noise={noise}, prefetch off, C kernel {'on' if native_kernel else 'off'}); "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"  copy bandwidth (y.copy_(x), {array_bytes / 1e6:.0f} MB)  {copy_gbps:8.2f} GB/s")
     print(f"  seed's update          wall {seed_s:8.2f} s   cpu {seed_cpu:8.2f} s")

@@ -27,14 +27,19 @@ The prior score comes from the forecast ensemble ``x0_j`` without training:
 The likelihood score comes from the observation operator (analytic for the operators of
 :mod:`turbda_kit.obs.operators`, autograd otherwise), damped by ``h(t) = 1 - t``.
 
-The loop allocates nothing per step. With an elementwise operator (identity, arctan) and
-the paired score it works through the state in tiles of ``block_size`` columns (all
-members), so the score, its scratch and the noise stay in cache and the ensemble is read
-and written once per step; the next tile's noise is drawn in a background thread
-(``prefetch_noise``). Other operators and the mixture score use whole-array in-place
-passes. Both loops give bit-identical results.
+The loop allocates nothing per step. For identity or arctan observations of every value,
+the paired score, the explicit step, float32 and counter noise, each step is one
+elementwise function (:func:`turbda_kit.filters.ensf_fused.fused_step_`; on CPU its C
+transcription in :mod:`turbda_kit.native` runs all steps on a cache-sized chunk of columns
+at once, same bits). Otherwise, with an elementwise operator and the paired score it works
+through the state in tiles of ``block_size`` columns (all members), so the score, its
+scratch and the noise stay in cache and the ensemble is read and written once per step
+(with ``noise="blocks"`` the next tile's noise is drawn in a background thread,
+``prefetch_noise``). Other operators and the mixture score use whole-array in-place
+passes. The tiled and whole-array loops give bit-identical results.
 
-Randomness is addressed by global index (:func:`turbda_kit.random_streams.indexed_blocks`):
+Randomness is addressed by global index (:func:`turbda_kit.random_streams.counter_normal`
+by default, or the generator blocks of :func:`turbda_kit.random_streams.indexed_blocks`):
 the noise of step ``k`` for member ``j`` at global state index ``i`` depends only on
 ``(seed, k, j, i)``. A slab ``[a, b)`` of the state analysed alone (``global_offset=a``,
 with the slab's local observation operator) therefore reproduces exactly the slab of the
