@@ -146,16 +146,17 @@ static inline void pair_chunk(int64_t len, uint32_t col, const uint32_t* k, floa
 
 void counter_fill_f32(float* out, int64_t ld, int64_t rows, int64_t row0, int64_t n,
                       int32_t w0, int32_t w1, int32_t col0) {
+    /* Global rows 2p and 2p + 1 come from one Box-Muller pair: draw it once for both. */
     float z[2][CHUNK];
-    for (int64_t i = 0; i < rows; ++i) {
-        int64_t row = row0 + i;
+    for (int64_t g = row0 - (row0 & 1); g < row0 + rows; g += 2) {
         uint32_t k[3];
-        row_keys(row >> 1, w0, w1, k);
-        float* o = out + i * ld;
+        row_keys(g >> 1, w0, w1, k);
         for (int64_t j = 0; j < n; j += CHUNK) {
             int64_t len = n - j < CHUNK ? n - j : CHUNK;
             pair_chunk(len, (uint32_t)col0 + (uint32_t)j, k, z[0], z[1]);
-            memcpy(o + j, z[row & 1], len * sizeof(float));
+            for (int64_t h = 0; h < 2; ++h)
+                if (g + h >= row0 && g + h < row0 + rows)
+                    memcpy(out + (g + h - row0) * ld + j, z[h], len * sizeof(float));
         }
     }
 }
