@@ -34,6 +34,7 @@ from torch import Tensor
 from .errors import InputError
 
 __all__ = [
+    "COUNTER_MAX_COLUMNS",
     "DEFAULT_BLOCK_SIZE",
     "STREAMS",
     "NOISE_METHODS",
