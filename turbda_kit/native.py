@@ -247,16 +247,15 @@ _lock = threading.Lock()
 _state: dict[str, object] = {}
 
 
-def _flags() -> list[str]:
+def _flag_sets() -> list[list[str]]:
     # No contraction into FMAs (same roundings as torch); -fno-trapping-math lets the
-    # compiler turn the selects into blends, hence vectorise (results unchanged).
-    flags = ["-O3", "-std=c11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math",
-             "-fno-math-errno", "-fno-trapping-math"]
-    if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
-        # This CPU's vector units and tuning (the cache key includes the CPU's identity);
-        # 25-40% faster than a generic AVX2 target on the machine of docs/ensf.md.
-        flags.append("-march=native")
-    return flags
+    # compiler turn the selects into blends, hence vectorise (results unchanged). First
+    # choice: this CPU's vector units and tuning (-march=native; the cache key includes the
+    # CPU's identity), 25-40% faster than a generic AVX2 target on the machine of
+    # docs/ensf.md; if the compiler refuses it, the compiler's default target.
+    base = ["-O3", "-std=c11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math",
+            "-fno-math-errno", "-fno-trapping-math"]
+    return [[*base, "-march=native"], base]
 
 
 def _cpu_identity() -> str:
@@ -270,32 +269,40 @@ def _cpu_identity() -> str:
     return "\n".join(sorted(set(wanted)))
 
 
+def _compile(compiler: str, flags: list[str], cache: Path) -> Path:
+    tag = hashlib.sha256("\0".join([_SOURCE, compiler, *flags, platform.machine(),
+                                    _cpu_identity()]).encode()).hexdigest()[:16]
+    library = cache / f"ensf_kernels_{tag}.so"
+    if not library.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            source = Path(tmp) / "ensf_kernels.c"
+            source.write_text(_SOURCE)
+            built = Path(tmp) / library.name
+            subprocess.run([compiler, *flags, "-o", str(built), str(source)], check=True,
+                           capture_output=True, timeout=300)
+            os.replace(built, library)        # atomic: concurrent ranks may race here
+    return library
+
+
 def _build() -> ctypes.CDLL | None:
     if os.environ.get("TURBDA_NATIVE", "1") == "0":
         return None
     compiler = os.environ.get("CC", "cc")
-    flags = _flags()
-    tag = hashlib.sha256("\0".join([_SOURCE, compiler, *flags, platform.machine(),
-                                    _cpu_identity()]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("TURBDA_KERNEL_CACHE",
                                 Path.home() / ".cache" / "turbda_kit" / "kernels"))
-    library = cache / f"ensf_kernels_{tag}.so"
-    try:
-        if not library.exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cache) as tmp:
-                source = Path(tmp) / "ensf_kernels.c"
-                source.write_text(_SOURCE)
-                built = Path(tmp) / library.name
-                subprocess.run([compiler, *flags, "-o", str(built), str(source)], check=True,
-                               capture_output=True, timeout=300)
-                os.replace(built, library)        # atomic: concurrent ranks may race here
-        lib = ctypes.CDLL(str(library))
-    except (OSError, subprocess.SubprocessError) as err:
-        detail = getattr(err, "stderr", b"") or b""
+    lib = error = None
+    for flags in _flag_sets():
+        try:
+            lib = ctypes.CDLL(str(_compile(compiler, flags, cache)))
+            break
+        except (OSError, subprocess.SubprocessError) as err:
+            error = err
+    if lib is None:
+        detail = getattr(error, "stderr", b"") or b""
         warnings.warn(f"turbda_kit: the C kernel for the EnSF step could not be built "
-                      f"({type(err).__name__}: {str(err)[:200]} {detail[-300:]!r}); using the "
-                      f"torch implementation (same results, slower)", RuntimeWarning,
+                      f"({type(error).__name__}: {str(error)[:200]} {detail[-300:]!r}); using "
+                      f"the torch implementation (same results, slower)", RuntimeWarning,
                       stacklevel=3)
         return None
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
@@ -411,10 +418,12 @@ def ensf_step_f32(x: Tensor, prior: Tensor, obs: Tensor, inv_var: Tensor,
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
+    # One pool per process, rebuilt when the number of threads changes.
     with _lock:
         pool = _state.get("pool")
-        if pool is None or pool._max_workers != workers:
+        if pool is None or _state.get("pool_workers") != workers:
             if pool is not None:
                 pool.shutdown(wait=True)
             pool = _state["pool"] = ThreadPoolExecutor(max_workers=workers)
+            _state["pool_workers"] = workers
         return pool

@@ -134,3 +134,15 @@ def test_fused_analysis_on_every_device_matches_cpu(device):
     here = ensf_analysis(prior.to(device), obs.to(device), Arctan((n,)), 0.1, 3, config)
     assert here.device.type == torch.device(device).type
     torch.testing.assert_close(here.cpu(), cpu, rtol=1e-5, atol=1e-5)
+
+
+def test_without_a_compiler_the_torch_step_runs_with_a_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("TURBDA_KERNEL_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.setattr(native, "_state", {})
+    with pytest.warns(RuntimeWarning, match="could not be built"):
+        assert not native.available()
+    members, n = 4, 700
+    _, prior, obs = _problem(members, n, seed=7)
+    analysis = ensf_analysis(prior, obs, Arctan((n,)), 0.1, 1, EnSFConfig(n_steps=5))
+    assert torch.isfinite(analysis).all()
