@@ -1,18 +1,20 @@
-"""EnSF analysis speed against memory bandwidth, and the paper's Lorenz-96 accuracy.
+"""EnSF analysis speed against the seed's update and memory bandwidth; Lorenz-96 accuracy.
 
-Speed (default): one :func:`turbda_kit.filters.ensf.ensf_analysis` at 1e6 variables x 20
-members x 100 Euler steps (paired prior score, arctan observations of every component),
-with, measured in the same run on arrays of the same size:
+Speed (default): one analysis at 1e6 variables x 20 members x 100 Euler steps (paired
+prior score, arctan observations of every component, float32), timed in one run against
 
-* the machine's copy bandwidth (``y.copy_(x)``, 2 streams) and triad bandwidth
-  (``z = x + a y``, 3 streams), the baselines;
-* the time of the random draws alone (the same global-index draws, added into the
-  ensemble), of the likelihood score alone and of the prior/likelihood update alone.
+* the seed's (paper's) EnSF update, reimplemented faithfully in ``benchmarks/seed_ensf.py``
+  (whole-array torch operations with fresh allocations per step, ``randn`` noise), on the
+  same forecast, observations and schedule;
+* the machine's copy bandwidth (``y.copy_(x)`` on arrays of the ensemble's size).
 
-"Achieved bandwidth" is the bytes the update must stream (the model below: array reads +
-writes of the in-place loop) divided by the analysis time; the target is >= 40% of copy
-bandwidth. On CPU the Gaussian draws are compute-bound, so the figure is also given
-without the RNG time.
+Both sides run on ``--threads`` torch threads (default 1, with no helper threads: the
+kit's noise-prefetch thread is off and the fused step uses the calling thread only; a
+"one-core" figure uses one core; with more, the kit splits the columns over the caller
+and ``threads - 1`` pool threads). Wall and CPU (process) times are printed: on a loaded
+machine the CPU time is the fairer figure, and CPU/wall shows the cores actually used.
+"Fraction of copy" = (bytes the update must stream: x read + written and the prior read, 3
+ensemble arrays per step) / analysis time / copy bandwidth.
 
 Accuracy (``--accuracy``): the EnSF paper's Lorenz-96 setting (Bao, Zhang & Zhang 2024):
 F = 8, RK4 dt = 0.01, arctan observations of all components with sigma = 0.05 every 10
@@ -23,8 +25,9 @@ cycles and the free-running ensemble's RMSE. The paper reports ~0.20 after 150 c
 
 Usage::
 
-    python benchmarks/bench_ensf.py                          # speed, 1e6 x 20 x 100
-    python benchmarks/bench_ensf.py --n 1e5 --threads 1
+    python benchmarks/bench_ensf.py --threads 1 --json ensf_speed_1core.json
+    python benchmarks/bench_ensf.py --threads 2 --json ensf_speed_2core.json
+    python benchmarks/bench_ensf.py --n 1e5 --noise blocks      # the previous noise stream
     python benchmarks/bench_ensf.py --accuracy --n 1e4 --cycles 150
     python benchmarks/bench_ensf.py --json bench_ensf.json    # also write the summary
 
@@ -39,115 +42,114 @@ import argparse
 import os
 import shlex
 import sys
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from turbda_kit.filters.ensf import EnSFConfig, ensf_analysis
-from turbda_kit.io import write_json
-from turbda_kit.models.lorenz96 import L96Workspace, Lorenz96
-from turbda_kit.obs.operators import Arctan, Identity, inverse_variance
-from turbda_kit.random_streams import indexed_blocks, indexed_normal_
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# Array streams (reads + writes, in units of one ensemble array) per Euler step.
-# Tiled loop (paired score, elementwise operator): x is read and written and the prior read
-# once per step; the score, its scratch and the noise live in a cache-sized tile.
-_TILED_STREAMS = 3
-# Whole-array loop: likelihood score (arctan: addcmul 2, atan 2, sub 2, div 3 = 9;
-# identity: sub 2, mul 2 = 4), update (mul 2, add prior 3, add score 3 = 8), noise added
-# from a cache-resident block (read + write x = 2).
-_SCORE_STREAMS = {"arctan": 9, "identity": 4}
-_WHOLE_STREAMS = 8 + 2
+from seed_ensf import seed_ensf_update  # noqa: E402
+
+from turbda_kit import native  # noqa: E402
+from turbda_kit.filters.ensf import EnSFConfig, ensf_analysis  # noqa: E402
+from turbda_kit.io import write_json  # noqa: E402
+from turbda_kit.models.lorenz96 import L96Workspace, Lorenz96  # noqa: E402
+from turbda_kit.obs.operators import Arctan  # noqa: E402
+from turbda_kit.random_streams import indexed_normal_  # noqa: E402
+
+# Ensemble arrays the update must stream per Euler step: x read and written, prior read.
+_STREAMS_PER_STEP = 3
 
 
-def _best(fn, repeats: int) -> float:
-    best = float("inf")
+def _timed(fn, repeats: int) -> tuple[float, float, object]:
+    """Best wall time, the CPU time of that run, and the last result."""
+    best = (float("inf"), float("inf"))
+    result = None
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        w0, c0 = time.perf_counter(), time.process_time()
+        result = fn()
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+        if wall < best[0]:
+            best = (wall, cpu)
+    return best[0], best[1], result
 
 
-def _bandwidths(like: torch.Tensor) -> tuple[float, float]:
-    """Copy (2 streams) and triad (3 streams) bandwidth in GB/s on arrays like ``like``."""
-    a, b, c = (torch.empty_like(like).fill_(1.0) for _ in range(3))
-    t_copy = _best(lambda: b.copy_(a), 5)
-    t_triad = _best(lambda: torch.add(a, b, alpha=0.5, out=c), 5)
-    nbytes = like.numel() * like.element_size()
-    return 2 * nbytes / t_copy / 1e9, 3 * nbytes / t_triad / 1e9
+def _copy_bandwidth(like: torch.Tensor) -> float:
+    """GB/s of ``y.copy_(x)`` (one read + one write stream) on arrays like ``like``."""
+    x, y = torch.empty_like(like).fill_(1.0), torch.empty_like(like).fill_(2.0)
+    wall, _, _ = _timed(lambda: y.copy_(x), 7)
+    return 2 * like.numel() * like.element_size() / wall / 1e9
 
 
-def speed(n: int, members: int, steps: int, obs: str, dtype: torch.dtype, repeats: int,
-          path: str) -> dict[str, Any]:
-    item = torch.finfo(dtype).bits // 8
-    array_bytes = members * n * item
+def speed(n: int, members: int, steps: int, repeats: int, seed_repeats: int,
+          noise: str) -> dict[str, Any]:
+    dtype = torch.float32
+    threads = torch.get_num_threads()
+    array_bytes = members * n * torch.finfo(dtype).bits // 8
     gen = torch.Generator().manual_seed(0)
-    forecast = torch.randn(members, n, generator=gen, dtype=dtype).mul_(3.0).add_(8.0)
     truth = torch.randn(n, generator=gen, dtype=dtype).mul_(3.0).add_(8.0)
-    operator = Arctan((n,)) if obs == "arctan" else Identity((n,))
-    observations = operator(truth) + 0.05 * torch.randn(n, generator=gen, dtype=dtype)
-    if path == "whole":
-        operator.elementwise = False          # hides the pointwise kernel: whole-array passes
-    config = EnSFConfig(n_steps=steps)
+    forecast = truth + torch.randn(members, n, generator=gen, dtype=dtype)
+    sigma = 0.05
+    operator = Arctan((n,))
+    observations = operator(truth) + sigma * torch.randn(n, generator=gen, dtype=dtype)
+    config = EnSFConfig(n_steps=steps, noise=noise, prefetch_noise=False)
 
-    copy_bw, triad_bw = _bandwidths(forecast)
+    copy_gbps = _copy_bandwidth(forecast)
+    seed_gen = torch.Generator().manual_seed(1)
+    seed_s, seed_cpu, seed_analysis = _timed(
+        lambda: seed_ensf_update(forecast, observations, sigma, steps, config.eps_alpha,
+                                 config.eps_beta, seed_gen), seed_repeats)
+    w0 = time.perf_counter()
+    native_kernel = native.available()        # builds the C kernel once (cached on disk)
+    ensf_analysis(forecast[:, :1000].contiguous(), observations[:1000], Arctan((1000,)),
+                  sigma, 0, EnSFConfig(n_steps=2, noise=noise, prefetch_noise=False))
+    warmup_s = time.perf_counter() - w0
+    kit_s, kit_cpu, kit_analysis = _timed(
+        lambda: ensf_analysis(forecast, observations, operator, sigma, 1, config), repeats)
+    threads_alive = threading.active_count()
 
-    # Components over `steps` iterations, tile by tile like the tiled analysis.
-    def draws():
-        for k in range(steps):
-            for _ in indexed_blocks(members, n, (1, k), block_size=config.block_size,
-                                    dtype=dtype):
-                pass
-    t_rng = _best(draws, repeats)
-    width = min(config.block_size, n)
-    out, work = (torch.empty(members, width, dtype=dtype) for _ in range(2))
-    inv_var = inverse_variance(0.05, n)
-    kernel = type(operator)((n,)).pointwise_score_
+    def rmse(ensemble):
+        return float((ensemble.mean(0) - truth).pow(2).mean().sqrt())
 
-    def scores():
-        for _ in range(steps):
-            for start in range(0, n, width):
-                stop = min(start + width, n)
-                w = stop - start
-                kernel(forecast[:, start:stop], observations[start:stop], inv_var,
-                       out[:, :w], work[:, :w])
-    t_score = _best(scores, repeats)
-
-    ensf_analysis(forecast[:, :1000].contiguous(), observations[:1000], type(operator)((1000,)),
-                  0.05, 0, EnSFConfig(n_steps=2))         # warm-up
-    t_total = _best(lambda: ensf_analysis(forecast, observations, operator, 0.05, 1, config),
-                    repeats)
-
-    per_step = _TILED_STREAMS if path == "tiled" else _SCORE_STREAMS[obs] + _WHOLE_STREAMS
-    streams = steps * per_step + 2
-    moved = streams * array_bytes
-    achieved = moved / t_total / 1e9
+    moved = (_STREAMS_PER_STEP * steps) * array_bytes
+    achieved = moved / kit_s / 1e9
     values = steps * members * n
-    print(f"EnSF analysis ({path} loop): n={n:,} x {members} members x {steps} Euler steps, "
-          f"{obs} obs, {str(dtype).replace('torch.', '')}, block {config.block_size}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    summary = {
+        "n": n, "members": members, "steps": steps, "threads": threads,
+        "seed_threads": threads, "kit_threads": threads,
+        # The kit's threads: the caller plus threads - 1 pool threads splitting the columns.
+        "kit_helper_threads": threads - 1,
+        "python_threads_alive": threads_alive,
+        "seed_s": seed_s, "kit_s": kit_s, "speedup": seed_s / kit_s,
+        "seed_cpu_s": seed_cpu, "kit_cpu_s": kit_cpu, "speedup_cpu": seed_cpu / kit_cpu,
+        "copy_GBps": copy_gbps, "kit_GBps": achieved, "fraction_of_copy": achieved / copy_gbps,
+        "kit_ns_per_value_step": kit_s / values * 1e9, "noise": noise,
+        "fused_c_kernel": native_kernel, "warmup_s": warmup_s,
+        "prior_rmse": rmse(forecast), "seed_rmse": rmse(seed_analysis),
+        "kit_rmse": rmse(kit_analysis), "dtype": "float32", "obs": "arctan",
+        "torch": torch.__version__, "load_average_1min": os.getloadavg()[0],
+        "command": "python benchmarks/bench_ensf.py " + " ".join(sys.argv[1:]),
+    }
+    print(f"EnSF analysis: n={n:,} x {members} members x {steps} Euler steps, arctan obs of "
+          f"every component (sigma {sigma}), paired score, float32, torch {torch.__version__}")
+    helpers = ("no helper thread" if threads == 1 else
+               f"the kit's columns split over the caller + {threads - 1} pool thread(s)")
+    print(f"  threads: {threads} torch thread(s) for both sides, {helpers} (kit "
+          f"noise={noise}, prefetch off, C kernel {'on' if native_kernel else 'off'}); "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"  ensemble array            {array_bytes / 1e6:10.1f} MB")
-    print(f"  copy bandwidth            {copy_bw:10.2f} GB/s   (triad {triad_bw:.2f} GB/s)")
-    print(f"  analysis                  {t_total:10.2f} s      ({t_total / steps * 1e3:.1f} ms per "
-          f"Euler step, {t_total / values * 1e9:.1f} ns per value and step)")
-    print(f"  random draws alone        {t_rng:10.2f} s      ({t_rng / t_total:.0%} of the "
-          f"analysis; {t_rng / values * 1e9:.1f} ns per value)")
-    print(f"  likelihood score alone    {t_score:10.2f} s      ({t_score / t_total:.0%})")
-    print(f"  memory traffic (model)    {moved / 1e9:10.1f} GB     ({per_step} array streams per "
-          f"step; {moved / 1e9 / copy_bw:.2f} s at copy bandwidth)")
-    print(f"  achieved bandwidth        {achieved:10.2f} GB/s   = {achieved / copy_bw:.0%} of copy")
-    return {"benchmark": "ensf_analysis_speed", "n": n, "members": members, "euler_steps": steps,
-            "obs": obs, "dtype": str(dtype).replace("torch.", ""), "path": path,
-            "block_size": config.block_size, "threads": torch.get_num_threads(),
-            "analysis_s": t_total, "ns_per_value_step": t_total / values * 1e9,
-            "random_draws_s": t_rng, "likelihood_score_s": t_score,
-            "copy_bandwidth_gb_s": copy_bw, "triad_bandwidth_gb_s": triad_bw,
-            "array_streams_per_step": per_step, "memory_traffic_gb": moved / 1e9,
-            "copy_bound_s": moved / 1e9 / copy_bw, "achieved_bandwidth_gb_s": achieved,
-            "fraction_of_copy_bandwidth": achieved / copy_bw}
+    print(f"  copy bandwidth (y.copy_(x), {array_bytes / 1e6:.0f} MB)  {copy_gbps:8.2f} GB/s")
+    print(f"  seed's update          wall {seed_s:8.2f} s   cpu {seed_cpu:8.2f} s")
+    print(f"  kit ensf_analysis      wall {kit_s:8.2f} s   cpu {kit_cpu:8.2f} s   "
+          f"({kit_s / values * 1e9:.2f} ns per value and step; warm-up {warmup_s:.1f} s)")
+    print(f"  speed-up               wall {seed_s / kit_s:8.1f} x   cpu {seed_cpu / kit_cpu:8.1f} x")
+    print(f"  kit bandwidth          {achieved:8.2f} GB/s = {achieved / copy_gbps:.0%} of copy "
+          f"({_STREAMS_PER_STEP} arrays per step, {moved / 1e9:.0f} GB)")
+    print(f"  analysis RMSE          prior {summary['prior_rmse']:.3f}, seed "
+          f"{summary['seed_rmse']:.3f}, kit {summary['kit_rmse']:.3f} (same job, other noise)")
+    return summary
 
 
 def accuracy(n: int, members: int, cycles: int, steps: int, dtype: torch.dtype,
@@ -208,27 +210,25 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=20)
     parser.add_argument("--steps", type=int, default=None,
                         help="Euler steps (default 100 for speed, 500 for --accuracy)")
-    parser.add_argument("--obs", choices=["arctan", "identity"], default="arctan")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--path", choices=["tiled", "whole"], default="tiled",
-                        help="tiled loop (default) or whole-array passes")
+    parser.add_argument("--repeats", type=int, default=2, help="kit analyses timed (best)")
+    parser.add_argument("--seed-repeats", type=int, default=1,
+                        help="seed updates timed (best)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for both sides (default 1: one core)")
+    parser.add_argument("--noise", choices=["counter", "blocks"], default="counter")
     parser.add_argument("--accuracy", action="store_true")
     parser.add_argument("--cycles", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the summary to this JSON file")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
+    torch.set_num_threads(args.threads)
     load_start = os.getloadavg()[0]
     if args.accuracy:
-        summary = accuracy(int(args.n), args.members, args.cycles, args.steps or 500, dtype,
-                           args.seed)
+        summary = accuracy(int(args.n), args.members, args.cycles, args.steps or 500,
+                           torch.float32, args.seed)
     else:
-        summary = speed(int(args.n), args.members, args.steps or 100, args.obs, dtype,
-                        args.repeats, args.path)
+        summary = speed(int(args.n), args.members, args.steps or 100, args.repeats,
+                        args.seed_repeats, args.noise)
     if args.json:
         summary.update(command=shlex.join(["python", "benchmarks/bench_ensf.py", *sys.argv[1:]]),
                        torch=torch.__version__, cpu_count=os.cpu_count(),

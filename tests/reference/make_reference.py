@@ -59,8 +59,13 @@ def _sqg_ensemble(n_members: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
     return truth, ensemble
 
 
-def ensf_analysis_case() -> dict[str, np.ndarray]:
-    """One EnSF analysis (implicit step, normalised, RTPS) of arctan observations, float64."""
+def ensf_analysis_case(noise: str = "counter") -> dict[str, np.ndarray]:
+    """One EnSF analysis (implicit step, normalised, RTPS) of arctan observations, float64.
+
+    ``noise`` is ``EnSFConfig.noise``: the stored ``ensf_analysis`` uses the counter-based
+    stream (the default since #19), ``ensf_analysis_blocks`` the earlier generator blocks
+    (that file is the original reference, made before the renovation).
+    """
     from turbda_kit.filters.ensf import EnSFConfig, ensf_analysis
     from turbda_kit.obs.operators import Arctan
 
@@ -69,12 +74,17 @@ def ensf_analysis_case() -> dict[str, np.ndarray]:
     gen = torch.Generator().manual_seed(5)
     obs = operator(truth) + 0.05 * torch.randn(operator.n_obs, generator=gen, dtype=torch.float64)
     config = EnSFConfig(n_steps=50, likelihood_step="implicit", normalize=True,
-                        spread_relaxation=0.5)
+                        spread_relaxation=0.5, noise=noise)
     analysis = ensf_analysis(forecast, obs, operator, 0.05, 1234, config)
     explicit = ensf_analysis(forecast, obs, operator, 0.05, 1234,
-                             EnSFConfig(n_steps=50, prior_score="mixture"))
+                             EnSFConfig(n_steps=50, prior_score="mixture", noise=noise))
     return {"forecast": forecast.numpy(), "obs": obs.numpy(), "analysis": analysis.numpy(),
             "analysis_mixture_explicit": explicit.numpy()}
+
+
+def ensf_analysis_blocks_case() -> dict[str, np.ndarray]:
+    """:func:`ensf_analysis_case` with ``EnSFConfig(noise="blocks")`` (the earlier stream)."""
+    return ensf_analysis_case(noise="blocks")
 
 
 def letkf_analysis_case() -> dict[str, np.ndarray]:
@@ -158,6 +168,7 @@ def training_case() -> dict[str, np.ndarray]:
 CASES = {
     "sqg_steps": sqg_steps,
     "ensf_analysis": ensf_analysis_case,
+    "ensf_analysis_blocks": ensf_analysis_blocks_case,
     "letkf_analysis": letkf_analysis_case,
     "cycling": cycling_case,
     "lorenz96": lorenz96_case,

@@ -20,7 +20,7 @@ CASES = {
     "bench_models": (["benchmarks/bench_models.py", "--sizes", "16", "--threads", "1",
                       "--hours", "0.2", "--repeats", "1"], "speed-up CPU"),
     "bench_ensf": (["benchmarks/bench_ensf.py", "--n", "2000", "--steps", "2", "--repeats", "1",
-                    "--threads", "1"], "achieved bandwidth"),
+                    "--threads", "1"], "of copy"),
     "l96_accuracy": (["benchmarks/bench_ensf.py", "--accuracy", "--n", "512", "--cycles", "2",
                       "--steps", "5", "--threads", "1"], "final analysis RMSE"),
     "bench_preprocess": (["benchmarks/bench_preprocess.py", "--size-gb", "0.002", "--grid",

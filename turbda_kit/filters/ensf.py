@@ -27,14 +27,19 @@ The prior score comes from the forecast ensemble ``x0_j`` without training:
 The likelihood score comes from the observation operator (analytic for the operators of
 :mod:`turbda_kit.obs.operators`, autograd otherwise), damped by ``h(t) = 1 - t``.
 
-The loop allocates nothing per step. With an elementwise operator (identity, arctan) and
-the paired score it works through the state in tiles of ``block_size`` columns (all
-members), so the score, its scratch and the noise stay in cache and the ensemble is read
-and written once per step; the next tile's noise is drawn in a background thread
-(``prefetch_noise``). Other operators and the mixture score use whole-array in-place
-passes. Both loops give bit-identical results.
+The loop allocates nothing per step. For identity or arctan observations of every value,
+the paired score, the explicit step, float32 and counter noise, each step is one
+elementwise function (:func:`turbda_kit.filters.ensf_fused.fused_step_`; on CPU its C
+transcription in :mod:`turbda_kit.native` runs all steps on a cache-sized chunk of columns
+at once, same bits). Otherwise, with an elementwise operator and the paired score it works
+through the state in tiles of ``block_size`` columns (all members), so the score, its
+scratch and the noise stay in cache and the ensemble is read and written once per step
+(with ``noise="blocks"`` the next tile's noise is drawn in a background thread,
+``prefetch_noise``). Other operators and the mixture score use whole-array in-place
+passes. The tiled and whole-array loops give bit-identical results.
 
-Randomness is addressed by global index (:func:`turbda_kit.random_streams.indexed_blocks`):
+Randomness is addressed by global index (:func:`turbda_kit.random_streams.counter_normal`
+by default, or the generator blocks of :func:`turbda_kit.random_streams.indexed_blocks`):
 the noise of step ``k`` for member ``j`` at global state index ``i`` depends only on
 ``(seed, k, j, i)``. A slab ``[a, b)`` of the state analysed alone (``global_offset=a``,
 with the slab's local observation operator) therefore reproduces exactly the slab of the
@@ -65,20 +70,27 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from .. import native
 from ..errors import DivergenceError, InputError
 from ..obs.operators import (
+    Arctan,
     DifferentiableObs,
+    Identity,
     ObsOperator,
     check_obs,
     inverse_variance,
 )
 from ..obs.operators import likelihood_score as _generic_likelihood_score
 from ..random_streams import (
+    COUNTER_MAX_COLUMNS,
     DEFAULT_BLOCK_SIZE,
+    NOISE_METHODS,
+    counter_words,
     indexed_blocks,
     indexed_normal_add_,
 )
 from .base import FilterGeometry, register_filter
+from .ensf_fused import fused_step_
 
 __all__ = [
     "EnSF",
@@ -156,12 +168,28 @@ class EnSFConfig:
     mixture_chunk : int
         State values per chunk when building the mixture's Gram matrix.
     block_size : int
-        Columns per independently seeded random block (all members drawn at once); every
-        rank must use the same value. Also the width of the tiles of the update loop.
+        Width of the tiles of the update loop; with ``noise="blocks"`` also the columns per
+        independently seeded random block (all members drawn at once), and then every rank
+        must use the same value.
     prefetch_noise : bool
-        Draw the next random block in a background thread while the current tile is
-        updated (CPU; the draws are sequential within a block, so this is how they use a
-        second core). Results are identical either way.
+        With ``noise="blocks"``: draw the next random block in a background thread while
+        the current tile is updated (CPU; the draws are sequential within a block, so this
+        is how they use a second core). Results are identical either way.
+    noise : {"counter", "blocks"}
+        How the Gaussian draws are named by global index
+        (:func:`turbda_kit.random_streams.indexed_blocks`). ``"counter"`` (default): each
+        value hashed from ``(seed, step, member, global column)``
+        (:func:`~turbda_kit.random_streams.counter_normal`), vectorised and fused into the
+        step. ``"blocks"``: a ``torch.Generator`` per block of ``block_size`` global columns
+        (the kit's stream before 2026-12; slower, kept to reproduce earlier results).
+    fused : bool
+        With ``noise="counter"``, the paired score, the explicit step, no normalisation, a
+        float32 ensemble and an :class:`~turbda_kit.obs.operators.Identity` or
+        :class:`~turbda_kit.obs.operators.Arctan` operator, run each Euler step as one pass
+        (:func:`turbda_kit.filters.ensf_fused.fused_step_`; on CPU its C transcription,
+        :mod:`turbda_kit.native`, the same bits). The arctan there is
+        :func:`~turbda_kit.filters.ensf_fused.atan_float32` (absolute error <= 2.4e-7).
+        Uses ``torch.get_num_threads()`` threads on CPU. Other cases ignore it.
     check_finite : bool
         Raise :class:`~turbda_kit.errors.DivergenceError` if the analysis is not finite.
     """
@@ -182,6 +210,8 @@ class EnSFConfig:
     mixture_chunk: int = 2 ** 16
     block_size: int = DEFAULT_BLOCK_SIZE
     prefetch_noise: bool = True
+    noise: str = "counter"
+    fused: bool = True
     check_finite: bool = True
 
     def __post_init__(self) -> None:
@@ -219,6 +249,8 @@ class EnSFConfig:
             raise bad("mixture_chunk", "must be an integer >= 1")
         if not isinstance(self.block_size, int) or self.block_size < 1:
             raise bad("block_size", "must be an integer >= 1")
+        if self.noise not in NOISE_METHODS:
+            raise bad("noise", f"choose one of {NOISE_METHODS}")
 
     @classmethod
     def bao2024_lorenz96(cls, **changes) -> EnSFConfig:
@@ -560,8 +592,12 @@ def ensf_analysis_detailed(forecast_ensemble: Tensor, obs: Tensor, obs_operator,
         scale = None
         prior = prior_flat
 
+    if config.noise == "counter" and global_size > COUNTER_MAX_COLUMNS:
+        raise InputError(f"global_size={global_size}: EnSFConfig(noise='counter') addresses "
+                         f"at most 2**31 state values; use noise='blocks'")
     slab = {"offset": global_offset, "global_size": global_size,
             "block_size": config.block_size, "prefetch": config.prefetch_noise,
+            "method": config.noise,
             "scratch": prior.new_empty(2 * members * min(config.block_size, global_size))}
     x = indexed_normal_add_(prior.new_zeros(prior.shape), 1.0, (seed, _INITIAL_DRAW), **slab)
 
@@ -577,7 +613,15 @@ def ensf_analysis_detailed(forecast_ensemble: Tensor, obs: Tensor, obs_operator,
     # whole-array passes with preallocated buffers.
     tiled = config.prior_score == "paired" and likelihood.pointwise is not None and \
         (not implicit or likelihood.pointwise_curvature is not None)
-    if tiled:
+    fused = _fused_operator(obs_operator, config, prior, implicit, pre_prediction)
+    if fused is not None:
+        inv_var = likelihood.inv_var
+        inv_var = (inv_var.reshape(-1).contiguous() if isinstance(inv_var, Tensor) else
+                   prior.new_tensor([inv_var]))
+        buffers = {"fused": fused, "inv_var": inv_var,
+                   "scale": obs_operator.scale if fused == "arctan" else 1.0}
+        step = _fused_step
+    elif tiled:
         tile = members * min(config.block_size, n)
         buffers = {"score": prior.new_empty(tile), "work": prior.new_empty(tile),
                    "physical": prior.new_empty(tile) if config.normalize else None,
@@ -599,27 +643,33 @@ def ensf_analysis_detailed(forecast_ensemble: Tensor, obs: Tensor, obs_operator,
 
     dt = 1.0 / config.n_steps
     steps_taken = config.n_steps
-    for k in range(config.n_steps):
+
+    def coefficients_at(k: int) -> _Coefficients:
         t = 1.0 - k * dt
         alpha, beta_sq, drift, diffusion_sq = schedule(t, config.eps_alpha, config.eps_beta)
         # x <- keep x + pull x0 + like L(x) + noise xi, from
         # x <- x - dt [f x + g^2 (x - alpha x0) / beta^2 - g^2 h w L] + sqrt(dt) g xi
-        coefficients = _Coefficients(
+        return _Coefficients(
             keep=1.0 - dt * drift - dt * diffusion_sq / beta_sq,
             pull=dt * diffusion_sq * alpha / beta_sq,
             like=dt * diffusion_sq * config.damping_at(t) * config.likelihood_weight,
             noise=math.sqrt(dt * diffusion_sq), alpha=alpha, beta_sq=beta_sq)
-        step(context, k, coefficients)
 
-        if history is not None:
-            if not tiled:
-                torch.mean(x, 0, out=mean_now)
-            if k >= window:
-                change = float((mean_now - history[k % window]).abs_().max()) / window
-                if reduce.max(change) < config.early_stop_tol:
-                    steps_taken = k + 1
-                    break
-            history[k % window].copy_(mean_now)
+    if fused is not None and history is None:
+        # No per-step reduction: all steps at once, chunk of columns by chunk of columns.
+        _fused_steps(context, 0, [coefficients_at(k) for k in range(config.n_steps)])
+    else:
+        for k in range(config.n_steps):
+            step(context, k, coefficients_at(k))
+            if history is not None:
+                if not tiled or fused is not None:
+                    torch.mean(x, 0, out=mean_now)
+                if k >= window:
+                    change = float((mean_now - history[k % window]).abs_().max()) / window
+                    if reduce.max(change) < config.early_stop_tol:
+                        steps_taken = k + 1
+                        break
+                history[k % window].copy_(mean_now)
 
     del context, buffers, history
     if config.normalize:
@@ -662,6 +712,46 @@ class _StepContext:
     reduce: GlobalReduce
     mean_now: Tensor | None
     scale_sq: Tensor | None = None
+
+
+def _fused_operator(obs_operator, config: EnSFConfig, prior: Tensor, implicit: bool,
+                    pre_prediction) -> str | None:
+    """``"identity"`` / ``"arctan"`` when the fused step applies, else None."""
+    if not (config.fused and config.noise == "counter" and config.prior_score == "paired"
+            and not implicit and not config.normalize and prior.dtype == torch.float32
+            and (pre_prediction is None or config.pre_prediction_passes == 0)):
+        return None
+    if type(obs_operator) is Identity and obs_operator.elementwise:
+        return "identity"
+    if type(obs_operator) is Arctan and obs_operator.elementwise:
+        return "arctan"
+    return None
+
+
+def _fused_steps(c: _StepContext, first: int, coefs: list[_Coefficients]) -> None:
+    """Euler-Maruyama steps ``first, first + 1, ...`` in one pass each (or one pass in all).
+
+    The C kernel on CPU runs all steps on a cache-sized chunk of columns before the next
+    chunk; elsewhere the torch step runs step by step. Same bits either way.
+    """
+    words = [counter_words((c.seed, first + i)) for i in range(len(coefs))]
+    scale = c.buffers["scale"]
+    rows = [(co.keep, co.pull, co.like, co.noise, scale) for co in coefs]
+    operator, inv_var, obs = c.buffers["fused"], c.buffers["inv_var"], c.likelihood.obs
+    offset = c.slab["offset"]
+    if c.x.device.type == "cpu" and native.ensf_steps_f32(
+            c.x, c.prior, obs, inv_var, words, offset, rows, operator,
+            threads=torch.get_num_threads()):
+        return
+    for pair, row in zip(words, rows):
+        word_tensor = torch.tensor([*pair, offset], dtype=torch.int32, device=c.x.device)
+        fused_step_(c.x, c.prior, obs, inv_var, word_tensor,
+                    torch.tensor(row, dtype=c.x.dtype, device=c.x.device), operator)
+
+
+def _fused_step(c: _StepContext, k: int, coef: _Coefficients) -> None:
+    """One fused Euler-Maruyama step (with early stopping, which tests every step)."""
+    _fused_steps(c, k, [coef])
 
 
 def _whole_array_step(c: _StepContext, k: int, coef: _Coefficients) -> None:

@@ -299,20 +299,28 @@ def _speed_rows(results: Results) -> tuple[list[list[str]], list[Summary]]:
                 "a copy of the same bytes (`shutil.copyfile`)",
                 f"{fmt(run['wall_s'], 2)} s ({fmt(run['mb_s'], 0)} MB/s)",
                 f"{fmt(d['copy_s'], 2)} s", f"{fmt(run['vs_ideal'], 2)}× (1 = copy speed)")
-    if "bench_ensf" in results:
-        s = results["bench_ensf"]
+    for stage in ("bench_ensf", "bench_ensf_2threads"):   # one core, then two
+        if stage not in results:
+            continue
+        s = results[stage]
         used.append(s)
         d = s.data
-        add(f"EnSF analysis, {int(d['n']):,} variables × {d['members']} members × "
-            f"{d['euler_steps']} Euler steps", f"kit, {d['threads']} thread(s)",
-            "the copy bandwidth of its memory traffic (same run)",
-            f"{fmt(d['analysis_s'], 2)} s ({fmt(d['ns_per_value_step'], 1)} ns per value-step)",
-            f"{fmt(d['copy_bound_s'], 2)} s",
-            f"{fmt(d['fraction_of_copy_bandwidth'], 2)}× (1 = copy speed)")
+        what = (f"EnSF analysis, {int(d['n']):,} variables × {d['members']} members × "
+                f"{d['steps']} Euler steps, arctan")
+        add(what, f"kit, {d['kit_threads']} thread(s)",
+            f"the seed's update (`benchmarks/seed_ensf.py`), {d['seed_threads']} thread(s)",
+            f"{fmt(d['kit_s'], 2)} s wall, {fmt(d['kit_cpu_s'], 2)} s CPU",
+            f"{fmt(d['seed_s'], 2)} s wall, {fmt(d['seed_cpu_s'], 2)} s CPU",
+            f"{fmt(d['speedup'], 1)}× wall, {fmt(d['speedup_cpu'], 1)}× CPU")
+        add(what, f"kit, {d['kit_threads']} thread(s)",
+            f"copy bandwidth `y.copy_(x)` (same run, {fmt(d['copy_GBps'], 1)} GB/s)",
+            f"{fmt(d['kit_GBps'], 1)} GB/s streamed", f"{fmt(d['copy_GBps'], 1)} GB/s",
+            f"{fmt(d['fraction_of_copy'], 2)} of copy bandwidth")
     return rows, used
 
 
-_BENCH_STAGES = ("bench_models", "bench_letkf", "bench_vit", "bench_preprocess", "bench_ensf")
+_BENCH_STAGES = ("bench_models", "bench_letkf", "bench_vit", "bench_preprocess", "bench_ensf",
+                 "bench_ensf_2threads")
 
 
 @renderer("benchmarks")
