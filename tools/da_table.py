@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--spinup-days", type=float, help="truth spin-up before cycle 0, "
                         f"days (default {FULL['spinup_days']})")
     parser.add_argument("--set", action="append", default=[], metavar="FILTER.FIELD=VALUE",
-                        help="change a filter setting of every preset, e.g. "
+                        help="change a filter setting of every preset (null for None), e.g. "
                         "ensf_twostage.ridge=0.1 or ensf_twostage.ensf.spread_relaxation=0.7 "
                         "(repeatable)")
     parser.add_argument("--seed", type=int, default=0)
@@ -89,7 +89,7 @@ def _value(text: str):
             return cast(text)
         except ValueError:
             pass
-    return {"none": None, "true": True, "false": False}.get(text.lower(), text)
+    return {"null": None, "true": True, "false": False}.get(text.lower(), text)
 
 
 def _changes(items: list[str]) -> dict[str, dict[str, Any]]:
