@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
                         f"(default {FULL['every']})")
     parser.add_argument("--spinup-days", type=float, help="truth spin-up before cycle 0, "
                         f"days (default {FULL['spinup_days']})")
+    parser.add_argument("--set", action="append", default=[], metavar="FILTER.FIELD=VALUE",
+                        help="change a filter setting of every preset (null for None), e.g. "
+                        "ensf_twostage.ridge=0.1 or ensf_twostage.ensf.spread_relaxation=0.7 "
+                        "(repeatable)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs-dir", type=Path, help="keep each preset's cycling files in "
@@ -75,7 +79,34 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
               "spinup_days": args.spinup_days}
     settings = {key: (base[key] if value is None else value) for key, value in chosen.items()}
     settings["leads"] = [float(v) for v in str(settings["leads"]).split(",") if v.strip()]
+    settings["filter_changes"] = _changes(args.set)
     return settings
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"null": None, "true": True, "false": False}.get(text.lower(), text)
+
+
+def _changes(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["ensf_twostage.ensf.x=1", "letkf.y=2"]`` -> ``{"ensf_twostage": {"ensf": {"x": 1}},
+    "letkf": {"y": 2}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        parts = name.split(".")
+        if not value or len(parts) not in (2, 3):
+            raise SystemExit(f"--set expects FILTER.FIELD=VALUE (or FILTER.ensf.FIELD=VALUE), "
+                             f"got {item!r}")
+        target = out.setdefault(parts[0], {})
+        if len(parts) == 3:
+            target = target.setdefault(parts[1], {})
+        target[parts[-1]] = _value(value)
+    return out
 
 
 def _preset(name: str, settings: dict[str, Any]):
@@ -84,6 +115,8 @@ def _preset(name: str, settings: dict[str, Any]):
     preset = get_preset(name).replace(n_cycles=settings["cycles"],
                                       spinup_cycles=settings["spinup"],
                                       n_members=settings["members"])
+    for filter_name, changes in settings["filter_changes"].items():
+        preset = preset.with_filter_settings(filter_name, changes)
     network = preset.network
     if network is not None and network.n_obs is not None and settings["N"] != 64:
         scaled = max(1, round(network.n_obs * (settings["N"] / 64) ** 2))
@@ -212,6 +245,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "seed": args.seed,
             "networks": ("observation counts scaled by (N/64)^2" if settings["N"] != 64
                          else "as in the presets"),
+            "filter_changes": settings["filter_changes"],
         },
         "rows": [],
         "provenance": {k: v for k, v in provenance.collect().items()

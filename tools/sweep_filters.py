@@ -8,7 +8,9 @@ Usage (one torch thread; each 60-cycle SQG 64² run takes 30-60 s here)::
         --out sweeps/letkf_linear.nc
 
 Every combination of the ``--grid`` values is run (``--base`` adds fixed changes, e.g.
-``--base likelihood_step=implicit``), on the same truth, observations and seed. The
+``--base likelihood_step=implicit``), on the same truth, observations and seed. For the
+two-stage EnSF (``--filter ensf_twostage``) a dotted name changes its first stage:
+``--grid ensf.likelihood_weight=10,30``. The
 result is :func:`turbda_kit.experiments.sweep.sweep`'s Dataset, written atomically after
 every run (a rerun of the same command skips the settings already in ``--out``); the
 table is printed sorted by mean analysis RMSE.
@@ -42,10 +44,22 @@ def _pairs(items: list[str], many: bool) -> dict:
     return out
 
 
+def _nest(changes: dict) -> dict:
+    """``{"ensf.x": 1, "ridge": 0.1}`` -> ``{"ensf": {"x": 1}, "ridge": 0.1}``."""
+    out: dict = {}
+    for name, value in changes.items():
+        outer, dot, inner = name.partition(".")
+        if dot:
+            out.setdefault(outer, {})[inner] = value
+        else:
+            out[name] = value
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", required=True)
-    parser.add_argument("--filter", required=True, choices=("ensf", "letkf"))
+    parser.add_argument("--filter", required=True, choices=("ensf", "letkf", "ensf_twostage"))
     parser.add_argument("--grid", action="append", default=[], help="name=v1,v2,...")
     parser.add_argument("--base", action="append", default=[], help="name=value")
     parser.add_argument("--truth", help="nature run (theta, 12-hourly) for the truth")
@@ -65,7 +79,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     grid = _pairs(args.grid, many=True)
-    settings = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] or [{}]
+    settings = [_nest(dict(zip(grid, combo)))
+                for combo in itertools.product(*grid.values())] or [{}]
     truth = None
     if args.truth:
         nature = open_dataset(args.truth)
@@ -74,7 +89,7 @@ def main() -> None:
     # Written after every run; rerunning the same command skips the settings already done.
     ds = sweep(args.preset, args.filter, settings, n_cycles=args.cycles,
                spinup_cycles=args.spinup, seed=args.seed, truth_trajectory=truth,
-               base=_pairs(args.base, many=False), out_path=args.out)
+               base=_nest(_pairs(args.base, many=False)), out_path=args.out)
     ds.attrs.update(truth=str(args.truth or "model run on the fly"),
                     start_index=args.start_index, grid=json.dumps(grid))
     write_dataset(ds, args.out)

@@ -51,3 +51,19 @@ def test_quick_table_runs_and_reads_back(tmp_path):
     for ran, reread in zip(table["rows"], read["rows"]):
         assert ran["analysis_rmse"] == reread["analysis_rmse"]
         assert ran["forecast_rmse_by_lead_hours"] == reread["forecast_rmse_by_lead_hours"]
+
+
+def test_set_changes_filter_settings_of_every_preset():
+    spec = importlib.util.spec_from_file_location("da_table", ROOT / "tools" / "da_table.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    changes = tool._changes(["ensf_twostage.ensf.spread_relaxation=0.7",
+                             "ensf_twostage.ridge=0.1", "letkf.inflation=none"])
+    assert changes == {"ensf_twostage": {"ensf": {"spread_relaxation": 0.7}, "ridge": 0.1},
+                       "letkf": {"inflation": "none"}}
+    preset = tool._preset("sqgturb_lgetkf_cv", {"cycles": 8, "spinup": 2, "members": 4,
+                                                "N": 16, "filter_changes": changes})
+    twostage = preset.filter_settings("ensf_twostage")
+    assert twostage.ridge == 0.1 and twostage.ensf.spread_relaxation == 0.7
+    assert twostage.ensf.likelihood_weight == 10.0          # the rest of the preset's EnSF
+    assert preset.network.n_obs == 64                        # 1024 scaled to 16²

@@ -69,8 +69,11 @@ class TwoStageEnSFConfig:
         Vertical half-width (the last position column); None: none.
     ridge : float
         ``lambda`` relative to the mean forecast variance at the observed points, >= 0.
-        A small ridge keeps the solve well conditioned where the localised covariance is
-        nearly singular (observed points much closer than the localisation length).
+        The EnSF's increments are not confined to the ensemble's subspace: their
+        small-scale part meets small eigenvalues of the localised covariance and is
+        amplified by up to about ``1 / sqrt(ridge)``; 0.1 (default) bounds that to ~3.
+        On the sparse SQG presets 0.1 beat 0.01 and kept a run stable that 0.01 lost
+        (``docs/tuning.md``); 0 is the exact regression.
     relax_unobserved : bool
         Apply the EnSF's ``spread_relaxation`` (RTPS) to the unobserved points as well.
     chunk_size : int
@@ -80,7 +83,7 @@ class TwoStageEnSFConfig:
     ensf: EnSFConfig = field(default_factory=EnSFConfig)
     localization_radius: float = math.inf
     vertical_localization_radius: float | None = None
-    ridge: float = 1e-2
+    ridge: float = 0.1
     relax_unobserved: bool = True
     chunk_size: int = 2048
 
