@@ -96,3 +96,19 @@ def test_a_preset_network_runs_through_the_engine_with_per_observation_errors():
     assert ds.attrs["obs"] == "network" and "n_obs=100" in ds.attrs["obs_network"]
     assert ds["innovation_std"].attrs["units"] == "1"
     assert bool(torch.isfinite(torch.as_tensor(ds["rmse_analysis"].values)).all())
+
+
+def test_the_sparse_presets_hold_their_published_set_ups():
+    cv = get_preset("sqgturb_lgetkf_cv")
+    assert (cv.network.n_obs, cv.network.resample, cv.network.arctan_fraction) == (
+        1024, "every_cycle", 0.0)
+    assert (cv.letkf.regularization, cv.letkf.perturbations, cv.letkf.inflation) == (
+        "nerger", "cross_validation", "none")
+    assert cv.obs_error_std == 1.0 and not cv.shocks
+    mixed = get_preset("bao2024_sqg_sparse_mixed")
+    assert (mixed.network.n_obs, mixed.network.arctan_fraction, mixed.shocks) == (2048, 0.5, True)
+    assert (mixed.letkf.localization_radius, mixed.letkf.inflation,
+            mixed.letkf.inflation_factor) == (5.8e6, "rtps", 0.9)
+    for preset in (cv, mixed):
+        preset.network.check((2, 64, 64))
+        assert preset.filter_settings("ensf_twostage").ridge == 0.1
