@@ -137,19 +137,13 @@ if env.is_main:
 if env.is_main:
     from turbda_kit.viz.plots import prediction_panels, rollout_rmse_figure
 
-    test_traj, _ = vit.split_trajectory(catalog, "test")
-    steps = max(1, min(rollout_steps, (len(test_traj) - 1) // lead_steps))
-    scores = vit.rollout_rmse(model, test_traj, steps, lead_hours, norm, hours_per_step=hours,
-                              climatology=torch.from_numpy(catalog.climatology("train")).float())
-    write_json(out / "scores.json", {**scores.to_dict(), "steps": result.step,
-                                     "best_step": result.best_step,
-                                     "best_val_loss": result.best_val_loss, "config": cfg.to_dict(),
-                                     "train_config": tc.to_dict(), "world_size": env.world_size,
-                                     "train_seconds": train_seconds})
-    print(scores.table())
-    forecast = vit.rollout(model, test_traj[:1], steps, lead_hours, norm)[:, 0, 0].numpy()
-    truth = test_traj[lead_steps::lead_steps][:steps, 0].numpy()
+    test = vit.score_test_split(model, catalog, rollout_steps, lead_steps)
+    write_json(out / "scores.json", {
+        **test.scores.to_dict(), "steps": result.step, "best_step": result.best_step,
+        "best_val_loss": result.best_val_loss, "config": cfg.to_dict(),
+        "train_config": tc.to_dict(), "world_size": env.world_size, "train_seconds": train_seconds})
+    print(test.scores.table())
     km = {} if catalog.x is None else {"x_km": catalog.x / 1e3, "y_km": catalog.y / 1e3}
-    print("wrote", *save(rollout_rmse_figure(scores.to_dict()), out / "rollout_rmse"),
-          *save(field_panels(prediction_panels(truth, forecast, lead_hours), **km),
-                out / "prediction_vs_truth"))
+    panels = prediction_panels(test.truth, test.forecast, test.lead_hours)
+    print("wrote", *save(rollout_rmse_figure(test.scores.to_dict()), out / "rollout_rmse"),
+          *save(field_panels(panels, **km), out / "prediction_vs_truth"))

@@ -217,3 +217,33 @@ def test_split_trajectory_joins_the_shards_of_a_split_in_time_order(tmp_path):
     (tmp_path / "shards" / "train" / "1_0.npz").unlink()
     with pytest.raises(InputError, match="not contiguous"):
         split_trajectory(tmp_path / "shards", "train")
+
+
+def test_score_test_split_scores_the_test_days_and_returns_the_first_forecast(tmp_path):
+    from turbda_kit.data.preprocess import preprocess
+    from turbda_kit.data.shards import open_shards
+    from turbda_kit.io import write_dataset
+    from turbda_kit.surrogate.rollout import score_test_split
+    from turbda_kit.testing import synthetic_nature_run
+
+    nature = synthetic_nature_run(n_days=6, steps_per_day=4, grid=8, seed=1)
+    write_dataset(nature, tmp_path / "nature.nc")
+    preprocess(tmp_path / "nature.nc", tmp_path / "shards", 0, 3, 4, 6, steps_per_file=4,
+               num_shards=2)
+    catalog = open_shards(tmp_path / "shards")
+
+    def persistence(fields, lead):   # the surrogate that forecasts no change
+        return fields
+
+    test = score_test_split(persistence, catalog, max_steps=50, lead_steps=2)
+    assert test.lead_hours == 12.0
+    assert test.truth.shape == test.forecast.shape == (3, 8, 8)   # 8 test states, step 2
+    expected = nature["theta"].values[16:24]
+    np.testing.assert_allclose(test.forecast, np.broadcast_to(expected[0, 0], (3, 8, 8)),
+                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(test.truth, expected[2::2][:3, 0])
+    summary = test.scores.to_dict()
+    np.testing.assert_allclose(summary["rmse_all_K"], summary["persistence_rmse_all_K"],
+                               rtol=1e-5)
+    with pytest.raises(InputError, match="must be >= 1"):
+        score_test_split(persistence, catalog, max_steps=0)

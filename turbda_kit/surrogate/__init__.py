@@ -21,7 +21,14 @@ from .export import (
     save_surrogate,
 )
 from .forecast_model import SurrogateModel
-from .rollout import iter_rollout, rollout, rollout_rmse, split_trajectory
+from .rollout import (
+    SplitRollout,
+    iter_rollout,
+    rollout,
+    rollout_rmse,
+    score_test_split,
+    split_trajectory,
+)
 from .training import (
     TrainConfig,
     Trainer,
@@ -38,4 +45,4 @@ __all__ = ["ViTConfig", "load_vit_config", "ViT", "TrainConfig", "TrainResult", 
            "train", "rollout_loss", "warmup_cosine", "build_deepspeed_config",
            "load_train_config", "SurrogateExport", "save_surrogate", "export_surrogate",
            "read_surrogate", "load_surrogate", "SurrogateModel", "iter_rollout", "rollout",
-           "rollout_rmse", "split_trajectory"]
+           "rollout_rmse", "SplitRollout", "score_test_split", "split_trajectory"]

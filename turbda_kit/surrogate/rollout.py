@@ -50,7 +50,7 @@ from ..errors import InputError
 
 __all__ = ["ForecastFunction", "iter_rollout", "rollout", "trajectory_windows",
            "rmse_per_variable", "RolloutScores", "rollout_rmse", "split_trajectory",
-           "TrajectoryPairs"]
+           "SplitRollout", "score_test_split", "TrajectoryPairs"]
 
 ForecastFunction = Callable[[Tensor, Tensor], Tensor]
 """``f(fields (B, V, N, N), lead_time_hours (B,)) -> (B, V, N, N)`` on normalised fields:
@@ -477,3 +477,56 @@ def split_trajectory(root: Any, split: str = "test", variables: Sequence[str] | 
     return torch.from_numpy(data), float(catalog.hours_per_step)
 
 
+@dataclass(frozen=True)
+class SplitRollout:
+    """A surrogate's rollout on the test split (:func:`score_test_split`).
+
+    Attributes
+    ----------
+    scores : RolloutScores
+        RMSE per lead against the truth, persistence and the training climatology (K).
+    truth, forecast : ndarray, shape (steps, ny, nx)
+        The first variable of the truth and of the forecast from the first test state, at
+        leads 1 ... steps (K).
+    lead_hours : float
+        Hours per forecast step.
+    """
+
+    scores: RolloutScores
+    truth: np.ndarray
+    forecast: np.ndarray
+    lead_hours: float
+
+
+def score_test_split(model: ForecastFunction, catalog: ShardCatalog, max_steps: int,
+                     lead_steps: int = 1) -> SplitRollout:
+    """Score autoregressive forecasts on a shard root's test split (notebook 03's last cell).
+
+    Parameters
+    ----------
+    model : ForecastFunction
+        The surrogate on normalised fields (e.g. ``read_surrogate(path).model``).
+    catalog : ShardCatalog
+        The shard root (:func:`turbda_kit.data.shards.open_shards`); its normaliser, step
+        length and training climatology are used.
+    max_steps : int
+        Forecast steps to score, at most; fewer when the test split is shorter.
+    lead_steps : int
+        Data steps per forecast step.
+
+    Returns
+    -------
+    SplitRollout
+    """
+    if max_steps < 1 or lead_steps < 1:
+        raise InputError(f"max_steps={max_steps}, lead_steps={lead_steps}: both must be >= 1")
+    trajectory, hours = split_trajectory(catalog, "test")
+    steps = max(1, min(max_steps, (len(trajectory) - 1) // lead_steps))
+    lead_hours = lead_steps * hours
+    norm = catalog.normaliser
+    climatology = torch.from_numpy(catalog.climatology("train")).float()
+    scores = rollout_rmse(model, trajectory, steps, lead_hours, norm, hours_per_step=hours,
+                          climatology=climatology)
+    forecast = rollout(model, trajectory[:1], steps, lead_hours, norm)[:, 0, 0].numpy()
+    truth = trajectory[lead_steps::lead_steps][:steps, 0].numpy()
+    return SplitRollout(scores, truth, forecast, lead_hours)
