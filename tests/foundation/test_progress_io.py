@@ -92,7 +92,7 @@ def test_progress_mode_in_jupyterlab_and_under_papermill(fake_kernel, monkeypatc
     assert progress_mode(io.StringIO()) == "widget"
     fake_kernel("/venv/bin/python /venv/bin/papermill in.ipynb out.ipynb")
     assert progress_mode(io.StringIO()) == "plain"
-    monkeypatch.setenv("JPY_SESSION_NAME", "/home/me/05_da_cycling.ipynb")  # set by jupyter_server
+    monkeypatch.setenv("JPY_SESSION_NAME", "notebooks/05_da_cycling.ipynb")  # set by jupyter_server
     assert progress_mode(io.StringIO()) == "widget"
     monkeypatch.setenv("TURBDA_PLAIN_PROGRESS", "1")  # what turbda run gives its kernels
     assert progress_mode(io.StringIO()) == "plain"
