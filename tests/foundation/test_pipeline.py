@@ -16,7 +16,9 @@ from turbda_kit.workflow.pipelines import (
     load_pipelines,
     pipeline_from_data,
     run_pipeline,
+    select_stages,
     split_overrides,
+    stage_dependencies,
 )
 
 from .test_execute import make_notebook
@@ -189,6 +191,37 @@ def test_command_stage_parameters_are_checked(tmp_path):
         pipeline_from_data("p", {"stages": [{"name": "a", "notebook": "x", "command": ["y"]}]})
     with pytest.raises(InputError, match="non-empty list"):
         pipeline_from_data("p", {"stages": [{"name": "a", "command": []}]})
+
+
+def test_only_runs_named_stages_and_what_they_read_then_the_rest(tmp_path, capsys):
+    py = "{python}"
+    stages = [Stage("a", "", {}, command=(py, "-c", "print('a')")),
+              Stage("b", "", {"src": "{stage:a}"}, command=(py, "-c", "print('{src}')")),
+              Stage("c", "", {}, command=(py, "-c", "print('c')")),
+              Stage("d", "", {"src": "{stage:b}"}, command=(py, "-c", "print('{src}')"))]
+    assert [s.name for s in select_stages(stages, ["d"])] == ["a", "b", "d"]
+    assert stage_dependencies(stages[3]) == {"b"}
+    out = tmp_path / "p"
+    first = run_pipeline("demo", {}, out, log_output=False, stages=stages, only=["d"])
+    assert [r.run_dir.name for r in first] == ["a", "b", "d"] and not (out / "c").exists()
+    assert json.loads((out / "pipeline.json").read_text())["only"] == ["d"]
+    rest = run_pipeline("demo", {}, out, log_output=False, stages=stages)
+    assert [r.run_dir.name for r in rest] == ["c"]
+    with pytest.raises(InputError, match="'z' is not a stage"):
+        run_pipeline("demo", {}, out, log_output=False, stages=stages, only=["z"])
+    # The CLI takes comma lists and repeats.
+    assert main(["pipeline", "paper", "--only", "nope,da_linear", "--out",
+                 str(tmp_path / "q")]) == 2
+    assert "'nope' is not a stage" in capsys.readouterr().err
+
+
+def test_paper_pipeline_parts_are_what_the_stages_read():
+    stages = PIPELINES["paper"].stages
+    assert [s.name for s in select_stages(stages, ["coupled"])] == [
+        "nature_train", "nature_truth", "preprocess", "vit_k1", "vit_k4", "vit_k8", "ship_vit",
+        "coupled"]
+    assert [s.name for s in select_stages(stages, ["da_linear", "bench_ensf"])] == [
+        "nature_truth", "da_linear", "bench_ensf"]
 
 
 def test_until_stops_after_a_stage_and_a_later_run_continues(tmp_path):

@@ -51,6 +51,18 @@ def test_collect_refuses_unfinished_stages_and_missing_files(tmp_path):
     assert main(["collect", str(pipeline), "--out", str(tmp_path / "c"), "nonsense"]) == 2
 
 
+def test_collect_skips_stages_a_part_run_left_out(tmp_path, capsys):
+    # `turbda pipeline paper --only ...` runs some stages; collect summarises those.
+    pipeline = tmp_path / "pipe"
+    _stage(pipeline, "da", {"rmse": 0.25})
+    written = collect(pipeline, pipeline / "collect", {"da": "summary.json",
+                                                        "bench": "bench.json"})
+    assert [p.name for p in written] == ["da.json"]
+    assert "no summary: bench" in capsys.readouterr().out
+    with pytest.raises(InputError, match="nothing to collect"):
+        collect(pipeline, pipeline / "c2", {"bench": "bench.json"})
+
+
 def test_publish_copies_summaries_bundle_figures_and_renders(tmp_path, monkeypatch):
     pipeline = tmp_path / "pipe"
     _stage(pipeline, "da", {"rmse": 0.25})

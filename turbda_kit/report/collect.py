@@ -80,13 +80,24 @@ def collect(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike,
     Returns
     -------
     list of Path
-        The summaries written.
+        The summaries written. A stage without a directory (left out of a part run with
+        ``turbda pipeline --only``) is skipped with a note; one that ran but did not finish
+        is an error.
+
+    Raises
+    ------
+    InputError
+        A stage unfinished or failed, its JSON missing, or no stage to collect at all.
     """
     root = str(Path(pipeline_dir).resolve())
     results = Path(out_dir) / RESULTS_SUBDIR
     written = []
+    skipped = []
     for stage, name in files.items():
         stage_dir = Path(root) / stage
+        if not stage_dir.exists():
+            skipped.append(stage)
+            continue
         record = _stage_record(stage_dir)
         path = stage_dir / name
         try:
@@ -106,6 +117,11 @@ def collect(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike,
                                                       {"value": data}, root),
             command=f"{COMMAND}{' --quick' if quick else ''} (stage {stage})",
             description=f"{name} of stage {stage}", provenance=provenance))
+    if skipped:
+        print(f"collect: not run in {root}, no summary: {', '.join(skipped)}", flush=True)
+    if not written:
+        raise InputError(f"{root} holds none of the stages {', '.join(files)}: nothing to "
+                         "collect")
     return written
 
 

@@ -67,6 +67,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _only_stages(values: list[str] | None) -> list[str] | None:
+    """``--only a,b --only c`` → ``['a', 'b', 'c']`` (None when not given)."""
+    if not values:
+        return None
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     if args.list:
         chosen = [get_pipeline(args.name)] if args.name else list(PIPELINES.values())
@@ -78,7 +85,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     pipeline_dir = Path(args.out) if args.out else default_pipeline_dir(args.name)
     results = run_pipeline(args.name, params, pipeline_dir, log_output=not args.quiet,
                            quick=args.quick, restart_from=args.restart_from,
-                           verbose=args.verbose, announce=not args.quiet, until=args.until)
+                           verbose=args.verbose, announce=not args.quiet, until=args.until,
+                           only=_only_stages(args.only))
     if not args.quiet and process_rank() == 0:
         if results:
             print("\nstage                     status   wall (s)")
@@ -155,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--until", metavar="STAGE",
                       help="stop after STAGE (later stages are neither checked nor run; run "
                            "again without --until to continue)")
+    pipe.add_argument("--only", metavar="STAGE[,STAGE]", action="append",
+                      help="run only these stages and the stages they read (repeatable); "
+                           "independent parts can run at once into separate --out "
+                           "directories; run again without --only to continue with the rest")
     add_param_options(pipe)
     pipe.set_defaults(func=_cmd_pipeline)
 

@@ -17,6 +17,11 @@ Running the same pipeline again into the same directory continues it:
 * a completed stage whose parameters changed is refused (:class:`InputError`, listing the
   differences), unless ``restart_from`` names it or an earlier stage: then that stage and
   every later one run again, each old directory kept as ``<stage>.replaced-<UTC time>``.
+
+``only`` runs a part of a pipeline: the named stages and every stage they read through
+``{stage:<name>}`` (transitively), in pipeline order. Independent parts can then run as
+separate processes into separate directories (one per core), and a later call without
+``only`` into the same directory continues with the stages left out.
 """
 
 from __future__ import annotations
@@ -209,6 +214,52 @@ def _fill(value: Any, pipeline_dir: Path, stage_dirs: dict[str, Path]) -> Any:
     return _PLACEHOLDER.sub(replace, value)
 
 
+def stage_dependencies(stage: Stage) -> set[str]:
+    """Names of the stages whose directories ``stage`` reads (its ``{stage:<name>}``
+    placeholders in parameters, quick parameters and command)."""
+    found: set[str] = set()
+
+    def scan(value: Any) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                scan(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                scan(v)
+        elif isinstance(value, str):
+            found.update(m.group(1).split(":", 1)[1] for m in _PLACEHOLDER.finditer(value)
+                         if m.group(1).startswith("stage:"))
+
+    scan([stage.parameters, stage.quick, list(stage.command)])
+    return found
+
+
+def select_stages(stages: tuple[Stage, ...] | list[Stage], only: list[str] | tuple[str, ...]
+                  ) -> tuple[Stage, ...]:
+    """The stages named in ``only`` and, transitively, the stages they read, in order.
+
+    Raises
+    ------
+    InputError
+        A name that is not a stage.
+    """
+    by_name = {s.name: s for s in stages}
+    unknown = [n for n in only if n not in by_name]
+    if unknown:
+        raise InputError(f"only: {', '.join(map(repr, unknown))} "
+                         f"{'is not a stage' if len(unknown) == 1 else 'are not stages'}; "
+                         f"stages: {', '.join(by_name)}")
+    wanted: set[str] = set()
+    todo = list(only)
+    while todo:
+        name = todo.pop()
+        if name in wanted:
+            continue
+        wanted.add(name)
+        todo.extend(d for d in stage_dependencies(by_name[name]) if d in by_name)
+    return tuple(s for s in stages if s.name in wanted)
+
+
 def split_overrides(stages: tuple[Stage, ...] | list[Stage], overrides: dict[str, Any]
                     ) -> dict[str, dict[str, Any]]:
     """Assign command-line overrides to stages.
@@ -297,7 +348,8 @@ def run_pipeline(name: str, overrides: dict[str, Any] | None = None,
                  out_dir: str | os.PathLike | None = None, log_output: bool = True,
                  stages: list[Stage] | tuple[Stage, ...] | None = None, quick: bool = False,
                  restart_from: str | None = None, verbose: bool = False,
-                 announce: bool = True, until: str | None = None) -> list[RunResult]:
+                 announce: bool = True, until: str | None = None,
+                 only: list[str] | tuple[str, ...] | None = None) -> list[RunResult]:
     """Run (or continue) the named pipeline's stages in order, stopping at the first failure.
 
     Parameters
@@ -325,6 +377,9 @@ def run_pipeline(name: str, overrides: dict[str, Any] | None = None,
     until : str, optional
         Stop after this stage: later stages are left out (not checked, not run), and a
         later call without ``until`` continues with them.
+    only : sequence of str, optional
+        Run only these stages and the stages they read (see :func:`select_stages`); a
+        later call without ``only`` continues with the rest. Applied before ``until``.
 
     Returns
     -------
@@ -340,6 +395,9 @@ def run_pipeline(name: str, overrides: dict[str, Any] | None = None,
         stage runs.
     """
     pipeline = Pipeline(name, tuple(stages)) if stages is not None else get_pipeline(name)
+    if only:
+        pipeline = Pipeline(pipeline.name, select_stages(pipeline.stages, list(only)),
+                            pipeline.description)
     names = [s.name for s in pipeline.stages]
     if until is not None:
         if until not in names:
@@ -397,6 +455,8 @@ def run_pipeline(name: str, overrides: dict[str, Any] | None = None,
                                "quick": quick, "start_utc": provenance.utc_now(), "stages": []}
     if until is not None:
         summary["until"] = until
+    if only:
+        summary["only"] = list(only)
     if previous is not None:
         summary["first_start_utc"] = previous.get("first_start_utc", previous.get("start_utc"))
     results: list[RunResult] = []
