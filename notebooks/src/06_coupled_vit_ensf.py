@@ -4,9 +4,11 @@
 # truth (the stage-01 nature run, one state per 12-h cycle) and the same observations,
 # runs: `vit_only` (EnSF at step 0, then pure ViT autoregression), `vit_ensf` (EnSF every
 # cycle), `vit_ensf_shocks` (with jump noise on the truth), and the physics baselines
-# `sqg_letkf`, `sqg_ensf`, `sqg_free` — each a preset of the kit's experiment builder
-# (`turbda_kit.experiments.coupled`). Writes `coupled_<experiment>.nc` (the cycling
-# engine's Dataset, CF-1.8; ViT runs add `surrogate_drift`), `summary.json` and, when
+# `sqg_letkf`, `sqg_ensf`, `sqg_free`; for sparse networks (`network_preset`) also the
+# two-stage EnSF `vit_ensf_twostage` and `sqg_ensf_twostage` — each a preset of the kit's
+# experiment builder (`turbda_kit.experiments.coupled`). Writes `coupled_<experiment>.nc`
+# (the cycling engine's Dataset, CF-1.8; ViT runs add `surrogate_drift` and the ViT's and
+# SQG's 12-h forecast RMSE from the same analyses), `summary.json` and, when
 # asked, the ensemble members of every cycle (`coupled_<experiment>_members.nc`), and
 # plots RMSE against time.
 
@@ -24,6 +26,10 @@ seed: int = 0  # root seed (initial ensemble, observations, filter noise, shocks
 ensf_settings: dict = {}  # EnSFConfig field changes over the presets (all EnSF runs)
 vit_ensf_settings: dict = {}  # further EnSF changes for the ViT runs only (their presets hold the tuned VIT_ENSF_SETTINGS)
 letkf_settings: dict = {}  # LETKFConfig field changes over the preset (sqg_letkf)
+network_preset: str = ""  # observe a preset's network instead of every point, e.g. sqgturb_lgetkf_cv (its SQG runs become that preset)
+network_changes: dict = {}  # ObsNetworkSpec field changes over that network, e.g. {n_obs: 256}
+skill_leads_hours: list = []  # forecast leads to score from the analyses, e.g. [12, 24, 48, 72]; empty: none
+skill_every: int = 5  # cycles between forecast launches (after spin-up)
 device: str = "auto"  # "auto", "cpu", "cuda", ...
 save_members: str = "none"  # ensemble members of every cycle to coupled_<experiment>_members.nc: none, forecast, analysis or both
 members_format: str = "netcdf"  # member files: netcdf (.nc) or zarr (.zarr)
@@ -36,7 +42,7 @@ import numpy as np
 
 from turbda_kit.device import resolve_device
 from turbda_kit.errors import InputError
-from turbda_kit.experiments import coupled_experiment, run_comparison, truth_every
+from turbda_kit.experiments import SkillConfig, coupled_experiment, run_comparison, truth_every
 from turbda_kit.io import open_dataset
 from turbda_kit.surrogate import SurrogateModel
 from turbda_kit.viz.plots import rmse_figure, save, show
@@ -52,8 +58,10 @@ nature = open_dataset(nature_path)
 stride = truth_every(nature, cycle_hours=12.0)
 truth = nature["theta"].isel(time=slice(start_index, None)).values.astype(np.float32)
 surrogate = SurrogateModel.from_files(checkpoint_path, device=run_device) if needs_vit else None
+skill = (SkillConfig.from_hours(skill_leads_hours, 12.0, every=skill_every)
+         if skill_leads_hours else None)
 print(f"truth: {nature_path} {truth.shape}, {stride} per cycle; surrogate: "
-      f"{checkpoint_path if needs_vit else '-'}")
+      f"{checkpoint_path if needs_vit else '-'}; network: {network_preset or 'every point'}")
 
 # %%
 comparison = run_comparison(
@@ -61,7 +69,8 @@ comparison = run_comparison(
         kind, truth, surrogate=surrogate, n_cycles=n_cycles, n_members=n_members,
         spinup_cycles=spinup_cycles, shocks=shocks, truth_stride=stride, seed=seed,
         device=run_device, ensf_settings=ensf_settings,
-        letkf_settings=letkf_settings, vit_ensf_settings=vit_ensf_settings),
+        letkf_settings=letkf_settings, vit_ensf_settings=vit_ensf_settings,
+        network_preset=network_preset or None, network_changes=network_changes, skill=skill),
     out, prefix="coupled", save_members=save_members, members_format=members_format)
 results = comparison.results
 

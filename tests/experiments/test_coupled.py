@@ -93,11 +93,52 @@ def test_vit_ensf_with_sqg_as_surrogate_equals_the_sqg_ensf_run(truth, shocks):
     coupled = run_coupled(kind, truth, surrogate=SQGAsSurrogate(), vit_ensf_settings=SQG_ENSF,
                           **common)
     baseline = run_coupled("sqg_ensf", truth, shocks=shocks, **common)
-    _same_cycles(coupled, baseline, skip=("surrogate_drift",))
+    _same_cycles(coupled, baseline, skip=("surrogate_drift", "rmse_forecast_surrogate",
+                                          "rmse_forecast_physics"))
     assert (coupled.shock_std.values > 0).any() == shocks or CYCLES < 3
     assert coupled.attrs["mean_rmse_analysis"] == baseline.attrs["mean_rmse_analysis"]
     # the surrogate is the physics: the drift diagnostic sees float32-vs-float64 round-off only
     assert float(np.abs(coupled.surrogate_drift).max()) < 1e-3
+
+
+def test_vit_twostage_on_a_sparse_network_equals_the_sqg_run_of_that_preset(truth):
+    # The surrogate is the physics, the EnSF settings are the SQG preset's: the coupled
+    # run on the network of sqgturb_lgetkf_cv is that preset's own SQG experiment.
+    common = dict(n_cycles=CYCLES, n_members=6, spinup_cycles=1, seed=3, show_progress=False,
+                  network_preset="sqgturb_lgetkf_cv", network_changes={"n_obs": 128})
+    coupled = run_coupled("vit_ensf_twostage", truth, surrogate=SQGAsSurrogate(),
+                          vit_ensf_settings=SQG_ENSF, **common)
+    baseline = run_coupled("sqg_ensf_twostage", truth, **common)
+    _same_cycles(coupled, baseline, skip=("surrogate_drift", "rmse_forecast_surrogate",
+                                          "rmse_forecast_physics"))
+    assert "sqgturb_lgetkf_cv" in coupled.attrs["obs_network"] or coupled.attrs["obs"] == "network"
+    assert coupled.attrs["preset"] == "sc24_vit_ensf+sqgturb_lgetkf_cv"
+    assert baseline.attrs["preset"] == "sqgturb_lgetkf_cv"
+    # the same analyses forecast by the 'surrogate' and by SQG: equal skill up to round-off
+    np.testing.assert_allclose(coupled.rmse_forecast_surrogate, coupled.rmse_forecast_physics,
+                               atol=1e-3)
+    with pytest.raises(InputError, match="has no observation network"):
+        coupled_experiment("sqg_ensf", truth, network_preset="bao2024_sqg_linear")
+    with pytest.raises(InputError, match="needs a network_preset"):
+        coupled_experiment("sqg_ensf", truth, network_changes={"n_obs": 3})
+
+
+def test_surrogate_skill_beside_the_physics_and_forecast_skill(truth, biased, tmp_path):
+    from turbda_kit.experiments import SkillConfig, run_comparison
+
+    comparison = run_comparison(
+        ["vit_ensf"], lambda kind: coupled_experiment(
+            kind, truth, surrogate=biased, n_cycles=CYCLES, n_members=4, spinup_cycles=1,
+            skill=SkillConfig(lead_cycles=(1, 2), every=1)), tmp_path, prefix="coupled",
+        show_progress=False, verbose=False)
+    ds = comparison.results["vit_ensf"]
+    # the damped 'surrogate' forecasts worse than the physics from the same analyses
+    assert (ds.rmse_forecast_surrogate > ds.rmse_forecast_physics).all()
+    entry = comparison.summary()["vit_ensf"]
+    assert entry["mean_rmse_forecast_surrogate"] == pytest.approx(
+        float(ds.rmse_forecast_surrogate[1:].mean()))
+    assert entry["mean_rmse_forecast_physics"] < entry["mean_rmse_forecast_surrogate"]
+    assert "lead_time" in ds.coords and "forecast_rmse_by_lead_hours" in entry
 
 
 def test_vit_only_is_one_initial_analysis_then_free_forecasts(truth):

@@ -69,6 +69,12 @@ VARIABLES: dict[str, VariableInfo] = {
                                    "among the analysis members, after spin-up", "1"),
     "surrogate_drift": VariableInfo("RMSE between the surrogate's and the physical model's "
                                     "one-cycle forecast of the same analysis mean", "state"),
+    "rmse_forecast_surrogate": VariableInfo("RMSE against the truth of the surrogate's "
+                                            "one-cycle forecast of the previous analysis "
+                                            "mean", "state"),
+    "rmse_forecast_physics": VariableInfo("RMSE against the truth of the physical model's "
+                                          "one-cycle forecast of the previous analysis mean "
+                                          "(the surrogate's comparison)", "state"),
     "truth": VariableInfo("true state (with the jump noise on shock cycles)", "state"),
     "forecast_mean": VariableInfo("forecast ensemble mean", "state"),
     "analysis_mean": VariableInfo("analysis ensemble mean", "state"),

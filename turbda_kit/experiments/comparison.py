@@ -65,10 +65,24 @@ class Comparison:
                      "wall_seconds": self.wall_seconds[name]}
             if "surrogate_drift" in ds:
                 entry["mean_surrogate_drift"] = float(ds["surrogate_drift"].mean())
+            for var in ("rmse_forecast_surrogate", "rmse_forecast_physics"):
+                if var in ds:  # over the scored cycles, like the analysis RMSE
+                    scored = ds[var].isel(cycle=slice(int(ds.attrs.get("config_spinup_cycles", 0)),
+                                                      None))
+                    entry[f"mean_{var}"] = _finite_mean(scored.values)
             entry.update(skill_summary(ds))
             out[name] = entry
         out.update(self.diverged)
         return out
+
+
+def _finite_mean(values) -> float | None:
+    """Mean of the finite values (None when there are none): a JSON-ready number."""
+    import numpy as np
+
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.mean()) if finite.size else None
 
 
 def run_comparison(names: Sequence[str], build: Callable[[str], Experiment],

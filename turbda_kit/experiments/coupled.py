@@ -11,16 +11,21 @@ the presets' ``reported`` values.
 * ``vit_ensf_shocks`` — as ``vit_ensf`` with the jump-noise process on the truth
   (``sc24_vit_ensf_shocks``);
 * ``sqg_letkf``, ``sqg_ensf``, ``sqg_free`` — the SQG model with LETKF, EnSF or no filter
-  (preset ``yin2024_sqg_shocks``; the shock process when ``shocks=True``).
+  (preset ``yin2024_sqg_shocks``; the shock process when ``shocks=True``);
+* ``vit_ensf_twostage``, ``sqg_ensf_twostage`` — the two-stage EnSF
+  (:mod:`turbda_kit.filters.ensf_twostage`) with the ViT or SQG, for sparse networks.
 
-All share the truth, the observation network (every grid point, linear, 1 K error), the
-initial ensemble and every observation draw (named by seed and cycle). ViT runs also
-record ``surrogate_drift``: per cycle, the RMSE (K) between the ViT's 12-h forecast and
-the SQG model's 12-h forecast of the same analysis mean.
+All share the truth, the observation network (every grid point, linear, 1 K error, or
+the network of ``network_preset``), the initial ensemble and every observation draw
+(named by seed and cycle). ViT runs also record, per cycle, from the same analysis mean:
+``surrogate_drift``, the RMSE (K) between the ViT's 12-h forecast and the SQG model's,
+and each one's 12-h forecast RMSE against the truth (``rmse_forecast_surrogate``,
+``rmse_forecast_physics``): the surrogate's forecast skill beside the physics model's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -33,6 +38,7 @@ from ..models.base import ForecastModel
 from ..models.sqg import SQGModel, bao2024_at_resolution
 from .builder import Experiment, build_experiment
 from .presets import DAPreset, get_preset
+from .skill import SkillConfig
 
 __all__ = ["COUPLED_EXPERIMENTS", "COUPLED_RUNS", "coupled_experiment", "run_coupled",
            "surrogate_drift_diagnostic"]
@@ -45,17 +51,22 @@ COUPLED_RUNS: dict[str, tuple[str, str]] = {
     "sqg_letkf": ("yin2024_sqg_shocks", "letkf"),
     "sqg_ensf": ("yin2024_sqg_shocks", "ensf"),
     "sqg_free": ("yin2024_sqg_shocks", "free"),
+    "vit_ensf_twostage": ("sc24_vit_ensf", "ensf_twostage"),
+    "sqg_ensf_twostage": ("yin2024_sqg_shocks", "ensf_twostage"),
 }
 COUPLED_EXPERIMENTS = tuple(COUPLED_RUNS)
 
 
 def surrogate_drift_diagnostic(surrogate: ForecastModel, physics: ForecastModel, steps: int
                                ) -> Callable[..., dict[str, float]]:
-    """Diagnostics callback: RMSE between ViT and SQG forecasts of the analysis mean.
+    """Diagnostics callback: ViT and SQG one-cycle forecasts of the same analysis mean.
 
-    A state the SQG model cannot step (its CFL check fails, as it can for a long ViT-only
-    rollout whose fields have drifted away from SQG's) gives NaN for that cycle instead of
-    stopping the experiment: the diagnostic is undefined there, the experiment is not.
+    Per cycle: ``surrogate_drift`` (RMSE between the two forecasts) and each forecast's
+    RMSE against the truth of the cycle (``rmse_forecast_surrogate``,
+    ``rmse_forecast_physics``), all in the state's units. A state the SQG model cannot
+    step (its CFL check fails, as it can for a long ViT-only rollout whose fields have
+    drifted away from SQG's) gives NaN for the SQG values of that cycle instead of stopping
+    the experiment: the diagnostic is undefined there, the experiment is not.
 
     Parameters
     ----------
@@ -66,14 +77,19 @@ def surrogate_drift_diagnostic(surrogate: ForecastModel, physics: ForecastModel,
     steps : int
     """
 
+    def rms(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(torch.sqrt(((a - b) ** 2).mean()))
+
     def diagnose(cycle, start_ensemble, forecast, analysis, truth) -> dict[str, float]:
         mean = start_ensemble.mean(dim=0, keepdim=True)
         vit = surrogate.advance(mean, 1)
+        true = truth.to(vit.dtype).reshape(vit.shape)
+        out = {"rmse_forecast_surrogate": rms(vit, true)}
         try:
             sqg = physics.advance(mean.to(torch.float64), steps).to(vit.dtype)
         except DivergenceError:
-            return {"surrogate_drift": math.nan}
-        return {"surrogate_drift": float(torch.sqrt(((vit - sqg) ** 2).mean()))}
+            return {**out, "surrogate_drift": math.nan, "rmse_forecast_physics": math.nan}
+        return {**out, "surrogate_drift": rms(vit, sqg), "rmse_forecast_physics": rms(sqg, true)}
 
     return diagnose
 
@@ -84,7 +100,10 @@ def coupled_experiment(kind: str, truth_trajectory, *, surrogate: ForecastModel 
                        truth_stride: int = 1, seed: int = 0, device="cpu", drift: bool = True,
                        ensf_settings: Mapping[str, Any] | None = None,
                        letkf_settings: Mapping[str, Any] | None = None,
-                       vit_ensf_settings: Mapping[str, Any] | None = None) -> Experiment:
+                       vit_ensf_settings: Mapping[str, Any] | None = None,
+                       network_preset: str | None = None,
+                       network_changes: Mapping[str, Any] | None = None,
+                       skill: SkillConfig | None = None) -> Experiment:
     """One coupled or baseline experiment, ready to run.
 
     Parameters
@@ -113,6 +132,18 @@ def coupled_experiment(kind: str, truth_trajectory, *, surrogate: ForecastModel 
     vit_ensf_settings : dict, optional
         Further EnSF changes for the ``vit_*`` runs only (their presets already hold the
         tuned :data:`~turbda_kit.experiments.presets.VIT_ENSF_SETTINGS`).
+    network_preset : str, optional
+        A preset with an observation network (e.g. ``"sqgturb_lgetkf_cv"``,
+        ``"bao2024_sqg_sparse_mixed"``): every run observes its network with its
+        observation errors; the SQG runs become that preset (its filter settings and
+        shocks; ``shocks`` still overrides), the ViT runs keep their EnSF settings and
+        take the preset's two-stage localisation.
+    network_changes : dict, optional
+        :class:`~turbda_kit.obs.networks.ObsNetworkSpec` field changes over that network
+        (e.g. ``{"n_obs": 256}`` on a small grid).
+    skill : SkillConfig, optional
+        Score forecasts launched from the analyses by lead time, with the baselines
+        (:mod:`turbda_kit.experiments.skill`); forecasts use the run's own model.
 
     Returns
     -------
@@ -123,21 +154,31 @@ def coupled_experiment(kind: str, truth_trajectory, *, surrogate: ForecastModel 
         raise InputError(f"unknown experiment {kind!r}; choose from {', '.join(COUPLED_RUNS)}")
     preset_name, filter_name = COUPLED_RUNS[kind]
     preset: DAPreset = get_preset(preset_name)
+    network = get_preset(network_preset) if network_preset else None
+    if network_changes:
+        if network is None:
+            raise InputError("network_changes needs a network_preset to change")
+        network = network.with_network(dict(network_changes))
+    if network is not None and preset.model != "vit":
+        preset = _on_network(preset, network)
     changes: dict[str, Any] = {k: v for k, v in (("n_cycles", n_cycles), ("n_members", n_members),
                                                  ("spinup_cycles", spinup_cycles)) if v is not None}
     if preset.model != "vit" and shocks is not None:
         changes["shocks"] = shocks
-    preset = preset.replace(**changes).with_filter_settings("ensf", ensf_settings)
+    preset = _with_ensf(preset.replace(**changes), ensf_settings)
     preset = preset.with_filter_settings("letkf", letkf_settings)
     if preset.model == "vit":
         if surrogate is None:
             raise InputError(f"experiment {kind} needs a trained surrogate (SurrogateModel)")
-        preset = preset.with_filter_settings("ensf", vit_ensf_settings)
+        preset = _with_ensf(preset, vit_ensf_settings)
+        if network is not None:  # after the EnSF changes: the two-stage's first stage is them
+            preset = _on_network(preset, network)
     n_grid = int(truth_trajectory.shape[-1])
     experiment = build_experiment(preset, filter_name, truth_trajectory=truth_trajectory,
                                   truth_stride=truth_stride, seed=seed, device=device,
                                   model_overrides={"N": n_grid}, save_means=True,
-                                  model=surrogate if preset.model == "vit" else None)
+                                  model=surrogate if preset.model == "vit" else None,
+                                  skill=skill)
     experiment.name = kind
     experiment.attrs["experiment_kind"] = kind
     if preset.model == "vit" and drift:
@@ -145,6 +186,32 @@ def coupled_experiment(kind: str, truth_trajectory, *, surrogate: ForecastModel 
         steps = int(round(surrogate.dt * surrogate.time_unit_seconds / physics.dt))
         experiment.diagnostics = surrogate_drift_diagnostic(surrogate, physics, steps)
     return experiment
+
+
+def _with_ensf(preset: DAPreset, changes: Mapping[str, Any] | None) -> DAPreset:
+    """EnSF changes, for the EnSF and for the two-stage filter's first stage alike."""
+    if not changes:
+        return preset
+    if preset.ensf_twostage is not None:
+        preset = preset.with_filter_settings("ensf_twostage", {"ensf": dict(changes)})
+    return preset.with_filter_settings("ensf", changes)
+
+
+def _on_network(preset: DAPreset, network: DAPreset) -> DAPreset:
+    """``preset`` observing ``network``'s observation network (see ``network_preset``)."""
+    if network.network is None:
+        raise InputError(f"network_preset={network.name!r} has no observation network; "
+                         "choose a preset with one (e.g. sqgturb_lgetkf_cv, "
+                         "bao2024_sqg_sparse_mixed)")
+    if preset.model != "vit":
+        return network  # the SQG baselines are the network preset's own experiment
+    # The ViT keeps its (physical-unit) EnSF; the two-stage regression takes the network
+    # preset's localisation. SC24's published scores are for the dense network: dropped.
+    twostage = network.filter_settings("ensf_twostage")
+    return preset.replace(
+        name=f"{preset.name}+{network.name}", network=network.network, obs=network.obs,
+        obs_error_std=network.obs_error_std, reported={},
+        ensf_twostage=dataclasses.replace(twostage, ensf=preset.ensf))
 
 
 def run_coupled(kind: str, truth_trajectory, *, out_dir=None, show_progress: bool | None = None,

@@ -10,6 +10,9 @@ the checkout by ``turbda report publish RUN``):
 * ``da_sparse``: dense and sparse networks, four filters, forecast skill and baselines
   (``da_sparse``, ``tools/da_table.py``);
 * ``coupled``: the coupled ViT + EnSF runs and the SQG baselines (``coupled``);
+* ``coupled_sparse``: ViT + two-stage EnSF against SQG on a sparse network, with forecast
+  skill and the ViT's 12-h forecasts beside SQG's from the same analyses
+  (``coupled_sparse``);
 * ``l96_accuracy``: Lorenz-96 EnSF from the paper's cold start (``l96_accuracy``);
 * ``vit_bundle``: the shipped surrogate's held-out RMSE (``ship_vit``);
 * ``benchmarks``: speed against each baseline, with each side's threads (``bench_*``);
@@ -35,7 +38,7 @@ NOT_YET = ("*Not yet generated*: run `turbda pipeline paper`, then `turbda repor
            "<its run directory>`.")
 """What a block says when the summaries it needs are not in ``results/``."""
 
-SECTIONS = ("da_sqg", "da_sparse", "coupled", "l96_accuracy", "vit_bundle", "benchmarks", "scaling")
+SECTIONS = ("da_sqg", "da_sparse", "coupled", "coupled_sparse", "l96_accuracy", "vit_bundle", "benchmarks", "scaling")
 """The block names this module renders."""
 
 Results = Mapping[str, Summary]
@@ -158,6 +161,55 @@ def render_coupled(results: Results) -> str:
     table = markdown_table(["run", "analysis RMSE", "analysis spread",
                             "ViT − SQG 12-h drift", "SC24 Fig. 4"], rows)
     return f"{head}\n\n{table}\n\n{source_line(*used)}"
+
+
+@renderer("coupled_sparse")
+def render_coupled_sparse(results: Results) -> str:
+    """ViT + EnSF on a sparse network: analysis RMSE, forecast RMSE by lead, and the ViT's
+    and SQG's 12-h forecasts of the same analyses (K).
+
+    Parameters
+    ----------
+    results : mapping of str to Summary
+        The loaded summaries, by stage name (:func:`~turbda_kit.report.summaries.load_results`).
+
+    Returns
+    -------
+    str
+        The block's markdown.
+    """
+    if "coupled_sparse" not in results:
+        return _missing("Coupled ViT + EnSF on a sparse network", ["coupled_sparse"])
+    summary = results["coupled_sparse"]
+    params = _parameters(summary)
+    runs = {k: v for k, v in summary.data.items() if isinstance(v, dict)}
+    leads = sorted({h for e in runs.values() for h in (e.get("forecast_rmse_by_lead_hours")
+                                                       or {})}, key=float)
+    rows = []
+    for name, entry in runs.items():
+        by_lead = entry.get("forecast_rmse_by_lead_hours") or {}
+        same = ("—" if "mean_rmse_forecast_surrogate" not in entry else
+                f"{fmt(entry.get('mean_rmse_forecast_surrogate'), 2)} / "
+                f"{fmt(entry.get('mean_rmse_forecast_physics'), 2)}")
+        rows.append([f"`{name}`", _rmse_cell(entry), fmt(entry.get("mean_spread_analysis"), 3),
+                     *(fmt(by_lead.get(h), 2) for h in leads), same])
+    first = next(iter(runs.values()), {})
+    persistence = first.get("persistence_rmse_by_lead_hours") or {}
+    if persistence:
+        rows.append(["persistence", "—", "—", *(fmt(persistence.get(h), 2) for h in leads),
+                     "—"])
+    spinup = int(params.get("spinup_cycles", 0) or 0)
+    head = (f"ViT + EnSF on a sparse network (`{params.get('network_preset')}`: its "
+            f"observations, errors and SQG filter settings) on the `nature_truth` run, the "
+            f"shipped surrogate, {params.get('n_members')} members, {params.get('n_cycles')} "
+            f"12-h cycles from a warm start, means over cycles {spinup + 1}–"
+            f"{params.get('n_cycles')}; forecasts from the analysis mean every "
+            f"{params.get('skill_every')} cycles; climatology "
+            f"{fmt(first.get('climatology_rmse'), 2)} K; K{_quick_note(summary)}:")
+    table = markdown_table(["run", "analysis RMSE", "spread",
+                            *(f"{float(h):g}-h forecast" for h in leads),
+                            "12-h forecast of the same analyses: ViT / SQG"], rows)
+    return f"{head}\n\n{table}\n\n{source_line(summary)}"
 
 
 @renderer("l96_accuracy")
