@@ -43,7 +43,7 @@ STAGE_DATA = {
                                       "spinup_cycles": 100, "n_members": 20}),
     "da_arctan": (_da(diverged=True), {"preset": "bao2024_sqg_arctan", "n_cycles": 300,
                                        "spinup_cycles": 100, "n_members": 20}),
-    "da_sparse": ({"table_version": 1, "run": {
+    "da_sparse_cv": ({"table_version": 1, "run": {
         "model": "SQG 64x64x2, 12-h cycles", "n_members": 20, "n_cycles": 80,
         "scored_cycles": 60, "start": "warm", "forecast_leads_hours": [12.0, 24.0],
         "forecast_launch_every_cycles": 5},
@@ -115,6 +115,19 @@ STAGE_DATA = {
 }
 
 
+def _da_table(preset: str, rmse: float):
+    data = {"table_version": 1, "run": STAGE_DATA["da_sparse_cv"][0]["run"],
+            "rows": [{"preset": preset, "filter": "letkf", "diverged": False,
+                      "analysis_rmse": rmse, "analysis_spread": 0.3, "network": "every point",
+                      "forecast_rmse_by_lead_hours": {"12": 0.5, "24": 0.8}, "baselines": {
+                          "obs_only_rmse": 1.0, "climatology_rmse": 11.0}}]}
+    return data, {}
+
+
+STAGE_DATA["da_sparse_linear"] = _da_table("bao2024_sqg_linear", 0.234)
+STAGE_DATA["da_sparse_mixed"] = _da_table("bao2024_sqg_sparse_mixed", 7.8)
+
+
 def _results(folder: Path, stages=STAGE_DATA) -> Path:
     for stage in stages:
         data, params = STAGE_DATA[stage]
@@ -163,7 +176,10 @@ def test_blocks_render_the_summaries_and_check_catches_a_changed_number(tmp_path
                      "0.45 of copy bandwidth", "kit, 2 thread(s)", "30.0× wall, 34.1× CPU", "noise prefetch off",
                      "| 2 | 2,048 | 1.100 | 0.91 | 0.90 | 0.97 |",
                      "| `sqgturb_lgetkf_cv` | 1024 random points | two-stage EnSF | 0.678 | 0.500 "
-                     "| 0.91 | 1.33 |", "| LETKF | diverged |", "| 6.00 / 9.00 | 8.00 / 9.10 |"):
+                     "| 0.91 | 1.33 |", "| LETKF | diverged |", "| 6.00 / 9.00 | 8.00 / 9.10 |",
+                     "| `bao2024_sqg_linear` | every point | LETKF | 0.234 |",
+                     "| `vit_ensf_twostage` | 2.100 | 0.600 | 3.50 | 4.90 | 3.40 / 2.20 |",
+                     "| persistence | — | — | 5.40 | 7.70 | — |", "`sqgturb_lgetkf_cv`: its"):
         assert expected in text, expected
     assert check_readme(readme, results) == []
     assert main(["check", "--readme", str(readme)]) == 0   # results/ beside the README
@@ -179,6 +195,9 @@ def test_partial_results_name_what_is_missing(tmp_path):
     assert "| (stage `da_shocks`) | " + NOT_YET in text
     assert "Still to run: `bench_letkf`, `bench_vit`, `bench_preprocess`, `bench_ensf`" in text
     assert "strong scaling: " + NOT_YET in text
+    results = load_results(_results(tmp_path / "r2", ["da_sparse_cv"]))
+    text = RENDERERS["da_sparse"](results)
+    assert "Not yet generated: `results/da_sparse_linear.json`, `results/da_sparse_mixed.json`" in text
 
 
 def test_quick_results_are_marked_as_checks(tmp_path):

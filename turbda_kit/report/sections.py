@@ -8,7 +8,7 @@ the checkout by ``turbda report publish RUN``):
 * ``da_sqg``: the SQG DA presets, free / LETKF / EnSF (stages ``da_linear``,
   ``da_shocks``, ``da_arctan``);
 * ``da_sparse``: dense and sparse networks, four filters, forecast skill and baselines
-  (``da_sparse``, ``tools/da_table.py``);
+  (``da_sparse_linear``, ``da_sparse_mixed``, ``da_sparse_cv``: ``tools/da_table.py``);
 * ``coupled``: the coupled ViT + EnSF runs and the SQG baselines (``coupled``);
 * ``coupled_sparse``: ViT + two-stage EnSF against SQG on a sparse network, with forecast
   skill and the ViT's 12-h forecasts beside SQG's from the same analyses
@@ -45,6 +45,7 @@ Results = Mapping[str, Summary]
 
 _FILTER_COLUMNS = (("free", "SQG free"), ("letkf", "SQG+LETKF"), ("ensf", "SQG+EnSF"))
 _DA_STAGES = ("da_linear", "da_shocks", "da_arctan")
+_DA_TABLE_STAGES = ("da_sparse_linear", "da_sparse_mixed", "da_sparse_cv")
 
 
 def _missing(what: str, stages: Sequence[str]) -> str:
@@ -476,14 +477,14 @@ def render_da_sparse(results: Results) -> str:
         preset (observations only where every point is observed, climatology, persistence,
         free run).
     """
-    if "da_sparse" not in results:
-        return _missing("Sparse networks and forecast skill", ["da_sparse"])
-    summary = results["da_sparse"]
-    d = summary.data
-    run = d.get("run") or {}
+    present = [results[s] for s in _DA_TABLE_STAGES if s in results]
+    if not present:
+        return _missing("Sparse networks and forecast skill", _DA_TABLE_STAGES)
+    summary = present[0]
+    run = summary.data.get("run") or {}
     leads = [f"{float(h):g}" for h in run.get("forecast_leads_hours", [])]
     rows, baselines = [], {}
-    for row in d.get("rows", []):
+    for row in (r for p in present for r in p.data.get("rows", [])):
         preset, name = row.get("preset"), row.get("filter")
         by_lead = row.get("forecast_rmse_by_lead_hours") or {}
         analysis = ("diverged" if row.get("diverged") else fmt(row.get("analysis_rmse"), 3))
@@ -504,10 +505,13 @@ def render_da_sparse(results: Results) -> str:
             f"spread are means over the last {run.get('scored_cycles')} (start: "
             f"{run.get('start', '—')}); forecasts of {', '.join(leads)} h from the analysis "
             f"mean every {run.get('forecast_launch_every_cycles')} cycles; K"
-            f"{_quick_note(summary)}:")
+            f"{_quick_note(*present)}:")
     table = markdown_table(["preset", "network", "filter", "analysis RMSE", "spread",
                             *(f"{h}-h forecast" for h in leads)], rows)
     base = markdown_table(["preset", "observations only", "climatology",
                            *(f"{h} h: persistence / free run" for h in leads)], base_rows)
+    missing = [s for s in _DA_TABLE_STAGES if s not in results]
+    note = (f"\n\nNot yet generated: {', '.join(f'`results/{s}.json`' for s in missing)}."
+            if missing else "")
     return (f"{head}\n\n{table}\n\nBaselines (K; observations only is shown where every "
-            f"point is observed):\n\n{base}\n\n{source_line(summary)}")
+            f"point is observed):\n\n{base}{note}\n\n{source_line(*present)}")
