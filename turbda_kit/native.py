@@ -1,16 +1,20 @@
-"""A small C kernel for the EnSF's hot loop on CPU, built on first use; torch otherwise.
+"""Small C kernels for the kit's memory-bound loops on CPU, built on first use; torch otherwise.
 
-Two functions, each the exact transcription of a pure torch function of the kit:
+Three functions, each the exact transcription of a pure torch function of the kit:
 
 * ``ensf_steps_f32`` — consecutive calls of
   :func:`turbda_kit.filters.ensf_fused.fused_step_`: EnSF Euler-Maruyama steps
   (counter-based noise, identity/arctan likelihood score, update), all steps of a chunk of
   columns while it is in cache (``ensf_step_f32``: one step);
-* ``counter_fill_f32`` — :func:`turbda_kit.random_streams.counter_normal` into a buffer.
+* ``counter_fill_f32`` — :func:`turbda_kit.random_streams.counter_normal` into a buffer;
+* ``l96_rk4_stage_f32`` — one stage of :func:`turbda_kit.models.lorenz96.rk4_stage_`
+  (tendency, accumulator, next stage state) in one pass over memory instead of about
+  six, writing the next stage into a second padded buffer.
 
 The C code performs the same exactly rounded float32 operations in the same order as the
 torch code (compiled with ``-ffp-contract=off``: no fused multiply-adds), integer hashing in
-unsigned 32-bit arithmetic, and no library transcendental, so it returns **the same bits**
+unsigned 32-bit arithmetic, and no library transcendental (``fmaf`` only where torch itself fuses: ``add`` with
+``alpha``), so it returns **the same bits**
 as the torch functions, which remain the reference and run on every other device (tested
 in ``tests/filters/test_ensf_fused.py``). GCC or Clang vectorises the loops (AVX2 on
 x86-64, ``-march=native``); one call works on one thread, and :func:`ensf_steps_f32`
@@ -38,9 +42,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["available", "counter_fill_f32", "ensf_step_f32", "ensf_steps_f32"]
+__all__ = ["available", "counter_fill_f32", "ensf_step_f32", "ensf_steps_f32",
+           "l96_rk4_stage_f32"]
 
 _SOURCE = r"""
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -241,6 +247,45 @@ void ensf_steps_f32(float* x, const float* prior, int64_t ld_x, int64_t ld_prior
         }
     }
 }
+
+/* One RK4 stage of Lorenz-96 on rows [r0, r1) of a slab of m points. src: the stage state
+   with its halo (row stride ld_src; x_{i-2} .. x_{i+1} of point i at src[i .. i+3]); x: the
+   state at the start of the step; acc: the RK4 sum of the stage tendencies. Stages 0-2
+   write the next stage state x + shift * k into dst's interior (dst[2 .. m+2) of each
+   row; its halo is the caller's); stage 3 updates x. The operations are those of
+   rk4_stage_ in torch, in its order: ((x_{i+1} - x_{i-2}) * x_{i-1} - x_i) + F, then
+   torch's add with alpha, which is one fused multiply-add (fmaf) with a float32 alpha. */
+void l96_rk4_stage_f32(const float* src, int64_t ld_src, float* x, int64_t ld_x, float* acc,
+                       int64_t ld_acc, float* dst, int64_t ld_dst, int64_t r0, int64_t r1,
+                       int64_t m, int32_t stage, float weight, float shift, float forcing) {
+    for (int64_t r = r0; r < r1; ++r) {
+        const float* p = src + r * ld_src;
+        float* xr = x + r * ld_x;
+        float* a = acc + r * ld_acc;
+        if (stage == 0) {
+            float* d = dst + r * ld_dst + 2;
+            for (int64_t i = 0; i < m; ++i) {
+                float k = ((p[i + 3] - p[i]) * p[i + 1] - p[i + 2]) + forcing;
+                a[i] = k;
+                d[i] = fmaf(k, shift, xr[i]);
+            }
+        } else if (stage < 3) {
+            float* d = dst + r * ld_dst + 2;
+            for (int64_t i = 0; i < m; ++i) {
+                float k = ((p[i + 3] - p[i]) * p[i + 1] - p[i + 2]) + forcing;
+                a[i] = fmaf(k, weight, a[i]);
+                d[i] = fmaf(k, shift, xr[i]);
+            }
+        } else {
+            for (int64_t i = 0; i < m; ++i) {
+                float k = ((p[i + 3] - p[i]) * p[i + 1] - p[i + 2]) + forcing;
+                float s = a[i] + k;
+                a[i] = s;
+                xr[i] = fmaf(s, shift, xr[i]);
+            }
+        }
+    }
+}
 """
 
 _lock = threading.Lock()
@@ -311,6 +356,10 @@ def _build() -> ctypes.CDLL | None:
     lib.ensf_steps_f32.argtypes = [ptr, ptr, i64, i64, ptr, ptr, i64, i64, i64, i64, i64, ptr,
                                    i32, ptr, i32]
     lib.ensf_steps_f32.restype = None
+    f32 = ctypes.c_float
+    lib.l96_rk4_stage_f32.argtypes = [ptr, i64, ptr, i64, ptr, i64, ptr, i64, i64, i64, i64,
+                                      i32, f32, f32, f32]
+    lib.l96_rk4_stage_f32.restype = None
     return lib
 
 
@@ -415,6 +464,58 @@ def ensf_step_f32(x: Tensor, prior: Tensor, obs: Tensor, inv_var: Tensor,
     """
     return ensf_steps_f32(x, prior, obs, inv_var, [tuple(words)], column0,
                           [tuple(coefficients)], operator, threads)
+
+
+def l96_rk4_stage_f32(src: Tensor, x: Tensor, acc: Tensor, dst: Tensor | None, stage: int,
+                      weight: float, shift: float, forcing: float, threads: int = 1) -> bool:
+    """One :func:`turbda_kit.models.lorenz96.rk4_stage_` in C; same bits, one pass.
+
+    Parameters
+    ----------
+    src : Tensor, shape ``(rows, m + 3)``
+        The stage state with its filled halo.
+    x, acc : Tensor, shape ``(rows, m)``
+        State at the step's start (updated at stage 3) and the RK4 accumulator.
+    dst : Tensor, shape ``(rows, m + 3)``, or None
+        Stages 0-2: receives the next stage state in its interior (not its halo).
+    stage : int
+        0..3.
+    weight, shift : float
+        The stage's accumulator weight (unused at stage 0) and the factor of its tendency
+        in the next stage state (stage 3: ``dt / 6`` for the accumulator).
+    forcing : float
+    threads : int
+        Row ranges worked on concurrently (the calls release the GIL).
+
+    Returns
+    -------
+    bool
+        False (nothing done) when the kernel or the layout is not available.
+    """
+    lib = _library()
+    tensors = [src, x, acc] + ([dst] if dst is not None else [])
+    if lib is None or not all(_rows_ok(t) for t in tensors) or \
+            (stage < 3) != (dst is not None):
+        return False
+    rows, m = x.shape
+    dst_ptr, ld_dst = (dst.data_ptr(), dst.stride(0)) if dst is not None else (None, 0)
+
+    def run(r0: int, r1: int) -> None:
+        lib.l96_rk4_stage_f32(src.data_ptr(), src.stride(0), x.data_ptr(), x.stride(0),
+                              acc.data_ptr(), acc.stride(0), dst_ptr, ld_dst, r0, r1, m,
+                              stage, weight, shift, forcing)
+
+    threads = max(1, min(int(threads), rows))
+    if threads == 1 or rows * m < 1 << 16:
+        run(0, rows)
+        return True
+    bounds = [rows * i // threads for i in range(threads + 1)]
+    pool = _pool(threads - 1)
+    pending = [pool.submit(run, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+    run(bounds[0], bounds[1])
+    for p in pending:
+        p.result()
+    return True
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .. import native
 from ..errors import InputError
 from .base import check_state
 
@@ -149,11 +150,15 @@ class L96Workspace:
         Tendency of the current stage.
     accumulator : Tensor, shape ``(*batch, m)`` or None
         RK4 weighted sum of stage tendencies (None for forward Euler).
+    spare : Tensor, shape ``(*batch, m + 3)``, or None
+        A second padded buffer for the one-pass C stage (:mod:`turbda_kit.native`), made
+        on first use: it receives the next stage state and then swaps with ``padded``.
     """
 
     padded: Tensor
     tendency: Tensor
     accumulator: Tensor | None
+    spare: Tensor | None = None
 
     @classmethod
     def like(cls, x: Tensor, scheme: str = "rk4") -> L96Workspace:
@@ -200,6 +205,8 @@ def rk4_stage_(x: Tensor, work: L96Workspace, stage: int, dt: float, forcing: fl
     forcing : float
         The forcing ``F``.
     """
+    if _native_stage_(x, work, stage, dt, forcing):
+        return
     k = l96_tendency_slab(work.padded, forcing, out=work.tendency)
     acc = work.accumulator
     if stage == 0:
@@ -211,6 +218,33 @@ def rk4_stage_(x: Tensor, work: L96Workspace, stage: int, dt: float, forcing: fl
         torch.add(x, k, alpha=_RK4_NEXT_SHIFT[stage] * dt, out=work.interior)
     else:
         x.add_(acc, alpha=dt / 6.0)
+
+
+def _native_stage_(x: Tensor, work: L96Workspace, stage: int, dt: float, forcing: float
+                   ) -> bool:
+    """:func:`rk4_stage_` by the one-pass C kernel when it applies (float32 on the CPU, rows
+    of unit stride, the kernel built); False otherwise. Same bits as the torch code: the
+    kernel writes the next stage into ``work.spare``, which then swaps with
+    ``work.padded``, so callers see ``work.padded`` hold the next stage as before."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() < 1 or \
+            work.accumulator is None or not x.is_contiguous() or \
+            not work.padded.is_contiguous() or not work.accumulator.is_contiguous() or \
+            not native.available():
+        return False
+    if stage < 3 and (work.spare is None or work.spare.shape != work.padded.shape):
+        work.spare = torch.empty_like(work.padded)
+    m = x.shape[-1]
+    rows = x.reshape(-1, m)
+    src = work.padded.reshape(-1, m + HALO_LEFT + HALO_RIGHT)
+    dst = work.spare.reshape(src.shape) if stage < 3 else None
+    shift = _RK4_NEXT_SHIFT[stage] * dt if stage < 3 else dt / 6.0
+    weight = _RK4_WEIGHT[stage]
+    # float32 coefficients, as torch converts its Python scalars for float32 tensors
+    done = native.l96_rk4_stage_f32(src, rows, work.accumulator.reshape(-1, m), dst, stage,
+                                    weight, shift, forcing, threads=torch.get_num_threads())
+    if done and stage < 3:
+        work.padded, work.spare = work.spare, work.padded
+    return done
 
 
 def rk4_step_(x: Tensor, work: L96Workspace, dt: float, forcing: float,
