@@ -43,8 +43,11 @@ TABLE_VERSION = 1
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=list(DEFAULT_PRESETS))
-    parser.add_argument("--filters", nargs="+", default=list(DEFAULT_FILTERS))
+    parser.add_argument("--presets", nargs="+", default=list(DEFAULT_PRESETS),
+                        help="preset names (spaces or commas between them)")
+    parser.add_argument("--filters", nargs="+", default=list(DEFAULT_FILTERS),
+                        help="filters, 'free' for the free run (spaces or commas); "
+                        "ensf_spectral only for dense identity observations")
     parser.add_argument("--quick", action="store_true", help="CI size (defaults: "
                         + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + ")")
     parser.add_argument("--N", type=int, help=f"SQG grid (default {FULL['N']})")
@@ -214,6 +217,8 @@ def _rows(preset_name: str, outcome: dict[str, Any], filters: list[str]) -> list
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the tool; returns the table it wrote."""
     args = _parser().parse_args(argv)
+    args.presets = [p for item in args.presets for p in item.split(",") if p]
+    args.filters = [f for item in args.filters for f in item.split(",") if f]
     import tempfile
 
     import torch

@@ -46,6 +46,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..filters.ensf import EnSFConfig
+from ..filters.ensf_spectral import SpectralEnSFConfig, spectral_config_from
 from ..filters.ensf_twostage import TwoStageEnSFConfig
 from ..filters.letkf import LETKFConfig
 from ..obs.networks import ObsNetworkSpec
@@ -103,6 +104,9 @@ class DAPreset:
     ensf_twostage : TwoStageEnSFConfig or None
         Settings of the two-stage EnSF (:mod:`turbda_kit.filters.ensf_twostage`); None:
         the preset's ``ensf`` as first stage, regression localised with the LETKF's radii.
+    ensf_spectral : SpectralEnSFConfig or None
+        Settings of the spectral EnSF (:mod:`turbda_kit.filters.ensf_spectral`; dense
+        identity observations only); None: the preset's ``ensf`` without its normalisation.
     """
 
     name: str
@@ -124,6 +128,7 @@ class DAPreset:
     initial_filter: str | None = None
     network: ObsNetworkSpec | None = None
     ensf_twostage: TwoStageEnSFConfig | None = None
+    ensf_spectral: SpectralEnSFConfig | None = None
 
     @property
     def filters(self) -> dict[str, Any]:
@@ -131,7 +136,9 @@ class DAPreset:
         twostage = self.ensf_twostage or TwoStageEnSFConfig(
             ensf=self.ensf, localization_radius=self.letkf.localization_radius,
             vertical_localization_radius=self.letkf.vertical_localization_radius)
-        return {"ensf": self.ensf, "letkf": self.letkf, "ensf_twostage": twostage}
+        spectral = self.ensf_spectral or spectral_config_from(self.ensf)
+        return {"ensf": self.ensf, "letkf": self.letkf, "ensf_twostage": twostage,
+                "ensf_spectral": spectral}
 
     def with_network(self, changes: dict[str, Any] | None) -> DAPreset:
         """A copy whose observation network has some fields changed.
@@ -169,7 +176,7 @@ class DAPreset:
 
         Parameters
         ----------
-        filter_name : {"ensf", "letkf", "ensf_twostage"}
+        filter_name : {"ensf", "letkf", "ensf_twostage", "ensf_spectral"}
         changes : dict or None
             Field changes of :class:`~turbda_kit.filters.ensf.EnSFConfig`,
             :class:`~turbda_kit.filters.letkf.LETKFConfig` or
@@ -186,7 +193,8 @@ class DAPreset:
             raise InputError(f"filter_name={filter_name!r}: filter settings exist for "
                              f"{' and '.join(repr(name) for name in self.filters)}")
         changes = dict(changes or {})
-        if isinstance(changes.get("ensf"), dict) and isinstance(config, TwoStageEnSFConfig):
+        if isinstance(changes.get("ensf"), dict) and isinstance(config, (TwoStageEnSFConfig,
+                                                                        SpectralEnSFConfig)):
             # the two-stage filter's first stage, given as EnSFConfig field changes
             changes["ensf"] = self.replace(ensf=config.ensf).with_filter_settings(
                 "ensf", changes["ensf"]).ensf

@@ -20,6 +20,7 @@ from .ensemble_space import (
     transforms_from_gram,
 )
 from .ensf import EnSF, EnSFConfig, EnSFResult, ensf_analysis, ensf_analysis_detailed
+from .ensf_spectral import SpectralEnSF, SpectralEnSFConfig, hartley2, shell_spread
 from .ensf_twostage import TwoStageEnSF, TwoStageEnSFConfig, regression_increments
 from .letkf import LETKF, LETKFConfig, etkf_analysis, letkf_analysis, uses_convolution
 from .localization import (
@@ -35,6 +36,10 @@ from .localization import (
 
 __all__ = [
     "LETKF",
+    "SpectralEnSF",
+    "SpectralEnSFConfig",
+    "hartley2",
+    "shell_spread",
     "EnSF",
     "EnSFConfig",
     "EnSFResult",

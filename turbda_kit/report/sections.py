@@ -74,6 +74,14 @@ def _quick_note(*summaries: Summary) -> str:
     return " **(--quick size: a check of the pipeline, not a result)**" if quick else ""
 
 
+def _initial_spread(params: Mapping[str, Any]) -> str:
+    """The preset's initial ensemble spread (how the warm start was drawn)."""
+    from ..experiments.presets import PRESETS
+
+    preset = PRESETS.get(str(params.get("preset", "")))
+    return "?" if preset is None else f"{preset.initial_spread:g}"
+
+
 @renderer("da_sqg")
 def render_da_sqg(results: Results) -> str:
     """SQG DA presets: mean analysis RMSE of SQG free, SQG+LETKF and SQG+EnSF (K).
@@ -109,9 +117,10 @@ def render_da_sqg(results: Results) -> str:
     first = _parameters(present[0])
     n_cycles, spinup = first.get("n_cycles"), first.get("spinup_cycles", 0)
     head = (f"SQG DA presets on the `nature_truth` run (an independent nature run), "
-            f"{first.get('n_members')} members, {n_cycles} 12-h cycles; mean analysis RMSE "
-            f"over cycles {int(spinup) + 1}–{n_cycles} (cycles 1–{spinup} are spin-up), K"
-            f"{_quick_note(*present)}:")
+            f"{first.get('n_members')} members, {n_cycles} 12-h cycles from a warm start "
+            f"(members: the truth at cycle 0 plus N(0, {_initial_spread(first)}²) K "
+            f"noise); mean analysis RMSE over cycles {int(spinup) + 1}–{n_cycles} (cycles "
+            f"1–{spinup} are spin-up), K{_quick_note(*present)}:")
     table = markdown_table(["preset", *(label for _, label in _FILTER_COLUMNS),
                             "published"], rows)
     return f"{head}\n\n{table}\n\n{source_line(*present)}"
@@ -458,7 +467,7 @@ def render_scaling(results: Results) -> str:
 
 
 _FILTER_LABELS = {"free": "SQG free", "letkf": "LETKF", "ensf": "EnSF",
-                  "ensf_twostage": "two-stage EnSF"}
+                  "ensf_twostage": "two-stage EnSF", "ensf_spectral": "spectral EnSF"}
 
 
 @renderer("da_sparse")
