@@ -88,3 +88,15 @@ def test_registered_and_refuses_what_it_cannot_do():
         SpectralEnSFConfig(ensf=EnSFConfig(normalize=True))
     with pytest.raises(InputError, match="spectrum"):
         SpectralEnSFConfig(spectrum="wavelet")
+
+
+def test_dense_linear_preset_holds_the_tuned_spectral_settings():
+    from turbda_kit.experiments import get_preset
+
+    settings = get_preset("bao2024_sqg_linear").filter_settings("ensf_spectral")
+    assert isinstance(settings, SpectralEnSFConfig)
+    assert settings.ensf.likelihood_weight == 30.0 and not settings.ensf.normalize
+    changed = get_preset("bao2024_sqg_linear").with_filter_settings(
+        "ensf_spectral", {"ensf": {"likelihood_weight": 10.0}, "spectrum": "mode"})
+    assert changed.filter_settings("ensf_spectral").ensf.likelihood_weight == 10.0
+    assert changed.filter_settings("ensf_spectral").spectrum == "mode"
