@@ -7,7 +7,8 @@ Three functions, each the exact transcription of a pure torch function of the ki
   (counter-based noise, identity/arctan likelihood score, update), all steps of a chunk of
   columns while it is in cache (``ensf_step_f32``: one step);
 * ``counter_fill_f32`` — :func:`turbda_kit.random_streams.counter_normal` into a buffer;
-* ``l96_rk4_stage_f32`` — one stage of :func:`turbda_kit.models.lorenz96.rk4_stage_`
+* ``l96_rk4_stage_f32`` (and ``_f64``) — one stage of
+  :func:`turbda_kit.models.lorenz96.rk4_stage_`
   (tendency, accumulator, next stage state) in one pass over memory instead of about
   six, writing the next stage into a second padded buffer.
 
@@ -286,6 +287,46 @@ void l96_rk4_stage_f32(const float* src, int64_t ld_src, float* x, int64_t ld_x,
         }
     }
 }
+
+/* The same in double precision (fma: torch's float64 add with alpha). One RK4 stage of
+   Lorenz-96 on rows [r0, r1) of a slab of m points. src: the stage state
+   with its halo (row stride ld_src; x_{i-2} .. x_{i+1} of point i at src[i .. i+3]); x: the
+   state at the start of the step; acc: the RK4 sum of the stage tendencies. Stages 0-2
+   write the next stage state x + shift * k into dst's interior (dst[2 .. m+2) of each
+   row; its halo is the caller's); stage 3 updates x. The operations are those of
+   rk4_stage_ in torch, in its order: ((x_{i+1} - x_{i-2}) * x_{i-1} - x_i) + F, then
+   torch's add with alpha, which is one fused multiply-add (fmaf) with a float64 alpha. */
+void l96_rk4_stage_f64(const double* src, int64_t ld_src, double* x, int64_t ld_x, double* acc,
+                       int64_t ld_acc, double* dst, int64_t ld_dst, int64_t r0, int64_t r1,
+                       int64_t m, int32_t stage, double weight, double shift, double forcing) {
+    for (int64_t r = r0; r < r1; ++r) {
+        const double* p = src + r * ld_src;
+        double* xr = x + r * ld_x;
+        double* a = acc + r * ld_acc;
+        if (stage == 0) {
+            double* d = dst + r * ld_dst + 2;
+            for (int64_t i = 0; i < m; ++i) {
+                double k = ((p[i + 3] - p[i]) * p[i + 1] - p[i + 2]) + forcing;
+                a[i] = k;
+                d[i] = fma(k, shift, xr[i]);
+            }
+        } else if (stage < 3) {
+            double* d = dst + r * ld_dst + 2;
+            for (int64_t i = 0; i < m; ++i) {
+                double k = ((p[i + 3] - p[i]) * p[i + 1] - p[i + 2]) + forcing;
+                a[i] = fma(k, weight, a[i]);
+                d[i] = fma(k, shift, xr[i]);
+            }
+        } else {
+            for (int64_t i = 0; i < m; ++i) {
+                double k = ((p[i + 3] - p[i]) * p[i + 1] - p[i + 2]) + forcing;
+                double s = a[i] + k;
+                a[i] = s;
+                xr[i] = fma(s, shift, xr[i]);
+            }
+        }
+    }
+}
 """
 
 _lock = threading.Lock()
@@ -360,6 +401,10 @@ def _build() -> ctypes.CDLL | None:
     lib.l96_rk4_stage_f32.argtypes = [ptr, i64, ptr, i64, ptr, i64, ptr, i64, i64, i64, i64,
                                       i32, f32, f32, f32]
     lib.l96_rk4_stage_f32.restype = None
+    f64 = ctypes.c_double
+    lib.l96_rk4_stage_f64.argtypes = [ptr, i64, ptr, i64, ptr, i64, ptr, i64, i64, i64, i64,
+                                      i32, f64, f64, f64]
+    lib.l96_rk4_stage_f64.restype = None
     return lib
 
 
@@ -375,8 +420,8 @@ def available() -> bool:
     return _library() is not None
 
 
-def _rows_ok(t: Tensor) -> bool:
-    return t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 2 and \
+def _rows_ok(t: Tensor, dtype: torch.dtype = torch.float32) -> bool:
+    return t.device.type == "cpu" and t.dtype == dtype and t.dim() == 2 and \
         t.stride(1) == 1
 
 
@@ -470,6 +515,9 @@ def l96_rk4_stage_f32(src: Tensor, x: Tensor, acc: Tensor, dst: Tensor | None, s
                       weight: float, shift: float, forcing: float, threads: int = 1) -> bool:
     """One :func:`turbda_kit.models.lorenz96.rk4_stage_` in C; same bits, one pass.
 
+    Float32 tensors use the float kernel, float64 ones its double twin (the name keeps
+    the first kernel's).
+
     Parameters
     ----------
     src : Tensor, shape ``(rows, m + 3)``
@@ -494,14 +542,15 @@ def l96_rk4_stage_f32(src: Tensor, x: Tensor, acc: Tensor, dst: Tensor | None, s
     """
     lib = _library()
     tensors = [src, x, acc] + ([dst] if dst is not None else [])
-    if lib is None or not all(_rows_ok(t) for t in tensors) or \
-            (stage < 3) != (dst is not None):
+    if lib is None or x.dtype not in (torch.float32, torch.float64) or \
+            not all(_rows_ok(t, x.dtype) for t in tensors) or (stage < 3) != (dst is not None):
         return False
     rows, m = x.shape
     dst_ptr, ld_dst = (dst.data_ptr(), dst.stride(0)) if dst is not None else (None, 0)
+    kernel = lib.l96_rk4_stage_f32 if x.dtype == torch.float32 else lib.l96_rk4_stage_f64
 
     def run(r0: int, r1: int) -> None:
-        lib.l96_rk4_stage_f32(src.data_ptr(), src.stride(0), x.data_ptr(), x.stride(0),
+        kernel(src.data_ptr(), src.stride(0), x.data_ptr(), x.stride(0),
                               acc.data_ptr(), acc.stride(0), dst_ptr, ld_dst, r0, r1, m,
                               stage, weight, shift, forcing)
 

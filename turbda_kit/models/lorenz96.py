@@ -222,11 +222,12 @@ def rk4_stage_(x: Tensor, work: L96Workspace, stage: int, dt: float, forcing: fl
 
 def _native_stage_(x: Tensor, work: L96Workspace, stage: int, dt: float, forcing: float
                    ) -> bool:
-    """:func:`rk4_stage_` by the one-pass C kernel when it applies (float32 on the CPU, rows
+    """:func:`rk4_stage_` by the one-pass C kernel when it applies (float32/64 on the CPU, rows
     of unit stride, the kernel built); False otherwise. Same bits as the torch code: the
     kernel writes the next stage into ``work.spare``, which then swaps with
     ``work.padded``, so callers see ``work.padded`` hold the next stage as before."""
-    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() < 1 or \
+    if x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu" or \
+            x.dim() < 1 or \
             work.accumulator is None or not x.is_contiguous() or \
             not work.padded.is_contiguous() or not work.accumulator.is_contiguous() or \
             not native.available():
