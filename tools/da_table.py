@@ -272,6 +272,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 row["source"] = preset.source
                 row["network"] = "every point" if preset.network is None else repr(
                     preset.network)
+                row["network_description"] = ("every point" if preset.network is None
+                                              else preset.network.describe())
             table["rows"].extend(rows)
             table["wall_seconds"] = round(time.perf_counter() - started, 1)
             write_json(args.out, table)        # after every preset: a killed run keeps rows

@@ -112,3 +112,12 @@ def test_the_sparse_presets_hold_their_published_set_ups():
     for preset in (cv, mixed):
         preset.network.check((2, 64, 64))
         assert preset.filter_settings("ensf_twostage").ridge == 0.1
+
+
+def test_network_in_words():
+    from turbda_kit.experiments import get_preset
+
+    assert get_preset("bao2024_sqg_sparse_mixed").network.describe() == (
+        "2048 random points, redrawn every cycle, 50% arctan (error 0.01)")
+    assert ObsNetworkSpec(n_obs=10, levels=(0,)).describe() == "10 random points on level(s) 0, fixed"
+    assert ObsNetworkSpec().describe() == "every point"

@@ -312,6 +312,21 @@ class ObsNetworkSpec:
             changes["levels"] = tuple(changes["levels"])
         return dataclasses.replace(self, **changes)
 
+    def describe(self) -> str:
+        """The network in words, e.g. ``"2048 random points redrawn every cycle, 50% arctan
+        (error 0.01)"``."""
+        where = "" if self.levels is None else f" on level(s) {', '.join(map(str, self.levels))}"
+        if self.n_obs is None:
+            text = f"every point{where}"
+        else:
+            how = "redrawn every cycle" if self.resample == "every_cycle" else "fixed"
+            text = f"{self.n_obs} random points{where}, {how}"
+        if self.arctan_fraction:
+            error = ("" if self.arctan_error_std is None
+                     else f" (error {self.arctan_error_std:g})")
+            text += f", {self.arctan_fraction:.0%} arctan{error}"
+        return text
+
     @property
     def is_dense(self) -> bool:
         """Every point of every level observed."""

@@ -470,6 +470,18 @@ _FILTER_LABELS = {"free": "SQG free", "letkf": "LETKF", "ensf": "EnSF",
                   "ensf_twostage": "two-stage EnSF", "ensf_spectral": "spectral EnSF"}
 
 
+def _network_text(row: Mapping[str, Any]) -> str:
+    """A table row's network in words: its own description, else its preset's."""
+    if row.get("network_description"):
+        return str(row["network_description"])
+    from ..experiments.presets import PRESETS
+
+    preset = PRESETS.get(str(row.get("preset", "")))
+    if preset is not None and str(row.get("network")) == repr(preset.network):
+        return "every point" if preset.network is None else preset.network.describe()
+    return str(row.get("network", "—"))
+
+
 @renderer("da_sparse")
 def render_da_sparse(results: Results) -> str:
     """Dense and sparse networks: analysis RMSE, forecast RMSE by lead and the baselines (K).
@@ -496,8 +508,11 @@ def render_da_sparse(results: Results) -> str:
     for row in (r for p in present for r in p.data.get("rows", [])):
         preset, name = row.get("preset"), row.get("filter")
         by_lead = row.get("forecast_rmse_by_lead_hours") or {}
-        analysis = ("diverged" if row.get("diverged") else fmt(row.get("analysis_rmse"), 3))
-        rows.append([f"`{preset}`", row.get("network", "—"), _FILTER_LABELS.get(name, name),
+        analysis = fmt(row.get("analysis_rmse"), 3)
+        if row.get("diverged"):
+            cycle = row.get("diverged_at_cycle")
+            analysis = "diverged" + (f" at cycle {cycle}" if cycle is not None else "")
+        rows.append([f"`{preset}`", _network_text(row), _FILTER_LABELS.get(name, name),
                      analysis, fmt(row.get("analysis_spread"), 3),
                      *(fmt(by_lead.get(h, by_lead.get(f"{h}.0")), 2) for h in leads)])
         baselines.setdefault(preset, row.get("baselines") or {})
