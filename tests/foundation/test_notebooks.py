@@ -12,9 +12,9 @@ import pytest
 from turbda_kit.workflow import notebook_parameters
 
 REPO = Path(__file__).resolve().parents[2]
-NOTEBOOKS = sorted(p for p in REPO.glob("*/**/*.ipynb")
-                   if ".venv" not in p.parts and "runs" not in p.parts
-                   and ".ipynb_checkpoints" not in p.parts)
+# The kit's notebooks live in notebooks/ and figures/; a recursive search would also find
+# those of a built docs site (site/), of .venv-dapper's packages and of run directories.
+NOTEBOOKS = sorted([*REPO.glob("notebooks/*.ipynb"), *REPO.glob("figures/*.ipynb")])
 
 
 def _cells(nb) -> list[tuple[str, str, list[str]]]:
