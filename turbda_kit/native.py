@@ -295,7 +295,7 @@ void l96_rk4_stage_f32(const float* src, int64_t ld_src, float* x, int64_t ld_x,
    write the next stage state x + shift * k into dst's interior (dst[2 .. m+2) of each
    row; its halo is the caller's); stage 3 updates x. The operations are those of
    rk4_stage_ in torch, in its order: ((x_{i+1} - x_{i-2}) * x_{i-1} - x_i) + F, then
-   torch's add with alpha, which is one fused multiply-add (fmaf) with a float64 alpha. */
+   torch's add with alpha, which is one fused multiply-add (fma) with a float64 alpha. */
 void l96_rk4_stage_f64(const double* src, int64_t ld_src, double* x, int64_t ld_x, double* acc,
                        int64_t ld_acc, double* dst, int64_t ld_dst, int64_t r0, int64_t r1,
                        int64_t m, int32_t stage, double weight, double shift, double forcing) {
