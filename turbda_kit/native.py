@@ -255,7 +255,8 @@ void ensf_steps_f32(float* x, const float* prior, int64_t ld_x, int64_t ld_prior
    write the next stage state x + shift * k into dst's interior (dst[2 .. m+2) of each
    row; its halo is the caller's); stage 3 updates x. The operations are those of
    rk4_stage_ in torch, in its order: ((x_{i+1} - x_{i-2}) * x_{i-1} - x_i) + F, then
-   torch's add with alpha, which is one fused multiply-add (fmaf) with a float32 alpha. */
+   torch's add with alpha, which is one fused multiply-add with an alpha of the state's
+   precision (fmaf here; fma in the double twin generated below). */
 void l96_rk4_stage_f32(const float* src, int64_t ld_src, float* x, int64_t ld_x, float* acc,
                        int64_t ld_acc, float* dst, int64_t ld_dst, int64_t r0, int64_t r1,
                        int64_t m, int32_t stage, float weight, float shift, float forcing) {
@@ -287,47 +288,12 @@ void l96_rk4_stage_f32(const float* src, int64_t ld_src, float* x, int64_t ld_x,
         }
     }
 }
-
-/* The same in double precision (fma: torch's float64 add with alpha). One RK4 stage of
-   Lorenz-96 on rows [r0, r1) of a slab of m points. src: the stage state
-   with its halo (row stride ld_src; x_{i-2} .. x_{i+1} of point i at src[i .. i+3]); x: the
-   state at the start of the step; acc: the RK4 sum of the stage tendencies. Stages 0-2
-   write the next stage state x + shift * k into dst's interior (dst[2 .. m+2) of each
-   row; its halo is the caller's); stage 3 updates x. The operations are those of
-   rk4_stage_ in torch, in its order: ((x_{i+1} - x_{i-2}) * x_{i-1} - x_i) + F, then
-   torch's add with alpha, which is one fused multiply-add (fma) with a float64 alpha. */
-void l96_rk4_stage_f64(const double* src, int64_t ld_src, double* x, int64_t ld_x, double* acc,
-                       int64_t ld_acc, double* dst, int64_t ld_dst, int64_t r0, int64_t r1,
-                       int64_t m, int32_t stage, double weight, double shift, double forcing) {
-    for (int64_t r = r0; r < r1; ++r) {
-        const double* p = src + r * ld_src;
-        double* xr = x + r * ld_x;
-        double* a = acc + r * ld_acc;
-        if (stage == 0) {
-            double* d = dst + r * ld_dst + 2;
-            for (int64_t i = 0; i < m; ++i) {
-                double k = ((p[i + 3] - p[i]) * p[i + 1] - p[i + 2]) + forcing;
-                a[i] = k;
-                d[i] = fma(k, shift, xr[i]);
-            }
-        } else if (stage < 3) {
-            double* d = dst + r * ld_dst + 2;
-            for (int64_t i = 0; i < m; ++i) {
-                double k = ((p[i + 3] - p[i]) * p[i + 1] - p[i + 2]) + forcing;
-                a[i] = fma(k, weight, a[i]);
-                d[i] = fma(k, shift, xr[i]);
-            }
-        } else {
-            for (int64_t i = 0; i < m; ++i) {
-                double k = ((p[i + 3] - p[i]) * p[i + 1] - p[i + 2]) + forcing;
-                double s = a[i] + k;
-                a[i] = s;
-                xr[i] = fma(s, shift, xr[i]);
-            }
-        }
-    }
-}
 """
+# The double-precision twin of the Lorenz-96 stage (torch's float64 ops): the same text
+# with double and fma, generated so that the two kernels cannot drift apart.
+_L96_STAGE = _SOURCE[_SOURCE.index("/* One RK4 stage of Lorenz-96"):]
+_SOURCE += "\n" + (_L96_STAGE.replace("l96_rk4_stage_f32", "l96_rk4_stage_f64")
+                   .replace("fmaf(", "fma(").replace("float", "double"))
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
