@@ -37,6 +37,12 @@ __all__ = ["Moments", "NodeLayout", "SerialComm", "abort_on_exception", "block_r
 
 T = TypeVar("T")
 
+#: Seconds a failing rank waits between writing its traceback and ``Abort``. The launcher
+#: (MPICH's hydra, Slurm) forwards each rank's stderr through a pipe; ``Abort`` makes it
+#: kill every process, and on a loaded node it could do so before reading what the failing
+#: rank had just written, so the user saw a non-zero exit and no reason (seen in CI).
+ABORT_GRACE_SECONDS = 1.0
+
 
 class SerialComm:
     """A one-process stand-in for an ``mpi4py`` communicator.
@@ -136,7 +142,9 @@ def abort_on_exception(comm: Any | None = None, errorcode: int = 1) -> Iterator[
     Without it, one rank raising while the others wait in a collective leaves the job
     hanging until the wall-clock limit. With more than one rank, the traceback is printed
     (prefixed with the rank) and ``comm.Abort(errorcode)`` ends every process; with one
-    rank the exception propagates normally.
+    rank the exception propagates normally. The failing rank waits
+    :data:`ABORT_GRACE_SECONDS` before aborting so that the launcher forwards its
+    traceback before it kills the job.
 
     Parameters
     ----------
@@ -162,6 +170,7 @@ def abort_on_exception(comm: Any | None = None, errorcode: int = 1) -> Iterator[
         sys.stderr.write(f"[rank {rank}] aborting the MPI job (errorcode {errorcode})\n")
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE_SECONDS)
         comm.Abort(errorcode)
         raise  # only reached with a stand-in whose Abort returns
 
