@@ -602,3 +602,34 @@ def test_rollout_rmse_figure_and_prediction_panels():
     np.testing.assert_array_equal(rows["+36 h, z = 0"]["ViT - truth (error)"], forecast[2])
     with pytest.raises(ValueError, match="must both be"):
         prediction_panels(truth, forecast[:2], 12.0)
+
+
+@pytest.mark.parametrize("limits, expected", [
+    ((2.8, 5.8), {"3", "4", "5"}),       # under a factor 2.5: every minor tick labelled
+    ((0.3, 20.0), {"0.5", "1", "2", "5", "10", "20"}),  # under two decades: 1, 2, 5
+    ((0.01, 50.0), {"0.01", "0.1", "1", "10"}),   # wider: the decades only
+])
+def test_log_axes_always_show_at_least_two_numbers(limits, expected):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from turbda_kit.viz.plots import readable_log_ticks
+
+    fig, ax = plt.subplots()
+    ax.set_yscale("log")
+    ax.set_ylim(*limits)
+
+    class Plot:
+        handles = {"axis": ax}
+        xticks = yticks = None
+
+    readable_log_ticks(Plot(), None)
+    fig.canvas.draw()
+    low, high = limits
+    labels = ax.yaxis.get_majorticklabels() + ax.yaxis.get_minorticklabels()
+    shown = {t.get_text() for t in labels
+             if t.get_text() and low <= t.get_position()[1] <= high}
+    plt.close(fig)
+    assert shown == expected

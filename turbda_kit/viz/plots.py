@@ -40,7 +40,7 @@ __all__ = [
     "DISPLAY_BACKEND", "EXPORT_BACKEND", "LINE_STYLES", "MARKERS", "PALETTE", "RUN_LINES",
     "RUN_STYLES", "VARIABLE_LABELS", "axis_label", "climatological_spread", "field_panels",
     "fields", "figure_styles", "init_notebook", "level_title", "loss_curves",
-    "observation_error_level", "prediction_panels", "rollout_rmse_figure",
+    "observation_error_level", "prediction_panels", "readable_log_ticks", "rollout_rmse_figure",
     "rank_histogram", "rank_histograms", "render", "rmse_figure", "rmse_vs_time",
     "run_line", "run_style", "running_mean", "save", "scaling", "scaling_figure",
     "scaling_rmse", "show", "spread_ratio_vs_time", "spread_rmse_vs_time", "spread_skill",
@@ -243,11 +243,14 @@ def _both(obj, common: Mapping | None = None, matplotlib: Mapping | None = None,
     return obj.opts(**common, **dict(bokeh or {}), backend="bokeh")
 
 
-def _readable_log_ticks(plot, element) -> None:
+def readable_log_ticks(plot, element) -> None:
     """matplotlib hook: plain numbers on log axes (0.5, 1, 2 …, not 10^0 or 1.2×10^0).
 
     Minor ticks are labelled at 2 and 5 times powers of ten when the axis spans less than
-    two decades, and left unlabelled otherwise; an axis with explicit ticks keeps only those.
+    two decades, at every minor tick when fewer than two of 1, 2 and 5 times a power of
+    ten fall on the axis (a span under a factor of about 2.5 would otherwise show one
+    number or none), and left unlabelled over two decades or more; an axis with explicit
+    ticks keeps only those.
     """
     ticker = require("matplotlib.ticker", "PNG figures")
     ax = plot.handles.get("axis")
@@ -255,9 +258,11 @@ def _readable_log_ticks(plot, element) -> None:
         return
     plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")
 
+    def mantissa(value: float) -> float:
+        return round(value / 10 ** math.floor(math.log10(value)), 6) if value > 0 else 0
+
     def minor_label(value, _):
-        mantissa = round(value / 10 ** math.floor(math.log10(value)), 6) if value > 0 else 0
-        return f"{value:g}" if mantissa in (2.0, 5.0) else ""
+        return f"{value:g}" if mantissa(value) in (2.0, 5.0) else ""
 
     for axis, scale, explicit in ((ax.xaxis, ax.get_xscale(), plot.xticks is not None),
                                   (ax.yaxis, ax.get_yscale(), plot.yticks is not None)):
@@ -267,8 +272,17 @@ def _readable_log_ticks(plot, element) -> None:
         low, high = sorted(abs(v) for v in axis.get_view_interval())
         if explicit or low <= 0 or high / low >= 100:
             axis.set_minor_formatter(ticker.NullFormatter())
+        elif _round_values_within(low, high) < 2:
+            axis.set_minor_formatter(plain)
         else:
             axis.set_minor_formatter(ticker.FuncFormatter(minor_label))
+
+
+def _round_values_within(low: float, high: float) -> int:
+    """How many of 1, 2 and 5 times a power of ten lie in ``[low, high]`` (``low > 0``)."""
+    first = math.floor(math.log10(low))
+    return sum(1 for decade in range(first, math.floor(math.log10(high)) + 1)
+               for m in (1.0, 2.0, 5.0) if low <= m * 10.0**decade <= high)
 
 
 def _box_aspect(width_over_height: float):
@@ -591,7 +605,7 @@ def rmse_figure(datasets: Mapping[str, object], variable: str = "rmse_analysis",
                  {"title": heading, "logy": logy, "show_grid": True,
                   "legend_position": "right"},
                  {"fig_inches": (7.5, 3.6), "aspect": 2.2,
-                  "hooks": [_readable_log_ticks, _legend_beside()]},
+                  "hooks": [readable_log_ticks, _legend_beside()]},
                  {"width": 900, "height": 400})
 
 
@@ -919,13 +933,13 @@ def scaling_figure(ds, title: str | None = None):
     time_plot = _both(hv.Overlay(times), {
         "title": f"{title}: time per cycle (dashed: ideal)", **x_axes, **time_axes,
         "show_grid": True, "legend_position": "bottom_right"},
-        {"aspect": 1.3, "hooks": [_readable_log_ticks, _box_aspect(1.3), _integer_ticks(ticks),
+        {"aspect": 1.3, "hooks": [readable_log_ticks, _box_aspect(1.3), _integer_ticks(ticks),
                                   _legend_beside()]},
         {"width": 460, "height": 360, "xticks": ticks})
     eff_plot = _both(hv.Overlay([*effs, _reference(hv.HLine(1.0))]), {
         "title": f"{title}: efficiency", **x_axes, "show_grid": True,
         "ylim": (0, 1.1 * top_eff), "legend_position": "bottom_left"},
-        {"aspect": 1.3, "hooks": [_readable_log_ticks, _box_aspect(1.3), _integer_ticks(ticks),
+        {"aspect": 1.3, "hooks": [readable_log_ticks, _box_aspect(1.3), _integer_ticks(ticks),
                                   _legend_beside()]},
         {"width": 460, "height": 360, "xticks": ticks})
     return _both(hv.Layout([time_plot, eff_plot]).cols(2),
@@ -1241,7 +1255,7 @@ def loss_curves(history: list[Mapping], title: str = "training loss", logy: bool
         elements.append(_points(hv.Scatter(val, *axis), PALETTE[1]))
     return _both(hv.Overlay(elements), {"title": title, "logy": logy, "show_grid": True,
                                         "legend_position": "top_right"},
-                 {"fig_inches": 5, "hooks": [_readable_log_ticks, _box_aspect(1.6)]},
+                 {"fig_inches": 5, "hooks": [readable_log_ticks, _box_aspect(1.6)]},
                  {"width": 520, "height": 340})
 
 

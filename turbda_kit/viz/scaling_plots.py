@@ -14,7 +14,6 @@ Example
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..optional import require
-from .plots import PALETTE, save
+from .plots import PALETTE, readable_log_ticks, save
 
 __all__ = ["efficiency_panel", "rmse_panel", "save_scaling_plots", "scaling_overview",
            "time_panel", "utilisation_panel"]
@@ -60,30 +59,14 @@ def _points(element, colour: str, size: float = 6.0, cross: bool = False):
 
 def _axes_hook(plot, element) -> None:
     """matplotlib hook: one box shape for every panel (holoviews' ``aspect`` is lost on log
-    axes), and plain numbers (1, 2, 4, 0.05) on log axes instead of 10^0 or 1.2x10^0. The
-    rank axis keeps only its ticks at the rank counts; a log time axis spanning less than
-    two decades also labels 2 and 5 times the powers of ten."""
-    ticker = require("matplotlib.ticker", "PNG figures")
+    axes) and plain numbers on log axes (:func:`~turbda_kit.viz.plots.readable_log_ticks`;
+    the rank axis, ticked explicitly, keeps only its ticks at the rank counts)."""
     ax = plot.handles.get("axis")
     if ax is None:
         return
     ax.set_aspect("auto")
     ax.set_box_aspect(1.0 / _BOX_ASPECT)
-    plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")
-
-    def two_and_five(value, _):
-        mantissa = round(value / 10 ** math.floor(math.log10(value)), 6) if value > 0 else 0
-        return f"{value:g}" if mantissa in (2.0, 5.0) else ""
-
-    for axis, scale, ranks in ((ax.xaxis, ax.get_xscale(), True),
-                               (ax.yaxis, ax.get_yscale(), False)):
-        if scale != "log":
-            continue
-        axis.set_major_formatter(plain)
-        low, high = sorted(abs(v) for v in axis.get_view_interval())
-        narrow = not ranks and low > 0 and high / low < 100
-        axis.set_minor_formatter(ticker.FuncFormatter(two_and_five) if narrow
-                                 else ticker.NullFormatter())
+    readable_log_ticks(plot, element)
 
 
 def _panel(overlay, title: str, axes: Mapping):
