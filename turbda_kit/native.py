@@ -10,7 +10,10 @@ Three functions, each the exact transcription of a pure torch function of the ki
 * ``l96_rk4_stage_f32`` (and ``_f64``) — one stage of
   :func:`turbda_kit.models.lorenz96.rk4_stage_`
   (tendency, accumulator, next stage state) in one pass over memory instead of about
-  six, writing the next stage into a second padded buffer.
+  six, writing the next stage into a second padded buffer;
+* ``l96_rk4_ring`` — whole RK4 steps of full periodic rings (halo copies and the four
+  stages above), each row through all the steps in one call: small ensembles (DAPPER's
+  40-variable tests) otherwise spend their time in Python between tiny kernels.
 
 The C code performs the same exactly rounded float32 operations in the same order as the
 torch code (compiled with ``-ffp-contract=off``: no fused multiply-adds), integer hashing in
@@ -44,7 +47,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["available", "counter_fill_f32", "ensf_step_f32", "ensf_steps_f32",
-           "l96_rk4_stage_f32"]
+           "l96_rk4_ring", "l96_rk4_stage_f32"]
 
 _SOURCE = r"""
 #include <math.h>
@@ -288,12 +291,41 @@ void l96_rk4_stage_f32(const float* src, int64_t ld_src, float* x, int64_t ld_x,
         }
     }
 }
+
+/* n_steps RK4 steps of Lorenz-96 on rows [r0, r1) of x (each row a full periodic ring of
+   m points), one row at a time through all the steps while it is in cache. coef: the
+   stage shifts 0.5 dt, 0.5 dt, dt, then dt / 6 and the weights 2, 2, 1 of stages 1-3
+   (the values rk4_stage_ passes). work: 3 m + 6 scratch values. Per point the same
+   operations as rk4_step_ with periodic_halo_ (halo copies, then the stages above). */
+void l96_rk4_ring_f32(float* x, int64_t ld_x, int64_t r0, int64_t r1, int64_t m,
+                      int64_t n_steps, const float* coef, float forcing, float* work) {
+    float* pa = work;
+    float* pb = work + (m + 3);
+    float* acc = work + 2 * (m + 3);
+    for (int64_t r = r0; r < r1; ++r) {
+        float* xr = x + r * ld_x;
+        for (int64_t step = 0; step < n_steps; ++step) {
+            float* src = pa;
+            float* dst = pb;
+            memcpy(src + 2, xr, (size_t)m * sizeof(float));
+            for (int32_t stage = 0; stage < 4; ++stage) {
+                src[0] = src[m];
+                src[1] = src[m + 1];
+                src[m + 2] = src[2];
+                float weight = stage == 0 ? 1.0f : coef[3 + stage];
+                l96_rk4_stage_f32(src, 0, xr, 0, acc, 0, stage < 3 ? dst : 0, 0,
+                                  0, 1, m, stage, weight, coef[stage], forcing);
+                float* t = src; src = dst; dst = t;
+            }
+        }
+    }
+}
 """
-# The double-precision twin of the Lorenz-96 stage (torch's float64 ops): the same text
+# The double-precision twins of the Lorenz-96 kernels (torch's float64 ops): the same text
 # with double and fma, generated so that the two kernels cannot drift apart.
 _L96_STAGE = _SOURCE[_SOURCE.index("/* One RK4 stage of Lorenz-96"):]
-_SOURCE += "\n" + (_L96_STAGE.replace("l96_rk4_stage_f32", "l96_rk4_stage_f64")
-                   .replace("fmaf(", "fma(").replace("float", "double"))
+_SOURCE += "\n" + (_L96_STAGE.replace("_f32(", "_f64(").replace("fmaf(", "fma(")
+                   .replace("float", "double"))
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -371,6 +403,10 @@ def _build() -> ctypes.CDLL | None:
     lib.l96_rk4_stage_f64.argtypes = [ptr, i64, ptr, i64, ptr, i64, ptr, i64, i64, i64, i64,
                                       i32, f64, f64, f64]
     lib.l96_rk4_stage_f64.restype = None
+    lib.l96_rk4_ring_f32.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, f32, ptr]
+    lib.l96_rk4_ring_f32.restype = None
+    lib.l96_rk4_ring_f64.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, f64, ptr]
+    lib.l96_rk4_ring_f64.restype = None
     return lib
 
 
@@ -528,6 +564,60 @@ def l96_rk4_stage_f32(src: Tensor, x: Tensor, acc: Tensor, dst: Tensor | None, s
     pool = _pool(threads - 1)
     pending = [pool.submit(run, bounds[i], bounds[i + 1]) for i in range(1, threads)]
     run(bounds[0], bounds[1])
+    for p in pending:
+        p.result()
+    return True
+
+
+def l96_rk4_ring(x: Tensor, n_steps: int, dt: float, forcing: float, threads: int = 1
+                 ) -> bool:
+    """``n_steps`` :func:`turbda_kit.models.lorenz96.rk4_step_` calls on full rings in C.
+
+    Same bits as the torch steps with :func:`~turbda_kit.models.lorenz96.periodic_halo_`
+    (the per-point operations and their order are those of the stage kernel); each row
+    goes through all the steps while it is in cache.
+
+    Parameters
+    ----------
+    x : Tensor, shape ``(rows, m)``, float32 or float64, CPU, unit column stride
+        Each row one full ring of ``m >= 4`` points; updated in place.
+    n_steps : int
+        Steps, >= 0.
+    dt, forcing : float
+        Time step and forcing, as given to ``rk4_step_``.
+    threads : int
+        Row ranges worked on concurrently (the calls release the GIL).
+
+    Returns
+    -------
+    bool
+        False (nothing done) when the kernel or the layout is not available.
+    """
+    lib = _library()
+    if lib is None or x.dtype not in (torch.float32, torch.float64) or \
+            not _rows_ok(x, x.dtype) or x.shape[1] < 4:
+        return False
+    rows, m = x.shape
+    # the Python doubles rk4_stage_ passes, rounded once to the state's precision
+    coef = torch.tensor([0.5 * dt, 0.5 * dt, 1.0 * dt, dt / 6.0, 2.0, 2.0, 1.0],
+                        dtype=x.dtype)
+    kernel = lib.l96_rk4_ring_f32 if x.dtype == torch.float32 else lib.l96_rk4_ring_f64
+    threads = max(1, min(int(threads), rows))
+    if rows * m * n_steps < 1 << 16:
+        threads = 1
+    work = x.new_empty((threads, 3 * m + 6))
+
+    def run(part: int, r0: int, r1: int) -> None:
+        kernel(x.data_ptr(), x.stride(0), r0, r1, m, n_steps, coef.data_ptr(), forcing,
+               work[part].data_ptr())
+
+    if threads == 1:
+        run(0, 0, rows)
+        return True
+    bounds = [rows * i // threads for i in range(threads + 1)]
+    pool = _pool(threads - 1)
+    pending = [pool.submit(run, i, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+    run(0, bounds[0], bounds[1])
     for p in pending:
         p.result()
     return True

@@ -210,3 +210,31 @@ def test_one_pass_c_stage_gives_the_torch_bits(monkeypatch, shape, threads, dtyp
         rk4_step_(slow, slow_work, 0.0123, 8.17)
     assert slow_work.spare is None
     assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(40,), (7, 40), (2, 3, 517), (3, 70000)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_whole_steps_in_c_give_the_torch_bits(monkeypatch, shape, threads, dtype):
+    """Lorenz96.advance runs whole RK4 steps of full rings in one C call
+    (native.l96_rk4_ring): the same bits as stepping with the torch code."""
+    from turbda_kit import native
+    from turbda_kit.models.lorenz96 import L96Workspace, rk4_step_
+
+    if not native.available():
+        pytest.skip("no C compiler: the torch code runs")
+    model = Lorenz96(shape[-1], forcing=8.17, dt=0.0123)
+    x0 = 8.17 + torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    calls = []
+    ring = native.l96_rk4_ring
+    monkeypatch.setattr(native, "l96_rk4_ring", lambda *a, **k: calls.append(1) or ring(*a, **k))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    fast = model.advance(x0, 13)
+    assert calls == [1]
+    monkeypatch.setitem(native._state, "lib", None)   # now the torch code
+    slow, work = x0.clone(), L96Workspace.like(x0)
+    for _ in range(13):
+        rk4_step_(slow, work, 0.0123, 8.17)
+    assert torch.equal(fast, slow)
+    assert torch.equal(model.advance(x0, 13), slow)   # the fallback, same bits
+    assert torch.equal(model.advance(x0, 0), x0)
