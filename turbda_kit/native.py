@@ -33,6 +33,7 @@ functions (slower, same results) and says so once. ``TURBDA_NATIVE=0`` disables 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -598,9 +599,7 @@ def l96_rk4_ring(x: Tensor, n_steps: int, dt: float, forcing: float, threads: in
             not _rows_ok(x, x.dtype) or x.shape[1] < 4:
         return False
     rows, m = x.shape
-    # the Python doubles rk4_stage_ passes, rounded once to the state's precision
-    coef = torch.tensor([0.5 * dt, 0.5 * dt, 1.0 * dt, dt / 6.0, 2.0, 2.0, 1.0],
-                        dtype=x.dtype)
+    coef = _rk4_coefficients(float(dt), x.dtype)
     kernel = lib.l96_rk4_ring_f32 if x.dtype == torch.float32 else lib.l96_rk4_ring_f64
     threads = max(1, min(int(threads), rows))
     if rows * m * n_steps < 1 << 16:
@@ -621,6 +620,13 @@ def l96_rk4_ring(x: Tensor, n_steps: int, dt: float, forcing: float, threads: in
     for p in pending:
         p.result()
     return True
+
+
+@functools.lru_cache(maxsize=16)
+def _rk4_coefficients(dt: float, dtype: torch.dtype) -> Tensor:
+    # the Python doubles rk4_stage_ passes, rounded once to the state's precision (cached:
+    # building a tensor costs as much as a 40-variable step)
+    return torch.tensor([0.5 * dt, 0.5 * dt, 1.0 * dt, dt / 6.0, 2.0, 2.0, 1.0], dtype=dtype)
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
