@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="preset names (spaces or commas between them)")
     parser.add_argument("--filters", nargs="+", default=list(DEFAULT_FILTERS),
                         help="filters, 'free' for the free run (spaces or commas); "
-                        "ensf_spectral only for dense identity observations")
+                        "ensf_spectral and wiener_spectral only for dense identity observations")
     parser.add_argument("--quick", action="store_true", help="CI size (defaults: "
                         + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + ")")
     parser.add_argument("--N", type=int, help=f"SQG grid (default {FULL['N']})")

@@ -49,6 +49,7 @@ from ..filters.ensf import EnSFConfig
 from ..filters.ensf_spectral import SpectralEnSFConfig, spectral_config_from
 from ..filters.ensf_twostage import TwoStageEnSFConfig
 from ..filters.letkf import LETKFConfig
+from ..filters.spectral_wiener import SpectralWienerConfig
 from ..obs.networks import ObsNetworkSpec
 
 __all__ = ["DAPreset", "PRESETS", "VIT_ENSF_SETTINGS", "get_preset"]
@@ -107,6 +108,9 @@ class DAPreset:
     ensf_spectral : SpectralEnSFConfig or None
         Settings of the spectral EnSF (:mod:`turbda_kit.filters.ensf_spectral`; dense
         identity observations only); None: the preset's ``ensf`` without its normalisation.
+    wiener_spectral : SpectralWienerConfig or None
+        Settings of the spectral Wiener filter (:mod:`turbda_kit.filters.spectral_wiener`,
+        the homogeneous-prior reference of the spectral EnSF); None: its defaults.
     """
 
     name: str
@@ -129,6 +133,7 @@ class DAPreset:
     network: ObsNetworkSpec | None = None
     ensf_twostage: TwoStageEnSFConfig | None = None
     ensf_spectral: SpectralEnSFConfig | None = None
+    wiener_spectral: SpectralWienerConfig | None = None
 
     @property
     def filters(self) -> dict[str, Any]:
@@ -138,7 +143,8 @@ class DAPreset:
             vertical_localization_radius=self.letkf.vertical_localization_radius)
         spectral = self.ensf_spectral or spectral_config_from(self.ensf)
         return {"ensf": self.ensf, "letkf": self.letkf, "ensf_twostage": twostage,
-                "ensf_spectral": spectral}
+                "ensf_spectral": spectral,
+                "wiener_spectral": self.wiener_spectral or SpectralWienerConfig()}
 
     def with_network(self, changes: dict[str, Any] | None) -> DAPreset:
         """A copy whose observation network has some fields changed.
@@ -176,7 +182,7 @@ class DAPreset:
 
         Parameters
         ----------
-        filter_name : {"ensf", "letkf", "ensf_twostage", "ensf_spectral"}
+        filter_name : {"ensf", "letkf", "ensf_twostage", "ensf_spectral", "wiener_spectral"}
         changes : dict or None
             Field changes of :class:`~turbda_kit.filters.ensf.EnSFConfig`,
             :class:`~turbda_kit.filters.letkf.LETKFConfig` or

@@ -33,11 +33,14 @@ from .localization import (
     plan_localization,
     sqg_positions,
 )
+from .spectral_wiener import SpectralWiener, SpectralWienerConfig, spectral_wiener_analysis
 
 __all__ = [
     "LETKF",
     "SpectralEnSF",
     "SpectralEnSFConfig",
+    "SpectralWiener",
+    "SpectralWienerConfig",
     "hartley2",
     "shell_spread",
     "EnSF",
@@ -71,6 +74,7 @@ __all__ = [
     "plan_localization",
     "register_filter",
     "regression_increments",
+    "spectral_wiener_analysis",
     "sqg_positions",
     "transforms_from_gram",
     "uses_convolution",
