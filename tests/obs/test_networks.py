@@ -109,9 +109,9 @@ def test_the_sparse_presets_hold_their_published_set_ups():
     assert (mixed.network.n_obs, mixed.network.arctan_fraction, mixed.shocks) == (2048, 0.5, True)
     assert (mixed.letkf.localization_radius, mixed.letkf.inflation,
             mixed.letkf.inflation_factor) == (5.8e6, "rtps", 0.9)
-    for preset in (cv, mixed):
+    for preset, ridge in ((cv, 0.1), (mixed, 0.3)):
         preset.network.check((2, 64, 64))
-        assert preset.filter_settings("ensf_twostage").ridge == 0.1
+        assert preset.filter_settings("ensf_twostage").ridge == ridge
 
 
 def test_network_in_words():
