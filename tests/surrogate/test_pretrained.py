@@ -12,6 +12,7 @@ from turbda_kit.data.normaliser import Normaliser
 from turbda_kit.errors import InputError
 from turbda_kit.surrogate.config import load_vit_config
 from turbda_kit.surrogate.export import export_surrogate
+from turbda_kit.surrogate.forecast_model import SurrogateModel
 from turbda_kit.surrogate.pretrained import (
     available_pretrained,
     load_heldout,
@@ -56,6 +57,16 @@ def test_a_bundle_round_trips_with_its_scores_and_no_machine_paths(export, heldo
     assert score_heldout(model, trajectory, hours, 3) == info["heldout"]["rmse_K"]
     assert set(info["heldout"]["rmse_K"]) == {"12", "24", "36", "persistence_12",
                                               "persistence_24", "persistence_36"}
+    # int8 weights by default, scored beside the export's float32 weights
+    assert info["weights"] == "int8"
+    float32 = score_heldout(SurrogateModel.from_export(export), trajectory, hours, 3)
+    assert info["heldout"]["rmse_K_float32"] == float32
+    assert float32 != info["heldout"]["rmse_K"]
+    assert float32["persistence_12"] == info["heldout"]["rmse_K"]["persistence_12"]
+    plain = package_pretrained(export, "plain", heldout, 12.0, 3, dest=dest, weights="float32")
+    plain_info = pretrained_info("plain", dest)
+    assert plain_info["heldout"]["rmse_K"] == float32 and "rmse_K_float32" not in plain_info["heldout"]
+    assert (folder / "surrogate.pt").stat().st_size < (plain / "surrogate.pt").stat().st_size
     stored = (folder / "surrogate.pt").read_bytes()
     assert b"/some/machine/path" not in stored and b"data_root" not in stored
     assert json.dumps(info).find("/some/") < 0

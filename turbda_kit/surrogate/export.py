@@ -6,7 +6,10 @@ An export is a dict written with :func:`torch.save` and read back with
 =============== =====================================================================
 ``format``      ``"turbda_kit.surrogate.vit/1"``
 ``config``      :meth:`ViTConfig.to_dict`, the architecture
-``state_dict``  the consolidated weights, float32 CPU tensors
+``state_dict``  the consolidated weights, float32 CPU tensors (int8 codes for the large
+                ones when ``int8`` is present)
+``int8``        optional: ``{"group", "scales"}`` of weight-only int8 storage
+                (:mod:`turbda_kit.surrogate.quantize`); read back as float32
 ``metadata``    small JSON-like extras: training ``step``, ``val_loss``,
                 ``lead_time_hours``, ``hours_per_step``, ``data_root``, ...
 ``normaliser``  ``{"variables", "mean", "std"}`` (K) the model was trained with, optional
@@ -49,6 +52,7 @@ from ..errors import InputError
 from ..io import atomic_path
 from ..provenance import collect
 from .config import ViTConfig
+from .quantize import dequantize_state_dict, quantize_state_dict
 from .safe_loading import torch_load_restricted
 from .vit import ViT
 
@@ -124,7 +128,8 @@ def _normaliser_entry(normaliser: Normaliser, config: ViTConfig) -> dict[str, li
 def save_surrogate(config: ViTConfig, state_dict: Mapping[str, Tensor], path: str | os.PathLike,
                    metadata: Mapping[str, Any] | None = None, *,
                    normaliser: Normaliser | None = None,
-                   provenance: Mapping[str, Any] | None = None) -> Path:
+                   provenance: Mapping[str, Any] | None = None,
+                   weights: str = "float32") -> Path:
     """Write a consolidated, single-device export for inference (atomically).
 
     Parameters
@@ -142,6 +147,9 @@ def save_surrogate(config: ViTConfig, state_dict: Mapping[str, Tensor], path: st
         model's.
     provenance : mapping, optional
         JSON-like record of the writer (:func:`turbda_kit.provenance.collect`).
+    weights : {"float32", "int8"}
+        How the weights are stored: float32, or the large tensors as int8 codes with
+        float16 group scales (:mod:`turbda_kit.surrogate.quantize`; about 4x smaller).
 
     Returns
     -------
@@ -150,13 +158,17 @@ def save_surrogate(config: ViTConfig, state_dict: Mapping[str, Tensor], path: st
     """
     if not isinstance(config, ViTConfig):
         raise InputError(f"config must be a ViTConfig, got {type(config).__name__}")
+    if weights not in ("float32", "int8"):
+        raise InputError(f"weights={weights!r}: choose 'float32' or 'int8'")
+    state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in state_dict.items()}
     payload: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "config": config.to_dict(),
-        "state_dict": {k: v.detach().to("cpu", torch.float32).clone()
-                       for k, v in state_dict.items()},
+        "state_dict": state,
         "metadata": _plain(dict(metadata or {}), "metadata"),
     }
+    if weights == "int8":
+        payload["state_dict"], payload["int8"] = quantize_state_dict(state)
     if normaliser is not None:
         payload["normaliser"] = _normaliser_entry(normaliser, config)
     if provenance is not None:
@@ -274,6 +286,12 @@ def read_surrogate(path: str | os.PathLike, device: torch.device | str = "cpu"
         config = ViTConfig.from_dict(payload["config"])
     except InputError as err:
         raise InputError(f"the config stored in {path} is invalid ({err}): {_FIX}") from None
+    if "int8" in payload:
+        try:
+            state = dequantize_state_dict(state, payload["int8"])
+        except InputError as err:
+            raise InputError(f"the int8 weights in {path} are malformed ({err}): {_FIX}"
+                             ) from None
     model = ViT(config)
     try:
         model.load_state_dict(state)

@@ -3,8 +3,9 @@
 A pretrained bundle is a folder ``turbda_kit/pretrained/<name>/`` holding
 
 ================= =====================================================================
-``surrogate.pt``  the export (:mod:`turbda_kit.surrogate.export`): weights, config,
-                  normaliser, lead time; machine paths and host names removed
+``surrogate.pt``  the export (:mod:`turbda_kit.surrogate.export`): weights (int8 with
+                  float16 group scales by default, :mod:`turbda_kit.surrogate.quantize`),
+                  config, normaliser, lead time; machine paths and host names removed
 ``heldout.npz``   ``trajectory`` (T, V, N, N) float32 K: consecutive held-out truth
                   states (test days of the training nature run), ``hours_per_step``
 ``manifest.json`` sha256 of both files, the RMSE of the model on the held-out sample
@@ -167,7 +168,8 @@ def score_heldout(model: SurrogateModel, trajectory: torch.Tensor, hours_per_ste
 def package_pretrained(export: str | os.PathLike, name: str, heldout: torch.Tensor,
                        hours_per_step: float, n_steps: int, *,
                        dest: str | os.PathLike | None = None,
-                       training: dict[str, Any] | None = None) -> Path:
+                       training: dict[str, Any] | None = None,
+                       weights: str = "int8") -> Path:
     """Write bundle ``name``: a clean copy of ``export``, the held-out sample, the manifest.
 
     Parameters
@@ -187,6 +189,10 @@ def package_pretrained(export: str | os.PathLike, name: str, heldout: torch.Tens
     training : dict, optional
         How the model was made (command, parameters); plain JSON values without machine
         paths.
+    weights : {"int8", "float32"}
+        Storage of the bundle's weights (:func:`~turbda_kit.surrogate.export.save_surrogate`;
+        int8 keeps a 1.3M-parameter ViT under 2 MB). The manifest's ``rmse_K`` scores the
+        stored weights; with int8, ``rmse_K_float32`` scores the export's own weights.
 
     Returns
     -------
@@ -210,12 +216,18 @@ def package_pretrained(export: str | os.PathLike, name: str, heldout: torch.Tens
                   "torch": torch.__version__}
     metadata = {k: v for k, v in source.metadata.items() if k in _KEPT_METADATA}
     save_surrogate(source.model.config, source.model.state_dict(), folder / EXPORT_FILE,
-                   metadata, normaliser=source.normaliser, provenance=provenance)
+                   metadata, normaliser=source.normaliser, provenance=provenance,
+                   weights=weights)
     with atomic_path(folder / HELDOUT_FILE) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, trajectory=heldout.numpy(), hours_per_step=np.float64(hours_per_step))
     model = SurrogateModel.from_export(folder / EXPORT_FILE)
     scores = score_heldout(model, heldout, hours_per_step, n_steps)
+    heldout_entry = {"states": int(heldout.shape[0]), "hours_per_step": float(hours_per_step),
+                     "n_steps": int(n_steps), "rmse_K": scores}
+    if weights != "float32":
+        heldout_entry["rmse_K_float32"] = score_heldout(
+            SurrogateModel.from_export(export), heldout, hours_per_step, n_steps)
     manifest = {
         "name": name,
         "description": f"ViT surrogate '{source.model.config.name}' of SQG, "
@@ -224,8 +236,8 @@ def package_pretrained(export: str | os.PathLike, name: str, heldout: torch.Tens
                   HELDOUT_FILE: _sha256(folder / HELDOUT_FILE)},
         "parameters": int(sum(p.numel() for p in model.vit.parameters())),
         "lead_time_hours": source.lead_time_hours,
-        "heldout": {"states": int(heldout.shape[0]), "hours_per_step": float(hours_per_step),
-                    "n_steps": int(n_steps), "rmse_K": scores},
+        "weights": weights,
+        "heldout": heldout_entry,
         "training": training or {},
         "provenance": provenance,
     }
@@ -239,7 +251,7 @@ def _package_cli(args: argparse.Namespace) -> int:
     heldout = trajectory[:args.states]
     training = {"command": args.command, "parameters": json.loads(args.parameters)}
     folder = package_pretrained(args.export, args.name, heldout, hours, args.steps,
-                                dest=args.dest, training=training)
+                                dest=args.dest, training=training, weights=args.weights)
     info = pretrained_info(args.name, args.dest)
     print(f"wrote {folder}: held-out RMSE (K) {info['heldout']['rmse_K']}")
     return 0
@@ -260,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pack.add_argument("--dest", default=None, help="folder of bundles (default: the kit's)")
     pack.add_argument("--command", default="", help="how the model was trained (recorded)")
     pack.add_argument("--parameters", default="{}", help="JSON training parameters (recorded)")
+    pack.add_argument("--weights", choices=("int8", "float32"), default="int8",
+                      help="weight storage (default int8: groups of 32 with float16 scales)")
     sub.add_parser("list", help="list the shipped bundles and their held-out scores")
     args = parser.parse_args(argv)
     try:
