@@ -483,22 +483,13 @@ def ensf_steps_f32(x: Tensor, prior: Tensor, obs: Tensor, inv_var: Tensor,
     word_array = torch.tensor(words, dtype=torch.int32).reshape(-1)
     coefficient_array = torch.tensor(coefficients, dtype=torch.float32).reshape(-1)
 
-    def run(j0: int, j1: int) -> None:
+    def run(part: int, j0: int, j1: int) -> None:
         lib.ensf_steps_f32(x.data_ptr(), prior.data_ptr(), x.stride(0), prior.stride(0),
                            obs.data_ptr(), inv_var.data_ptr(), iv_stride, members, j0, j1,
                            len(words), word_array.data_ptr(), column0,
                            coefficient_array.data_ptr(), 1 if operator == "arctan" else 0)
 
-    threads = max(1, min(int(threads), n // 4096 or 1))
-    if threads == 1:
-        run(0, n)
-        return True
-    bounds = [n * i // threads for i in range(threads + 1)]
-    pool = _pool(threads - 1)
-    pending = [pool.submit(run, bounds[i], bounds[i + 1]) for i in range(1, threads)]
-    run(bounds[0], bounds[1])
-    for p in pending:
-        p.result()
+    _split(run, n, max(1, min(int(threads), n // 4096 or 1)))
     return True
 
 
@@ -552,21 +543,12 @@ def l96_rk4_stage_f32(src: Tensor, x: Tensor, acc: Tensor, dst: Tensor | None, s
     dst_ptr, ld_dst = (dst.data_ptr(), dst.stride(0)) if dst is not None else (None, 0)
     kernel = lib.l96_rk4_stage_f32 if x.dtype == torch.float32 else lib.l96_rk4_stage_f64
 
-    def run(r0: int, r1: int) -> None:
-        kernel(src.data_ptr(), src.stride(0), x.data_ptr(), x.stride(0),
-                              acc.data_ptr(), acc.stride(0), dst_ptr, ld_dst, r0, r1, m,
-                              stage, weight, shift, forcing)
+    def run(part: int, r0: int, r1: int) -> None:
+        kernel(src.data_ptr(), src.stride(0), x.data_ptr(), x.stride(0), acc.data_ptr(),
+               acc.stride(0), dst_ptr, ld_dst, r0, r1, m, stage, weight, shift, forcing)
 
     threads = max(1, min(int(threads), rows))
-    if threads == 1 or rows * m < 1 << 16:
-        run(0, rows)
-        return True
-    bounds = [rows * i // threads for i in range(threads + 1)]
-    pool = _pool(threads - 1)
-    pending = [pool.submit(run, bounds[i], bounds[i + 1]) for i in range(1, threads)]
-    run(bounds[0], bounds[1])
-    for p in pending:
-        p.result()
+    _split(run, rows, 1 if rows * m < 1 << 16 else threads)
     return True
 
 
@@ -610,15 +592,7 @@ def l96_rk4_ring(x: Tensor, n_steps: int, dt: float, forcing: float, threads: in
         kernel(x.data_ptr(), x.stride(0), r0, r1, m, n_steps, coef.data_ptr(), forcing,
                work[part].data_ptr())
 
-    if threads == 1:
-        run(0, 0, rows)
-        return True
-    bounds = [rows * i // threads for i in range(threads + 1)]
-    pool = _pool(threads - 1)
-    pending = [pool.submit(run, i, bounds[i], bounds[i + 1]) for i in range(1, threads)]
-    run(0, bounds[0], bounds[1])
-    for p in pending:
-        p.result()
+    _split(run, rows, threads)
     return True
 
 
@@ -627,6 +601,20 @@ def _rk4_coefficients(dt: float, dtype: torch.dtype) -> Tensor:
     # the Python doubles rk4_stage_ passes, rounded once to the state's precision (cached:
     # building a tensor costs as much as a 40-variable step)
     return torch.tensor([0.5 * dt, 0.5 * dt, 1.0 * dt, dt / 6.0, 2.0, 2.0, 1.0], dtype=dtype)
+
+
+def _split(run, total: int, threads: int) -> None:
+    """``run(part, lo, hi)`` over ``threads`` near-equal ranges of ``[0, total)``, the first
+    on this thread and the others on the pool (the kernels release the GIL)."""
+    if threads <= 1:
+        run(0, 0, total)
+        return
+    bounds = [total * i // threads for i in range(threads + 1)]
+    pool = _pool(threads - 1)
+    pending = [pool.submit(run, i, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+    run(0, bounds[0], bounds[1])
+    for p in pending:
+        p.result()
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
