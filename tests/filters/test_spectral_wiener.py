@@ -90,7 +90,7 @@ def test_registered_in_presets_and_refuses_what_it_cannot_do():
         wiener(ensemble, obs, Arctan((2, 8, 8)), 1.0, None)
     with pytest.raises(InputError, match="one observation error std"):
         wiener(ensemble, obs, Identity((2, 8, 8)), torch.ones(128), None)
-    with pytest.raises(InputError, match="observes a state"):
+    with pytest.raises(InputError, match="needs every value"):
         wiener(ensemble, obs, Identity((128,)), 1.0, None)
     with pytest.raises(InputError, match="2-D field"):
         spectral_wiener_analysis(torch.zeros(4, 8), torch.zeros(8), 1.0)

@@ -40,7 +40,8 @@ from ..obs.operators import Identity
 from .base import FilterGeometry, register_filter
 from .ensf import EnSFConfig, ensf_analysis
 
-__all__ = ["SpectralEnSF", "SpectralEnSFConfig", "hartley2", "shell_spread"]
+__all__ = ["SpectralEnSF", "SpectralEnSFConfig", "check_dense_identity", "hartley2",
+           "shell_spread"]
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,41 @@ def shell_spread(coefficients: Tensor, floor: float = 1e-6, shells: bool = True)
     return torch.maximum(spread, top * floor)
 
 
+def check_dense_identity(forecast_ensemble: Tensor, obs: Tensor, obs_operator,
+                         obs_error_std, who: str, instead: str = "") -> tuple[tuple[int, ...],
+                                                                            float]:
+    """Check a filter call of the spectral filters: identity observations of every value
+    of a field with at least two dimensions, one error std.
+
+    Returns
+    -------
+    (tuple of int, float)
+        The state shape and the error std.
+
+    Raises
+    ------
+    InputError
+        Naming ``who`` and, for another operator, what to use ``instead``.
+    """
+    if not isinstance(obs_operator, Identity):
+        hint = f" ({instead})" if instead else ""
+        raise InputError(f"{who} needs identity observations of every value; got "
+                         f"{obs_operator!r}{hint}")
+    state_shape = tuple(forecast_ensemble.shape[1:])
+    if len(state_shape) < 2:
+        raise InputError(f"{who} needs a 2-D periodic field per level; the state has shape "
+                         f"{state_shape}")
+    if tuple(obs_operator.state_shape) != state_shape or obs.numel() != math.prod(state_shape):
+        raise InputError(f"obs has {obs.numel()} values of a state of "
+                         f"{tuple(obs_operator.state_shape)}, the ensemble's state is "
+                         f"{state_shape}: {who} needs every value")
+    sigma = torch.as_tensor(obs_error_std)
+    if sigma.numel() != 1:
+        raise InputError(f"{who} needs one observation error std for every value (an "
+                         "orthogonal transform keeps only those independent)")
+    return state_shape, float(sigma)
+
+
 class SpectralEnSF:
     """The spectral EnSF as a :class:`~turbda_kit.filters.base.Filter` (``"ensf_spectral"``).
 
@@ -173,22 +209,11 @@ class SpectralEnSF:
             Not identity observations of every value, per-observation errors, a state with
             fewer than two dimensions; everything :func:`ensf_analysis` refuses.
         """
-        if not isinstance(obs_operator, Identity):
-            raise InputError(f"the spectral EnSF needs identity observations of every value; "
-                             f"got {obs_operator!r} (use ensf or ensf_twostage)")
-        members, *state_shape = forecast_ensemble.shape
-        if len(state_shape) < 2:
-            raise InputError(f"the spectral EnSF needs a 2-D periodic field per level; the "
-                             f"state has shape {tuple(state_shape)}")
+        state_shape, sigma = check_dense_identity(forecast_ensemble, obs, obs_operator,
+                                                  obs_error_std, "the spectral EnSF",
+                                                  "use ensf or ensf_twostage")
+        members = forecast_ensemble.shape[0]
         n = math.prod(state_shape)
-        if tuple(obs_operator.state_shape) != tuple(state_shape) or obs.numel() != n:
-            raise InputError(f"obs has {obs.numel()} values for a state of "
-                             f"{tuple(state_shape)}: the spectral EnSF needs every value")
-        sigma = torch.as_tensor(obs_error_std)
-        if sigma.numel() != 1:
-            raise InputError("the spectral EnSF needs one observation error std for every "
-                             "value (an orthogonal transform keeps only those independent)")
-        sigma = float(sigma)
         work = forecast_ensemble.to(torch.float64)
         coefficients = hartley2(work)                               # (M, ..., Ny, Nx)
         mean = coefficients.mean(dim=0)

@@ -30,9 +30,8 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ..obs.operators import Identity
 from .base import FilterGeometry, register_filter
-from .ensf_spectral import hartley2, shell_spread
+from .ensf_spectral import check_dense_identity, hartley2, shell_spread
 
 __all__ = ["SpectralWiener", "SpectralWienerConfig", "spectral_wiener_analysis"]
 
@@ -148,18 +147,9 @@ class SpectralWiener:
             Not identity observations of every value, per-observation errors, a state with
             fewer than two dimensions.
         """
-        if not isinstance(obs_operator, Identity):
-            raise InputError(f"the spectral Wiener filter needs identity observations of "
-                             f"every value; got {obs_operator!r}")
-        state_shape = tuple(forecast_ensemble.shape[1:])
-        if tuple(obs_operator.state_shape) != state_shape:
-            raise InputError(f"the operator observes a state of {obs_operator.state_shape}, "
-                             f"the ensemble's is {state_shape}")
-        sigma = torch.as_tensor(obs_error_std)
-        if sigma.numel() != 1:
-            raise InputError("the spectral Wiener filter needs one observation error std for "
-                             "every value")
-        return spectral_wiener_analysis(forecast_ensemble, obs, float(sigma), self.config)
+        _, sigma = check_dense_identity(forecast_ensemble, obs, obs_operator, obs_error_std,
+                                        "the spectral Wiener filter")
+        return spectral_wiener_analysis(forecast_ensemble, obs, sigma, self.config)
 
 
 def _make(settings: SpectralWienerConfig | None, geometry: FilterGeometry) -> SpectralWiener:
