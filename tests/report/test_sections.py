@@ -80,9 +80,10 @@ STAGE_DATA = {
                       "dtype": "float32", "threads": 1, "start": "cold: N(0, I)",
                       "final_rmse_analysis": 0.203, "mean_rmse_analysis_last_10": 0.21,
                       "paper": {"rmse_analysis": 0.2, "n": 1000000, "cycles": 150}}, {}),
-    "ship_vit": ({"name": "sqg_64_cpu", "parameters": 1300000, "heldout": {
+    "ship_vit": ({"name": "sqg_64_cpu", "parameters": 1300000, "weights": "int8", "heldout": {
         "states": 12, "rmse_K": {"12": 3.8, "24": 4.4, "persistence_12": 6.3,
-                                 "persistence_24": 8.3}}}, {}),
+                                 "persistence_24": 8.3},
+        "rmse_K_float32": {"12": 3.79, "24": 4.45}}}, {}),
     "bench_models": ({"rows": [{"N": 64, "steps": 3, "members": 20, "side": "kit",
                                 "threads": 1, "wall_s": 0.5, "cpu_s": 0.5,
                                 "speedup_wall": 2.2, "speedup_cpu": 2.2},
@@ -169,7 +170,8 @@ def test_blocks_render_the_summaries_and_check_catches_a_changed_number(tmp_path
         assert f"`turbda pipeline paper (stage {stage})` → `results/{stage}.json`" in text
     for expected in ("| `bao2024_sqg_arctan` | 9.400 | diverged at cycle 39 | 1.250 | — |",
                      "LETKF 5.40", "over cycles 101–300", "| `vit_ensf` | 0.970 |",
-                     "all 300 cycles", "| `sqg_ensf` with the ViT runs' EnSF settings | 0.950 |", "cold: N(0, I)", "0.203", "| ViT `sqg_64_cpu` | 3.80 | 4.40 |",
+                     "all 300 cycles", "| `sqg_ensf` with the ViT runs' EnSF settings | 0.950 |", "cold: N(0, I)", "0.203", "| ViT `sqg_64_cpu`, int8 weights (shipped) | 3.80 | 4.40 |",
+                     "| the same ViT, float32 weights | 3.79 | 4.45 |",
                      "| persistence | 6.30 | 8.30 |", "kit, 1 thread(s)",
                      "sqgturb's algorithm in NumPy, 1 thread", "2.20× CPU",
                      "skipped: no DAPPER environment", "1.50× CPU", "40.0× wall, 34.4× CPU",

@@ -277,10 +277,14 @@ def render_vit_bundle(results: Results) -> str:
     scores = heldout.get("rmse_K") or {}
     leads = [k for k in scores if not k.startswith("persistence_")]
     leads.sort(key=float)
-    table = markdown_table(
-        ["lead", *(f"{float(k):g} h" for k in leads)],
-        [[f"ViT `{d.get('name')}`", *(fmt(scores[k], 2) for k in leads)],
-         ["persistence", *(fmt(scores.get(f"persistence_{k}"), 2) for k in leads)]])
+    weights = d.get("weights", "float32")
+    rows = [[f"ViT `{d.get('name')}`, {weights} weights (shipped)",
+             *(fmt(scores[k], 2) for k in leads)]]
+    float32 = heldout.get("rmse_K_float32")
+    if float32:
+        rows.append(["the same ViT, float32 weights", *(fmt(float32.get(k), 2) for k in leads)])
+    rows.append(["persistence", *(fmt(scores.get(f"persistence_{k}"), 2) for k in leads)])
+    table = markdown_table(["lead", *(f"{float(k):g} h" for k in leads)], rows)
     head = (f"The shipped surrogate `{d.get('name')}` ({d.get('parameters'):,} parameters, "
             f"`turbda_kit/pretrained/{d.get('name')}`), RMSE on its {heldout.get('states')} "
             f"held-out test states (both levels, K){_quick_note(summary)}:")
