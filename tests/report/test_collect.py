@@ -73,6 +73,9 @@ def test_publish_copies_summaries_bundle_figures_and_renders(tmp_path, monkeypat
     (bundle / "surrogate.pt").write_bytes(b"w")
     (pipeline / "fig_rmse").mkdir()
     (pipeline / "fig_rmse" / "rmse.png").write_bytes(b"png")
+    # a re-run keeps the old output beside the new one: never published
+    (pipeline / "fig_rmse.replaced-20260101T000000Z").mkdir()
+    (pipeline / "fig_rmse.replaced-20260101T000000Z" / "rmse.png").write_bytes(b"old")
     repo = tmp_path / "repo"
     (repo / "turbda_kit").mkdir(parents=True)
     (repo / "figures").mkdir()

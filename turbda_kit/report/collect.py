@@ -140,7 +140,9 @@ def publish(pipeline_dir: str | os.PathLike, repo: str | os.PathLike = ".",
         Stage names of the summaries and of the pretrained bundle.
     figures : sequence of str
         Glob patterns (relative to the pipeline directory) of the PNGs to copy; each goes to
-        ``figures/<its stage>/<its name>``.
+        ``figures/<its stage>/<its name>``. The directories a re-run kept
+        (``<stage>.replaced-<time>``, see :mod:`turbda_kit.workflow.pipelines`) are skipped:
+        only a stage's current output is published.
     readme : bool
         Re-render the README's result blocks afterwards.
 
@@ -180,6 +182,8 @@ def publish(pipeline_dir: str | os.PathLike, repo: str | os.PathLike = ".",
     for pattern in figures:
         for png in sorted(source.glob(pattern)):
             stage = png.relative_to(source).parts[0]
+            if ".replaced-" in stage:  # a re-run's kept old output, not a result
+                continue
             target = repo / "figures" / stage / png.name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(png, target)
