@@ -1,6 +1,6 @@
 """Small C kernels for the kit's memory-bound loops on CPU, built on first use; torch otherwise.
 
-Three functions, each the exact transcription of a pure torch function of the kit:
+Five kernels, each the exact transcription of a pure torch function of the kit:
 
 * ``ensf_steps_f32`` — consecutive calls of
   :func:`turbda_kit.filters.ensf_fused.fused_step_`: EnSF Euler-Maruyama steps
@@ -14,6 +14,10 @@ Three functions, each the exact transcription of a pure torch function of the ki
 * ``l96_rk4_ring`` — whole RK4 steps of full periodic rings (halo copies and the four
   stages above), each row through all the steps in one call: small ensembles (DAPPER's
   40-variable tests) otherwise spend their time in Python between tiny kernels.
+* ``transpose_copy_`` (and ``TransposeCopy``, its checks done once for a fixed
+  destination and source layout) — ``dst.copy_(src.transpose(-1, -2))`` for complex
+  arrays, tile by tile: the SQG model's Jacobian turns its blocks between the y and x
+  transforms. Only moves bits.
 
 The C code performs the same exactly rounded float32 operations in the same order as the
 torch code (compiled with ``-ffp-contract=off``: no fused multiply-adds), integer hashing in
@@ -35,6 +39,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import subprocess
@@ -48,7 +53,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["available", "counter_fill_f32", "ensf_step_f32", "ensf_steps_f32",
-           "l96_rk4_ring", "l96_rk4_stage_f32"]
+           "l96_rk4_ring", "l96_rk4_stage_f32", "TransposeCopy",
+           "transpose_copy_"]
 
 _SOURCE = r"""
 #include <math.h>
@@ -321,12 +327,100 @@ void l96_rk4_ring_f32(float* x, int64_t ld_x, int64_t r0, int64_t r1, int64_t m,
         }
     }
 }
+
 """
 # The double-precision twins of the Lorenz-96 kernels (torch's float64 ops): the same text
 # with double and fma, generated so that the two kernels cannot drift apart.
 _L96_STAGE = _SOURCE[_SOURCE.index("/* One RK4 stage of Lorenz-96"):]
 _SOURCE += "\n" + (_L96_STAGE.replace("_f32(", "_f64(").replace("fmaf(", "fma(")
                    .replace("float", "double"))
+# Appended after the twins (it is not to be twinned).
+_SOURCE += r"""
+/* Transposed copy of complex values: dst[b][j][i] = src[b][i][j] for i < rows, j < cols
+   (strides in complex values), in tiles of 8 x 8 so that the reads of
+   a tile's rows and the writes of its columns share cache lines; with AVX, each tile by
+   4 x 4 (complex64: 64-bit elements) or 2 x 2 (complex128: 128-bit) register
+   transposes, 1.6-2x faster than the scalar tile on the SQG model's blocks. Only moves
+   bits: the same result whatever the order. The remainder rows and columns go scalar. */
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+#define TC_TILE 8
+static void tc_tiles(int kind, const void* src, void* dst, int64_t batch, int64_t rows,
+                     int64_t cols, int64_t src_batch, int64_t src_row, int64_t dst_batch,
+                     int64_t dst_row) {
+    /* kind 0: complex64 moved as doubles (one 64-bit word per value); kind 1:
+       complex128 as pairs of doubles. Blocks: 4 values (kind 0) or 2 (kind 1). */
+    const int64_t blk = kind == 0 ? 4 : 2;
+    const int64_t w = kind == 0 ? 1 : 2;  /* doubles per value */
+    for (int64_t b = 0; b < batch; ++b) {
+        const double* s = (const double*)src + b * src_batch * w;
+        double* d = (double*)dst + b * dst_batch * w;
+        for (int64_t i0 = 0; i0 < rows; i0 += TC_TILE) {
+            int64_t i1 = i0 + TC_TILE < rows ? i0 + TC_TILE : rows;
+            for (int64_t j0 = 0; j0 < cols; j0 += TC_TILE) {
+                int64_t j1 = j0 + TC_TILE < cols ? j0 + TC_TILE : cols;
+#if defined(__AVX__)
+                if (i1 - i0 == TC_TILE && j1 - j0 == TC_TILE) {
+                    for (int64_t i = i0; i < i1; i += blk)
+                        for (int64_t j = j0; j < j1; j += blk) {
+                            if (kind == 0) {
+                                const double* p = s + i * src_row + j;
+                                double* q = d + j * dst_row + i;
+                                __m256d r0 = _mm256_loadu_pd(p);
+                                __m256d r1 = _mm256_loadu_pd(p + src_row);
+                                __m256d r2 = _mm256_loadu_pd(p + 2 * src_row);
+                                __m256d r3 = _mm256_loadu_pd(p + 3 * src_row);
+                                __m256d t0 = _mm256_unpacklo_pd(r0, r1);
+                                __m256d t1 = _mm256_unpackhi_pd(r0, r1);
+                                __m256d t2 = _mm256_unpacklo_pd(r2, r3);
+                                __m256d t3 = _mm256_unpackhi_pd(r2, r3);
+                                _mm256_storeu_pd(q, _mm256_permute2f128_pd(t0, t2, 0x20));
+                                _mm256_storeu_pd(q + dst_row,
+                                                 _mm256_permute2f128_pd(t1, t3, 0x20));
+                                _mm256_storeu_pd(q + 2 * dst_row,
+                                                 _mm256_permute2f128_pd(t0, t2, 0x31));
+                                _mm256_storeu_pd(q + 3 * dst_row,
+                                                 _mm256_permute2f128_pd(t1, t3, 0x31));
+                            } else {
+                                const double* p = s + (i * src_row + j) * 2;
+                                double* q = d + (j * dst_row + i) * 2;
+                                __m256d r0 = _mm256_loadu_pd(p);
+                                __m256d r1 = _mm256_loadu_pd(p + 2 * src_row);
+                                _mm256_storeu_pd(q, _mm256_permute2f128_pd(r0, r1, 0x20));
+                                _mm256_storeu_pd(q + 2 * dst_row,
+                                                 _mm256_permute2f128_pd(r0, r1, 0x31));
+                            }
+                        }
+                    continue;
+                }
+#endif
+                if (kind == 0) {
+                    for (int64_t j = j0; j < j1; ++j)
+                        for (int64_t i = i0; i < i1; ++i)
+                            d[j * dst_row + i] = s[i * src_row + j];
+                } else {
+                    for (int64_t j = j0; j < j1; ++j)
+                        for (int64_t i = i0; i < i1; ++i) {
+                            d[(j * dst_row + i) * 2] = s[(i * src_row + j) * 2];
+                            d[(j * dst_row + i) * 2 + 1] = s[(i * src_row + j) * 2 + 1];
+                        }
+                }
+            }
+        }
+    }
+}
+void transpose_copy_c64(const void* src, void* dst, int64_t batch, int64_t rows,
+                        int64_t cols, int64_t src_batch, int64_t src_row, int64_t dst_batch,
+                        int64_t dst_row) {
+    tc_tiles(0, src, dst, batch, rows, cols, src_batch, src_row, dst_batch, dst_row);
+}
+void transpose_copy_c128(const void* src, void* dst, int64_t batch, int64_t rows,
+                         int64_t cols, int64_t src_batch, int64_t src_row, int64_t dst_batch,
+                         int64_t dst_row) {
+    tc_tiles(1, src, dst, batch, rows, cols, src_batch, src_row, dst_batch, dst_row);
+}
+"""
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -408,6 +502,9 @@ def _build() -> ctypes.CDLL | None:
     lib.l96_rk4_ring_f32.restype = None
     lib.l96_rk4_ring_f64.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, f64, ptr]
     lib.l96_rk4_ring_f64.restype = None
+    for name in ("transpose_copy_c64", "transpose_copy_c128"):
+        getattr(lib, name).argtypes = [ptr, ptr, i64, i64, i64, i64, i64, i64, i64]
+        getattr(lib, name).restype = None
     return lib
 
 
@@ -594,6 +691,103 @@ def l96_rk4_ring(x: Tensor, n_steps: int, dt: float, forcing: float, threads: in
 
     _split(run, rows, threads)
     return True
+
+
+def _batch_stride(t: Tensor) -> int | None:
+    """Stride of the leading dims of ``t`` flattened into one (None if they do not flatten)."""
+    if t.dim() == 2:
+        return 0
+    for d in range(t.dim() - 3):
+        if t.shape[d] > 1 and t.stride(d) != t.stride(d + 1) * t.shape[d + 1]:
+            return None
+    return t.stride(t.dim() - 3)
+
+
+def transpose_copy_(dst: Tensor, src: Tensor) -> bool:
+    """``dst.copy_(src.transpose(-1, -2))`` for complex CPU tensors, in C, tile by tile.
+
+    torch copies a transposed complex array element by element along the destination's
+    rows; the tiled copy reads and writes whole cache lines (about 2.5x faster on the
+    SQG model's 1.5 MB blocks at N = 256). A copy, so the same bits.
+
+    Parameters
+    ----------
+    dst : Tensor, shape ``(*batch, C, R)``, complex64 or complex128, CPU
+        Unit stride along the last axis; the batch axes must flatten into one.
+    src : Tensor, shape ``(*batch, R, C)``, same dtype and device
+        Unit stride along the last axis; the batch axes must flatten into one.
+
+    Returns
+    -------
+    bool
+        False (nothing done) when the kernel, the dtype or the layout is not available.
+    """
+    lib = _library()
+    if lib is None or src.dtype != dst.dtype or src.dtype not in (torch.complex64,
+                                                                  torch.complex128):
+        return False
+    if src.device.type != "cpu" or dst.device.type != "cpu" or src.dim() < 2 or \
+            src.dim() != dst.dim() or src.stride(-1) != 1 or dst.stride(-1) != 1:
+        return False
+    rows, cols = src.shape[-2], src.shape[-1]
+    if tuple(dst.shape) != (*src.shape[:-2], cols, rows):
+        return False
+    src_batch, dst_batch = _batch_stride(src), _batch_stride(dst)
+    if src_batch is None or dst_batch is None:
+        return False
+    batch = math.prod(src.shape[:-2])
+    kernel = lib.transpose_copy_c64 if src.dtype == torch.complex64 else \
+        lib.transpose_copy_c128
+    kernel(src.data_ptr(), dst.data_ptr(), batch, rows, cols, src_batch, src.stride(-2),
+           dst_batch, dst.stride(-2))
+    return True
+
+
+class TransposeCopy:
+    """:func:`transpose_copy_` into a fixed ``dst`` from sources of one fixed layout.
+
+    The checks and argument conversions of :func:`transpose_copy_` cost ~8 us a call, as
+    much as the copy of an N = 64 SQG block: this object does them once, and each call
+    only compares the source's layout with the one it was built for.
+
+    Parameters
+    ----------
+    dst : Tensor, shape ``(*batch, C, R)``
+        Destination of every call (kept).
+    src_like : Tensor, shape ``(*batch, R, C)``
+        A source of the layout (shape and strides) of the later calls' sources.
+
+    Raises
+    ------
+    ValueError
+        If the kernel is not available or cannot copy between these layouts (see
+        :func:`transpose_copy_`).
+    """
+
+    def __init__(self, dst: Tensor, src_like: Tensor):
+        lib = _library()
+        # validates by copying once (src_like into dst: dst is overwritten later anyway)
+        if lib is None or not transpose_copy_(dst, src_like):
+            raise ValueError(f"TransposeCopy: no C transposed copy from {tuple(src_like.shape)}"
+                             f" {src_like.dtype} (strides {src_like.stride()}) into "
+                             f"{tuple(dst.shape)} (strides {dst.stride()}); use "
+                             f"dst.copy_(src.transpose(-1, -2))")
+        self.dst = dst
+        self.layout = (src_like.shape, src_like.stride(), src_like.dtype)
+        self._kernel = lib.transpose_copy_c64 if src_like.dtype == torch.complex64 else \
+            lib.transpose_copy_c128
+        rows, cols = src_like.shape[-2], src_like.shape[-1]
+        self._args = (ctypes.c_void_p(dst.data_ptr()), math.prod(src_like.shape[:-2]), rows,
+                      cols, _batch_stride(src_like), src_like.stride(-2), _batch_stride(dst),
+                      dst.stride(-2))
+
+    def __call__(self, src: Tensor) -> bool:
+        """``dst.copy_(src.transpose(-1, -2))``; False (nothing done) when ``src`` does not
+        have the layout this object was built for."""
+        if (src.shape, src.stride(), src.dtype) != self.layout or src.device.type != "cpu":
+            return False
+        self._kernel(src.data_ptr(), *self._args)
+        return True
 
 
 @functools.lru_cache(maxsize=16)

@@ -405,6 +405,33 @@ def test_blocks_chunks_and_threads_do_not_change_a_bit(monkeypatch):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("compat", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_c_transposed_copies_do_not_change_a_bit(monkeypatch, compat, dtype):
+    """The Jacobian's transposed copies in C (turbda_kit.native.TransposeCopy) only move
+    bits: the same forecast as torch's copies, also with uneven row blocks (7 + 6 rows
+    of the 48-point grid: the kernel's scalar edges) and in sqgturb's compat mode."""
+    import turbda_kit.models.sqg as sqg_module
+    from turbda_kit import native
+
+    if not native.available():
+        pytest.skip("no C compiler: torch copies")
+    p = small_params(N=32, dt=2400.0, sqgturb_compat=compat)
+    ensemble = random_initial_state(p, torch.Generator().manual_seed(13), batch_shape=(3,),
+                                    noise_std=1500.0).to(dtype)
+    monkeypatch.setattr(sqg_module, "_row_block", lambda ops, chunk: 7)
+    model = SQGModel(p)
+    with_c = model.advance(ensemble, 6)
+    ops = model.operators("cpu", dtype)
+    assert ops.native_transpose
+    views = model._workspace(ops, 3).chunk_views(ops, model._workspace(ops, 3).stage)
+    assert all(row[6] is not None for view in views for row in view.rows)
+    monkeypatch.setitem(native._state, "lib", None)   # now torch's copies
+    model = SQGModel(p)
+    assert not model.operators("cpu", dtype).native_transpose
+    assert torch.equal(model.advance(ensemble, 6), with_c)
+
+
 def test_spun_up_run_is_turbulent_with_bounded_energy(spun_up_32):
     model, state = spun_up_32
     energies = []

@@ -65,6 +65,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import native
 from ..errors import DivergenceError, InputError
 from .base import check_state
 from .spectral import (
@@ -464,6 +465,13 @@ class _Operators:
             self.cols = dealias_rows(n, self.m)
         self.device, self.dtype = device, dtype
         self.cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+        # The Jacobian's transposed copies in C on a CPU (native.TransposeCopy; a copy, so
+        # the same bits): per chunk of complex64 member-levels 1.3-4x faster than torch's
+        # copy at N = 64-256 (benchmarks/bench_models.py's machine; 21 against 37 us at
+        # N = 128, 46 against 187 us at N = 256). In complex128 the second copy (the
+        # advection's kept x wavenumbers) is faster in torch at N = 256: C for the first.
+        self.native_transpose = device.type == "cpu" and native.available()
+        self.native_transpose_adv = self.native_transpose and self.cdtype == torch.complex64
         f64 = torch.float64
         kx, ky = wavenumbers(n, params.L, device=device, dtype=f64)
         kx, ky = kx.reshape(-1, 1), ky.reshape(1, -1)  # kl layout
@@ -515,8 +523,11 @@ class _Operators:
 
         self.relax = 0.0 if math.isinf(params.tdiab) else 1.0 / params.tdiab
         q_eq = to_spectral(equilibrium_pv(params, device=device, dtype=f64))
-        self.q_eq = q_eq.transpose(-1, -2).to(self.cdtype).unsqueeze(0)  # (1, 2, Nh, N)
+        # (1, 2, Nh, N), contiguous: .to() keeps the transposed strides, with which every
+        # broadcast against it is ~10x slower
+        self.q_eq = q_eq.transpose(-1, -2).to(self.cdtype).contiguous().unsqueeze(0)
         self.relax_q_eq = self.relax * self.q_eq
+        self.relax_q_eq_v = torch.view_as_real(self.relax_q_eq)
         self.ekman = params.r > 0
         self.r_ksq = (params.r * ksq).to(dtype)
         self.symmetric = params.symmetric
@@ -614,9 +625,10 @@ class _ChunkViews:
         Real parts of the padded Nyquist row (sqgturb compat mode: negated).
     fields, adv_ky : Tensor
         Padded fields ``(C, 4, k_in, M)``; advection ``(C, kx, M)`` before its y transform.
-    rows : list of (r0, r1, xpad_kept, xpad, adv, adv_ky_rows)
+    rows : list of (r0, r1, xpad_kept, xpad, adv, adv_ky_rows, to_xpad, to_adv_ky)
         Per block of grid rows: destination of the transposed y transform, x-transform
-        input, product buffer, destination of the forward x transform.
+        input, product buffer, destination of the forward x transform, and the C copies
+        into the two destinations (:class:`turbda_kit.native.TransposeCopy`, or None).
     trunc : list of (destination, padded-grid column slice)
         Kept modes of the advection in kl layout.
     """
@@ -650,11 +662,26 @@ def _chunk_views(ops: _Operators, ws: _Workspace, source: Tensor) -> list[_Chunk
         v.rows = []
         for r0, r1 in ws.rows:
             xpad = ws.xpad[r1 - r0][:c]
-            v.rows.append((r0, r1, xpad[..., :k_in], xpad, ws.adv[r1 - r0][:c],
-                           v.adv_ky[..., r0:r1]))
+            adv_ky_rows = v.adv_ky[..., r0:r1]
+            to_xpad = to_adv_ky = None
+            if ops.native_transpose:
+                # sources of these layouts: slices of the fresh (contiguous) FFT outputs
+                along_y = torch.zeros((c, 4, k_in, ops.m), dtype=ops.cdtype)[..., r0:r1]
+                to_xpad = native.TransposeCopy(xpad[..., :k_in], along_y)
+            if ops.native_transpose_adv:
+                along_x = torch.zeros((c, r1 - r0, ops.mh), dtype=ops.cdtype)[..., :kx]
+                to_adv_ky = native.TransposeCopy(adv_ky_rows, along_x)
+            v.rows.append((r0, r1, xpad[..., :k_in], xpad, ws.adv[r1 - r0][:c], adv_ky_rows,
+                           to_xpad, to_adv_ky))
         v.trunc = [(adv_ml[c0:c1, :kx, small], large) for small, large in ops.cols]
         out.append(v)
     return out
+
+
+def _transpose_copy(copier: native.TransposeCopy | None, dst: Tensor, src: Tensor) -> None:
+    """``dst.copy_(src.transpose(-1, -2))``, by the C copy where there is one for src."""
+    if copier is None or not copier(src):
+        dst.copy_(src.transpose(-1, -2))
 
 
 def _cplx_bytes(ops: _Operators) -> int:
@@ -940,8 +967,14 @@ class SQGModel:
             self._jacobian_into(ops, views, speeds)
         speed_sq = torch.stack(speeds).amax() if speeds is not None else None
         if ops.relax:
-            torch.sub(ops.relax_q_eq, q, alpha=ops.relax, out=out)  # (q_eq - q) / tdiab
-            out.sub_(ws.adv_kl)
+            # (q_eq - q) / tdiab - adv on real views, q / tdiab rounded first: the roundings
+            # of torch's complex kernel with a scalar alpha, which is ~10x slower. Formed
+            # as -((q / tdiab - q_eq / tdiab) + adv): round-to-nearest is symmetric, so the
+            # same bits, and in-place ops avoid the slow broadcast into an aliased output.
+            out_v = torch.view_as_real(out)
+            torch.mul(torch.view_as_real(q), ops.relax, out=out_v)
+            out_v.sub_(ops.relax_q_eq_v)
+            out.add_(ws.adv_kl).neg_()
         else:
             torch.neg(ws.adv_kl, out=out)
         if ops.ekman:
@@ -971,8 +1004,8 @@ class SQGModel:
         # of grid rows, x (real output), the product and the forward x transform
         along_y = torch.fft.ifft(views.fields, dim=-1, norm="forward")
         m, kx = ops.m, ops.k_kept
-        for r0, r1, xpad_kept, xpad, adv, adv_ky_rows in views.rows:
-            xpad_kept.copy_(along_y[..., r0:r1].transpose(-1, -2))
+        for r0, r1, xpad_kept, xpad, adv, adv_ky_rows, to_xpad, to_adv_ky in views.rows:
+            _transpose_copy(to_xpad, xpad_kept, along_y[..., r0:r1])
             u, v, dq_dx, dq_dy = torch.fft.irfft(xpad, n=m, dim=-1, norm="forward").unbind(1)
             if speeds is not None:
                 torch.mul(u, u, out=adv)
@@ -981,7 +1014,7 @@ class SQGModel:
             torch.mul(u, dq_dx, out=adv)
             adv.addcmul_(v, dq_dy)
             along_x = torch.fft.rfft(adv, dim=-1, norm="forward")
-            adv_ky_rows.copy_(along_x[..., :kx].transpose(-1, -2))
+            _transpose_copy(to_adv_ky, adv_ky_rows, along_x[..., :kx])
         # forward transform in y of the retained k, then keep the retained l
         spec = torch.fft.fft(views.adv_ky, dim=-1, norm="forward")
         for destination, large in views.trunc:
