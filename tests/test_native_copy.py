@@ -70,3 +70,21 @@ def test_prepared_copy_equals_torch_and_refuses_other_layouts(dtype):
     assert torch.equal(dst, before)
     with pytest.raises(ValueError, match="copy_"):
         native.TransposeCopy(dst, torch.zeros((3, 9, 20), dtype=torch.float32))
+
+
+def test_copy_benchmark_runs_and_checks_the_bits(capsys):
+    """benchmarks/bench_sqg_copies.py at its smallest: both sides timed, bits compared."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sqg_copies.py"
+    spec = importlib.util.spec_from_file_location("bench_sqg_copies", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:
+        module.main(["--sizes", "16", "--calls", "2", "--repeats", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[-1] == "ratio" and len(lines) == 2 + 4   # 2 dtypes x 2 copies

@@ -466,10 +466,10 @@ class _Operators:
         self.device, self.dtype = device, dtype
         self.cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
         # The Jacobian's transposed copies in C on a CPU (native.TransposeCopy; a copy, so
-        # the same bits): per chunk of complex64 member-levels 1.3-4x faster than torch's
-        # copy at N = 64-256 (benchmarks/bench_models.py's machine; 21 against 37 us at
-        # N = 128, 46 against 187 us at N = 256). In complex128 the second copy (the
-        # advection's kept x wavenumbers) is faster in torch at N = 256: C for the first.
+        # the same bits): per chunk of complex64 member-levels 1.2-4.3x faster than
+        # torch's copy at N = 64-256 (benchmarks/bench_sqg_copies.py). In complex128 the
+        # second copy (the advection's kept x wavenumbers) is faster in torch (0.8-0.9x):
+        # C for the first only.
         self.native_transpose = device.type == "cpu" and native.available()
         self.native_transpose_adv = self.native_transpose and self.cdtype == torch.complex64
         f64 = torch.float64
