@@ -209,6 +209,19 @@ def test_quick_results_are_marked_as_checks(tmp_path):
     assert "not a result" in RENDERERS["coupled"](load_results(tmp_path))
 
 
+def test_sparse_coupled_block_names_the_vits_ensf_changes(tmp_path):
+    data, params = STAGE_DATA["coupled_sparse"]
+    write_summary(tmp_path / "coupled_sparse.json", data, command="turbda pipeline paper",
+                  provenance={"quick": False, "stage_parameters": params})
+    assert "changed by" not in RENDERERS["coupled_sparse"](load_results(tmp_path))
+    changed = {**params, "vit_ensf_settings": {"normalize": True, "likelihood_weight": 10.0}}
+    write_summary(tmp_path / "coupled_sparse.json", data, command="turbda pipeline paper",
+                  provenance={"quick": False, "stage_parameters": changed})
+    text = RENDERERS["coupled_sparse"](load_results(tmp_path))
+    assert ("SQG filter settings; the ViT's EnSF changed by `likelihood_weight=10.0`, "
+            "`normalize=True`)") in text
+
+
 def test_paper_pipeline_collects_every_result_stage():
     """The collect stage gathers every stage a README block reads, each stage it names
     exists and comes earlier, and the figures read the stages they follow."""

@@ -209,9 +209,13 @@ def render_coupled_sparse(results: Results) -> str:
         rows.append(["persistence", "—", "—", *(fmt(persistence.get(h), 2) for h in leads),
                      "—"])
     spinup = int(params.get("spinup_cycles", 0) or 0)
+    vit_changes = params.get("vit_ensf_settings") or {}
+    vit_note = ("" if not vit_changes else "; the ViT's EnSF changed by " + ", ".join(
+        f"`{k}={v}`" for k, v in sorted(vit_changes.items())))
     head = (f"ViT + EnSF on a sparse network (`{params.get('network_preset')}`: its "
-            f"observations, errors and SQG filter settings) on the `nature_truth` run, the "
-            f"shipped surrogate, {params.get('n_members')} members, {params.get('n_cycles')} "
+            f"observations, errors and SQG filter settings{vit_note}) on the `nature_truth` "
+            f"run, the shipped surrogate, {params.get('n_members')} members, "
+            f"{params.get('n_cycles')} "
             f"12-h cycles from a warm start, means over cycles {spinup + 1}–"
             f"{params.get('n_cycles')}; forecasts from the analysis mean every "
             f"{params.get('skill_every')} cycles; climatology "
