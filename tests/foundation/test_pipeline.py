@@ -215,6 +215,34 @@ def test_only_runs_named_stages_and_what_they_read_then_the_rest(tmp_path, capsy
     assert "'nope' is not a stage" in capsys.readouterr().err
 
 
+def test_a_stage_whose_inputs_were_rerun_runs_again(tmp_path, capsys):
+    """Re-running a stage (here with only + restart_from) makes every completed stage that
+    reads it stale: the next run runs them again, the old directories kept; a stage that
+    reads the whole pipeline directory (the results collector) reads every earlier one."""
+    py = "{python}"
+    stages = [Stage("a", "", {}, command=(py, "-c", "print('a')")),
+              Stage("b", "", {"src": "{stage:a}"}, command=(py, "-c", "print('{src}')")),
+              Stage("c", "", {}, command=(py, "-c", "print('c')")),
+              Stage("collect", "", {"pipe": "{pipeline_dir}"},
+                    command=(py, "-c", "print('{pipe}')"))]
+    out = tmp_path / "p"
+    assert len(run_pipeline("demo", {}, out, log_output=False, stages=stages)) == 4
+    assert run_pipeline("demo", {}, out, log_output=False, stages=stages) == []  # all done
+    import time
+    time.sleep(1.1)  # records are stamped to the second
+    again = run_pipeline("demo", {}, out, log_output=False, stages=stages, only=["a"],
+                         restart_from="a")
+    assert [r.run_dir.name for r in again] == ["a"]
+    capsys.readouterr()
+    rest = run_pipeline("demo", {}, out, log_output=False, stages=stages)
+    assert [r.run_dir.name for r in rest] == ["b", "collect"]      # c does not read a
+    printed = capsys.readouterr().out
+    assert "stage b: " in printed and "(again: newer inputs from a)" in printed
+    assert "(again: newer inputs from a, b)" in printed            # collect reads both
+    assert len(list(out.glob("b.replaced-*"))) == 1 and len(list(out.glob("collect.replaced-*"))) == 1
+    assert run_pipeline("demo", {}, out, log_output=False, stages=stages) == []
+
+
 def test_paper_pipeline_parts_are_what_the_stages_read():
     stages = PIPELINES["paper"].stages
     assert [s.name for s in select_stages(stages, ["coupled"])] == [

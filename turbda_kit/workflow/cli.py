@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "its own sub-directory and reads earlier stages' outputs. -p NAME VALUE "
                     "sets NAME in every stage that declares it; -p STAGE.NAME VALUE in one. "
                     "Run again with the same --out to continue: completed stages with the "
-                    "same parameters are skipped, an interrupted stage runs again.")
+                    "same parameters are skipped, an interrupted stage runs again, and so "
+                    "does a completed stage that reads a stage re-run since.")
     pipe.add_argument("name", nargs="?", help="pipeline name (e.g. quickstart)")
     pipe.add_argument("--list", action="store_true",
                       help="list the pipelines, their stages and estimated CPU times")

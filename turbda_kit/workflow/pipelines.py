@@ -16,7 +16,11 @@ Running the same pipeline again into the same directory continues it:
   resumable notebook continues from its checkpoints;
 * a completed stage whose parameters changed is refused (:class:`InputError`, listing the
   differences), unless ``restart_from`` names it or an earlier stage: then that stage and
-  every later one run again, each old directory kept as ``<stage>.replaced-<UTC time>``.
+  every later one run again, each old directory kept as ``<stage>.replaced-<UTC time>``;
+* a completed stage whose inputs are newer than it is *stale* and runs again the same way:
+  a stage it reads (``{stage:<name>}``; a stage reading ``{pipeline_dir}`` reads every
+  earlier stage) runs this time or finished after it started (re-run earlier with
+  ``only``/``restart_from``), so nothing is built on outputs that were replaced.
 
 ``only`` runs a part of a pipeline: the named stages and every stage they read through
 ``{stage:<name>}`` (transitively), in pipeline order. Independent parts can then run as
@@ -234,6 +238,16 @@ def stage_dependencies(stage: Stage) -> set[str]:
     return found
 
 
+def stage_inputs(stage: Stage, earlier: list[str] | tuple[str, ...]) -> set[str]:
+    """The stages among ``earlier`` whose outputs ``stage`` reads: its
+    ``{stage:<name>}`` placeholders, or all of ``earlier`` when it reads the whole pipeline
+    directory (``{pipeline_dir}``, e.g. the results collector)."""
+    text = json.dumps([stage.parameters, stage.quick, list(stage.command)])
+    if "{pipeline_dir}" in text:
+        return set(earlier)
+    return stage_dependencies(stage) & set(earlier)
+
+
 def select_stages(stages: tuple[Stage, ...] | list[Stage], only: list[str] | tuple[str, ...]
                   ) -> tuple[Stage, ...]:
     """The stages named in ``only`` and, transitively, the stages they read, in order.
@@ -333,6 +347,23 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             for k in keys if old.get(k, "(default)") != new.get(k, "(default)")]
 
 
+def _newer_inputs(stage: Stage, all_names: list[str], pipeline_dir: Path,
+                  will_run: set[str]) -> list[str]:
+    """The stages ``stage`` reads that run this time or finished after it started."""
+    earlier = all_names[:all_names.index(stage.name)]
+    started = (read_record(pipeline_dir / stage.name) or {}).get("start_utc") or ""
+    newer = []
+    for name in sorted(stage_inputs(stage, earlier), key=earlier.index):
+        if name in will_run:
+            newer.append(name)
+            continue
+        record = read_record(pipeline_dir / name) if (pipeline_dir / name).is_dir() else None
+        finished = (record or {}).get("end_utc") or ""
+        if record is not None and record.get("status") == OK and finished > started:
+            newer.append(name)  # UTC stamps of one format: text order is time order
+    return newer
+
+
 def _stage_state(stage_dir: Path, params: dict[str, Any]) -> tuple[str, list[str]]:
     """``("new" | "done" | "changed" | "unfinished", differences)`` of a stage directory."""
     if not stage_dir.exists():
@@ -395,6 +426,7 @@ def run_pipeline(name: str, overrides: dict[str, Any] | None = None,
         stage runs.
     """
     pipeline = Pipeline(name, tuple(stages)) if stages is not None else get_pipeline(name)
+    all_names = [s.name for s in pipeline.stages]  # before only/until: for staleness
     if only:
         pipeline = Pipeline(pipeline.name, select_stages(pipeline.stages, list(only)),
                             pipeline.description)
@@ -426,6 +458,8 @@ def run_pipeline(name: str, overrides: dict[str, Any] | None = None,
     stage_dirs = {s.name: pipeline_dir / s.name for s in pipeline.stages}
     restart_index = names.index(restart_from) if restart_from is not None else len(names)
     plan = []
+    will_run: set[str] = set()
+    stale_inputs: dict[str, list[str]] = {}
     for i, stage in enumerate(pipeline.stages):
         raw = {**stage.parameters, **(stage.quick if quick else {})}
         earlier = {n: stage_dirs[n] for n in names[:i]}
@@ -443,6 +477,12 @@ def run_pipeline(name: str, overrides: dict[str, Any] | None = None,
             raise InputError(f"stage {stage.name} completed with other parameters ("
                              f"{'; '.join(diff)}): use a new --out, or restart from it "
                              f"(--restart-from {stage.name})")
+        if state == "done":
+            newer = _newer_inputs(stage, all_names, pipeline_dir, will_run)
+            if newer:
+                state, stale_inputs[stage.name] = "stale", newer
+        if state != "done":
+            will_run.add(stage.name)
         plan.append((stage, params, state))
 
     if announce:
@@ -473,12 +513,15 @@ def run_pipeline(name: str, overrides: dict[str, Any] | None = None,
             if announce:
                 print(f"[pipeline {name}] stage {stage.name}: done earlier, skipped", flush=True)
         else:
-            if state == "restart":
+            if state in ("restart", "stale"):
                 stage_dir.rename(stage_dir.with_name(
                     f"{stage.name}.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"))
             if announce:
                 again = {"unfinished": " (again: continuing the interrupted run)",
-                         "restart": " (restarted)"}.get(state, "")
+                         "restart": " (restarted)",
+                         "stale": " (again: newer inputs from "
+                                  f"{', '.join(stale_inputs.get(stage.name, []))})"
+                         }.get(state, "")
                 print(f"[pipeline {name}] stage {stage.name}: {stage.label}, "
                       f"~{_format_seconds(stage.estimate(quick))} CPU{again}", flush=True)
             extra = {"pipeline": name, "stage": stage.name}
