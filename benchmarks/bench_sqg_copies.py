@@ -10,8 +10,10 @@ per chunk ``_jacobian_chunk`` picks, the first block of grid rows): ``y-to-x`` c
 the y transform's output into the x transform's zero-padded input, ``adv-to-y`` the
 advection's kept x wavenumbers into the forward y transform's input. Each side is
 timed on one thread in the same run (best of ``--repeats`` rounds of ``--calls``
-calls), the C side through :class:`turbda_kit.native.TransposeCopy` as the model calls
-it; the ratio is torch / C. Both sides write the same bits (checked).
+calls): torch, the C copy through :class:`turbda_kit.native.TransposeCopy` as the model
+calls it (checks done once), and the same C copy through
+:func:`turbda_kit.native.transpose_copy_` (checks on every call); the ratio is torch /
+TransposeCopy. All write the same bits (checked).
 """
 
 from __future__ import annotations
@@ -65,13 +67,18 @@ def bench(sizes: tuple[int, ...], calls: int, repeats: int) -> list[dict]:
             for name, (dst, src) in cases.items():
                 t_torch = best_us(lambda d=dst, s=src: d.copy_(s.transpose(-1, -2)), calls,
                                   repeats)
+                dst.zero_()
+                t_checked = best_us(lambda d=dst, s=src: native.transpose_copy_(d, s), calls,
+                                    repeats)
+                assert torch.equal(dst, src.transpose(-1, -2)), "the C copy differs"
                 copy = native.TransposeCopy(dst, src)
                 dst.zero_()
                 t_c = best_us(lambda c=copy, s=src: c(s), calls, repeats)
                 assert torch.equal(dst, src.transpose(-1, -2)), "the C copy differs"
                 rows.append({"N": n, "dtype": str(ops.cdtype).removeprefix("torch."),
                              "copy": name, "member_levels": chunk, "rows": r,
-                             "torch_us": t_torch, "c_us": t_c, "ratio": t_torch / t_c})
+                             "torch_us": t_torch, "c_us": t_c, "c_checked_us": t_checked,
+                             "ratio": t_torch / t_c})
     return rows
 
 
@@ -84,13 +91,13 @@ def main(argv: list[str] | None = None) -> None:
     if not native.available():
         raise SystemExit("no C compiler: the C copy is not built (set CC)")
     print(f"# torch {torch.__version__}, one thread; per call = one Jacobian chunk of "
-          f"member-levels; ratio = torch / C")
+          f"member-levels; C = TransposeCopy, C checked = transpose_copy_; ratio = torch / C")
     print(f"{'N':>4} {'dtype':>10} {'copy':>9} {'levels':>6} {'rows':>5} {'torch us':>9} "
-          f"{'C us':>7} {'ratio':>6}")
+          f"{'C us':>7} {'C checked us':>12} {'ratio':>6}")
     for row in bench(tuple(args.sizes), args.calls, args.repeats):
         print(f"{row['N']:4d} {row['dtype']:>10} {row['copy']:>9} {row['member_levels']:6d} "
               f"{row['rows']:5d} {row['torch_us']:9.1f} {row['c_us']:7.1f} "
-              f"{row['ratio']:6.2f}")
+              f"{row['c_checked_us']:12.1f} {row['ratio']:6.2f}")
 
 
 if __name__ == "__main__":

@@ -88,3 +88,7 @@ def test_copy_benchmark_runs_and_checks_the_bits(capsys):
         torch.set_num_threads(threads)
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[-1] == "ratio" and len(lines) == 2 + 4   # 2 dtypes x 2 copies
+    for line in lines[2:]:
+        torch_us, c_us, checked_us, ratio = map(float, line.split()[-4:])
+        assert min(torch_us, c_us, checked_us) > 0
+        assert ratio == pytest.approx(torch_us / c_us, rel=0.05, abs=0.01)

@@ -340,7 +340,7 @@ _SOURCE += r"""
    (strides in complex values), in tiles of 8 x 8 so that the reads of
    a tile's rows and the writes of its columns share cache lines; with AVX, each tile by
    4 x 4 (complex64: 64-bit elements) or 2 x 2 (complex128: 128-bit) register
-   transposes, 1.6-2x faster than the scalar tile on the SQG model's blocks. Only moves
+   transposes (benchmarks/bench_sqg_copies.py times it against torch). Only moves
    bits: the same result whatever the order. The remainder rows and columns go scalar. */
 #if defined(__AVX__)
 #include <immintrin.h>
@@ -707,8 +707,8 @@ def transpose_copy_(dst: Tensor, src: Tensor) -> bool:
     """``dst.copy_(src.transpose(-1, -2))`` for complex CPU tensors, in C, tile by tile.
 
     torch copies a transposed complex array element by element along the destination's
-    rows; the tiled copy reads and writes whole cache lines (about 2.5x faster on the
-    SQG model's 1.5 MB blocks at N = 256). A copy, so the same bits.
+    rows; the tiled copy reads and writes whole cache lines (against torch on the SQG
+    model's blocks: ``python benchmarks/bench_sqg_copies.py``). A copy, so the same bits.
 
     Parameters
     ----------
@@ -746,9 +746,10 @@ def transpose_copy_(dst: Tensor, src: Tensor) -> bool:
 class TransposeCopy:
     """:func:`transpose_copy_` into a fixed ``dst`` from sources of one fixed layout.
 
-    The checks and argument conversions of :func:`transpose_copy_` cost ~8 us a call, as
-    much as the copy of an N = 64 SQG block: this object does them once, and each call
-    only compares the source's layout with the one it was built for.
+    The checks and argument conversions of :func:`transpose_copy_` cost about as much as
+    the copy of a small SQG block (both timed by ``python benchmarks/bench_sqg_copies.py``):
+    this object does them once, and each call only compares the source's layout with the
+    one it was built for.
 
     Parameters
     ----------

@@ -19,6 +19,7 @@ from turbda_kit.workflow.pipelines import (
     select_stages,
     split_overrides,
     stage_dependencies,
+    stage_inputs,
 )
 
 from .test_execute import make_notebook
@@ -241,6 +242,10 @@ def test_a_stage_whose_inputs_were_rerun_runs_again(tmp_path, capsys):
     assert "(again: newer inputs from a, b)" in printed            # collect reads both
     assert len(list(out.glob("b.replaced-*"))) == 1 and len(list(out.glob("collect.replaced-*"))) == 1
     assert run_pipeline("demo", {}, out, log_output=False, stages=stages) == []
+    # inputs come from the placeholders, whatever else the parameters hold
+    assert stage_inputs(stages[3], ["a", "b", "c"]) == {"a", "b", "c"}
+    assert stage_inputs(Stage("x", "", {"p": Path("a"), "n": 3, "s": "{stage:b}"}),
+                        ["a", "b"]) == {"b"}
 
 
 def test_paper_pipeline_parts_are_what_the_stages_read():

@@ -466,9 +466,9 @@ class _Operators:
         self.device, self.dtype = device, dtype
         self.cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
         # The Jacobian's transposed copies in C on a CPU (native.TransposeCopy; a copy, so
-        # the same bits): per chunk of complex64 member-levels 1.2-4.3x faster than
+        # the same bits): per chunk of complex64 member-levels 1.1-4.3x faster than
         # torch's copy at N = 64-256 (benchmarks/bench_sqg_copies.py). In complex128 the
-        # second copy (the advection's kept x wavenumbers) is faster in torch (0.8-0.9x):
+        # second copy (the advection's kept x wavenumbers) is as fast or faster in torch (0.8-1.0x):
         # C for the first only.
         self.native_transpose = device.type == "cpu" and native.available()
         self.native_transpose_adv = self.native_transpose and self.cdtype == torch.complex64
@@ -524,7 +524,7 @@ class _Operators:
         self.relax = 0.0 if math.isinf(params.tdiab) else 1.0 / params.tdiab
         q_eq = to_spectral(equilibrium_pv(params, device=device, dtype=f64))
         # (1, 2, Nh, N), contiguous: .to() keeps the transposed strides, with which every
-        # broadcast against it is ~10x slower
+        # broadcast against it is much slower
         self.q_eq = q_eq.transpose(-1, -2).to(self.cdtype).contiguous().unsqueeze(0)
         self.relax_q_eq = self.relax * self.q_eq
         self.relax_q_eq_v = torch.view_as_real(self.relax_q_eq)

@@ -221,6 +221,11 @@ def _fill(value: Any, pipeline_dir: Path, stage_dirs: dict[str, Path]) -> Any:
 def stage_dependencies(stage: Stage) -> set[str]:
     """Names of the stages whose directories ``stage`` reads (its ``{stage:<name>}``
     placeholders in parameters, quick parameters and command)."""
+    return {key.split(":", 1)[1] for key in _placeholders(stage) if key.startswith("stage:")}
+
+
+def _placeholders(stage: Stage) -> set[str]:
+    """Every ``{...}`` placeholder key in a stage's parameters, quick parameters and command."""
     found: set[str] = set()
 
     def scan(value: Any) -> None:
@@ -231,8 +236,7 @@ def stage_dependencies(stage: Stage) -> set[str]:
             for v in value:
                 scan(v)
         elif isinstance(value, str):
-            found.update(m.group(1).split(":", 1)[1] for m in _PLACEHOLDER.finditer(value)
-                         if m.group(1).startswith("stage:"))
+            found.update(m.group(1) for m in _PLACEHOLDER.finditer(value))
 
     scan([stage.parameters, stage.quick, list(stage.command)])
     return found
@@ -242,8 +246,7 @@ def stage_inputs(stage: Stage, earlier: list[str] | tuple[str, ...]) -> set[str]
     """The stages among ``earlier`` whose outputs ``stage`` reads: its
     ``{stage:<name>}`` placeholders, or all of ``earlier`` when it reads the whole pipeline
     directory (``{pipeline_dir}``, e.g. the results collector)."""
-    text = json.dumps([stage.parameters, stage.quick, list(stage.command)])
-    if "{pipeline_dir}" in text:
+    if "pipeline_dir" in _placeholders(stage):
         return set(earlier)
     return stage_dependencies(stage) & set(earlier)
 
