@@ -10,8 +10,20 @@ Usage (one torch thread; each 60-cycle SQG 64² run takes 30-60 s here)::
 Every combination of the ``--grid`` values is run (``--base`` adds fixed changes, e.g.
 ``--base likelihood_step=implicit``), on the same truth, observations and seed. For the
 two-stage EnSF (``--filter ensf_twostage``) a dotted name changes its first stage:
-``--grid ensf.likelihood_weight=10,30``. The
-result is :func:`turbda_kit.experiments.sweep.sweep`'s Dataset, written atomically after
+``--grid ensf.likelihood_weight=10,30``.
+
+The ViT surrogate is tuned the same way: ``--surrogate`` gives the export the runs forecast
+with (the preset must be a ViT one, e.g. ``sc24_vit_ensf``) and ``--network`` puts the
+preset on another preset's observation network, as the coupled experiments'
+``network_preset`` does (:func:`turbda_kit.experiments.coupled.on_network`)::
+
+    python tools/sweep_filters.py --preset sc24_vit_ensf --filter ensf_twostage \
+        --network sqgturb_lgetkf_cv --surrogate turbda_kit/pretrained/sqg_64_cpu/surrogate.pt \
+        --base ensf.normalize=true --base ensf.likelihood_weight=10 \
+        --grid ensf.prior_inflation=1,1.2,1.5 --truth nature_train/nature_sqg.nc \
+        --start-index 900 --cycles 90 --spinup 30 --out sweeps/vit_inflation.nc
+
+The result is :func:`turbda_kit.experiments.sweep.sweep`'s Dataset, written atomically after
 every run (a rerun of the same command skips the settings already in ``--out``); the
 table is printed sorted by mean analysis RMSE.
 """
@@ -68,12 +80,18 @@ def main() -> None:
     parser.add_argument("--spinup", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--network", help="observe this preset's network (coupled runs' "
+                        "network_preset)")
+    parser.add_argument("--surrogate", type=Path,
+                        help="surrogate export (surrogate.pt) to forecast with (ViT presets)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
     import numpy as np
     import torch
 
+    from turbda_kit.experiments import get_preset
+    from turbda_kit.experiments.coupled import on_network
     from turbda_kit.experiments.sweep import sweep
     from turbda_kit.io import open_dataset, write_dataset
 
@@ -81,17 +99,31 @@ def main() -> None:
     grid = _pairs(args.grid, many=True)
     settings = [_nest(dict(zip(grid, combo)))
                 for combo in itertools.product(*grid.values())] or [{}]
+    preset = get_preset(args.preset)
+    if args.network:
+        preset = on_network(preset, get_preset(args.network))
+    model = {}
+    if args.surrogate:
+        from turbda_kit.surrogate.forecast_model import SurrogateModel
+
+        if preset.model != "vit":
+            raise SystemExit(f"--surrogate needs a ViT preset (e.g. sc24_vit_ensf); "
+                             f"{args.preset} runs {preset.model}")
+        model = {"model": SurrogateModel.from_export(args.surrogate)}
+    elif preset.model == "vit":
+        raise SystemExit(f"{args.preset} forecasts with the ViT: give --surrogate")
     truth = None
     if args.truth:
         nature = open_dataset(args.truth)
         truth = nature["theta"].isel(time=slice(args.start_index, None)).values
         truth = truth.astype(np.float32)
     # Written after every run; rerunning the same command skips the settings already done.
-    ds = sweep(args.preset, args.filter, settings, n_cycles=args.cycles,
+    ds = sweep(preset, args.filter, settings, n_cycles=args.cycles,
                spinup_cycles=args.spinup, seed=args.seed, truth_trajectory=truth,
-               base=_nest(_pairs(args.base, many=False)), out_path=args.out)
+               base=_nest(_pairs(args.base, many=False)), out_path=args.out, **model)
     ds.attrs.update(truth=str(args.truth or "model run on the fly"),
-                    start_index=args.start_index, grid=json.dumps(grid))
+                    start_index=args.start_index, grid=json.dumps(grid),
+                    surrogate=str(args.surrogate or ""))
     write_dataset(ds, args.out)
     order = np.argsort(np.where(ds["diverged"].values, np.inf, ds["mean_rmse_analysis"].values))
     print(f"{args.preset} {args.filter}: cycles {args.spinup}-{args.cycles - 1}, "

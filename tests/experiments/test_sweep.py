@@ -92,3 +92,41 @@ def test_a_sweep_writes_after_each_run_and_skips_finished_settings(tmp_path, mon
     with pytest.raises(InputError, match="other settings"):
         sweep(PRESET, "letkf", [{"inflation_factor": 1.02}], n_cycles=12, spinup_cycles=2,
               out_path=out)
+
+
+def test_sweep_tool_tunes_the_shipped_vit_on_a_sparse_network(tmp_path):
+    """--surrogate and --network: the coupled runs' ViT + two-stage EnSF, swept."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    import xarray as xr
+
+    root = Path(__file__).resolve().parents[2]
+    truth = tmp_path / "nature.nc"
+    rng = np.random.default_rng(0)
+    theta = 280.0 + 5.0 * rng.standard_normal((6, 2, 64, 64)).astype(np.float32)
+    xr.Dataset({"theta": (("time", "level", "y", "x"), theta)}).to_netcdf(truth)
+    out = tmp_path / "vit.nc"
+    tool = [sys.executable, str(root / "tools" / "sweep_filters.py")]
+    common = ["--filter", "ensf_twostage", "--network", "sqgturb_lgetkf_cv", "--truth",
+              str(truth), "--cycles", "3", "--spinup", "1", "--out", str(out)]
+    surrogate = str(root / "turbda_kit" / "pretrained" / "sqg_64_cpu" / "surrogate.pt")
+    done = subprocess.run(tool + ["--preset", "sc24_vit_ensf", "--surrogate", surrogate,
+                                  "--base", "ensf.n_steps=10",
+                                  "--grid", "ensf.prior_inflation=1,1.5"] + common,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    ds = xr.load_dataset(out)
+    assert ds.attrs["preset"] == "sc24_vit_ensf+sqgturb_lgetkf_cv"
+    assert ds.attrs["surrogate"] == surrogate
+    assert ds.sizes["setting"] == 2 and not ds["diverged"].values.any()
+    # inflation changes the analyses
+    assert ds["mean_spread_analysis"].values[0] != ds["mean_spread_analysis"].values[1]
+    for wrong, message in ((["--preset", "sc24_vit_ensf"], "give --surrogate"),
+                           (["--preset", "bao2024_sqg_linear", "--surrogate", surrogate],
+                            "needs a ViT preset")):
+        refused = subprocess.run(tool + wrong + common, capture_output=True, text=True,
+                                 timeout=300)
+        assert refused.returncode != 0 and message in refused.stderr

@@ -40,8 +40,8 @@ from .builder import Experiment, build_experiment
 from .presets import DAPreset, get_preset
 from .skill import SkillConfig
 
-__all__ = ["COUPLED_EXPERIMENTS", "COUPLED_RUNS", "coupled_experiment", "run_coupled",
-           "surrogate_drift_diagnostic"]
+__all__ = ["COUPLED_EXPERIMENTS", "COUPLED_RUNS", "coupled_experiment", "on_network",
+           "run_coupled", "surrogate_drift_diagnostic"]
 
 #: Each coupled run as (preset, filter).
 COUPLED_RUNS: dict[str, tuple[str, str]] = {
@@ -160,7 +160,7 @@ def coupled_experiment(kind: str, truth_trajectory, *, surrogate: ForecastModel 
             raise InputError("network_changes needs a network_preset to change")
         network = network.with_network(dict(network_changes))
     if network is not None and preset.model != "vit":
-        preset = _on_network(preset, network)
+        preset = on_network(preset, network)
     changes: dict[str, Any] = {k: v for k, v in (("n_cycles", n_cycles), ("n_members", n_members),
                                                  ("spinup_cycles", spinup_cycles)) if v is not None}
     if preset.model != "vit" and shocks is not None:
@@ -172,7 +172,7 @@ def coupled_experiment(kind: str, truth_trajectory, *, surrogate: ForecastModel 
             raise InputError(f"experiment {kind} needs a trained surrogate (SurrogateModel)")
         preset = _with_ensf(preset, vit_ensf_settings)
         if network is not None:  # after the EnSF changes: the two-stage's first stage is them
-            preset = _on_network(preset, network)
+            preset = on_network(preset, network)
     n_grid = int(truth_trajectory.shape[-1])
     experiment = build_experiment(preset, filter_name, truth_trajectory=truth_trajectory,
                                   truth_stride=truth_stride, seed=seed, device=device,
@@ -197,8 +197,25 @@ def _with_ensf(preset: DAPreset, changes: Mapping[str, Any] | None) -> DAPreset:
     return preset.with_filter_settings("ensf", changes)
 
 
-def _on_network(preset: DAPreset, network: DAPreset) -> DAPreset:
-    """``preset`` observing ``network``'s observation network (see ``network_preset``)."""
+def on_network(preset: DAPreset, network: DAPreset) -> DAPreset:
+    """``preset`` observing ``network``'s observation network.
+
+    Parameters
+    ----------
+    preset : DAPreset
+        An SQG or ViT preset (e.g. ``get_preset("sc24_vit_ensf")``).
+    network : DAPreset
+        A preset with an observation network (``sqgturb_lgetkf_cv``,
+        ``bao2024_sqg_sparse_mixed``).
+
+    Returns
+    -------
+    DAPreset
+        For SQG, ``network`` itself (its filters and shocks). For the ViT, ``preset`` with
+        the network's observations and errors, its EnSF kept, and the network's two-stage
+        localisation around that EnSF (what :func:`coupled_experiment` runs with
+        ``network_preset``, and ``tools/sweep_filters.py --network`` tunes).
+    """
     if network.network is None:
         raise InputError(f"network_preset={network.name!r} has no observation network; "
                          "choose a preset with one (e.g. sqgturb_lgetkf_cv, "

@@ -99,6 +99,7 @@ __all__ = [
     "GlobalReduce",
     "ensf_analysis",
     "ensf_analysis_detailed",
+    "inflate_anomalies",
     "mixture_prior_mean",
     "schedule",
 ]
@@ -148,6 +149,13 @@ class EnSFConfig:
         Run the SDE on per-variable standardised variables ``z = (x - mean) / std`` of the
         forecast ensemble (the SQG runs); the likelihood is evaluated in physical units
         through the chain rule, so any operator works unchanged.
+    prior_inflation : float
+        Multiply the forecast anomalies about their mean by this factor (>= 1) before the
+        analysis: multiplicative prior inflation (the LETKF's ``inflation=
+        "multiplicative"``); ``spread_relaxation`` then relaxes towards the inflated spread. For forecasts that lose spread to errors the ensemble does not
+        sample, e.g. a deterministic surrogate. 1 (default): none, and the forecast is used
+        as given (the same bits as before the option existed). Per variable, so a slab's
+        analysis is still the same slab of the full one.
     spread_relaxation : float or None
         After the analysis, relax each variable's spread towards the forecast spread:
         ``std <- std_a + r (std_f - std_a)`` (RTPS); 1 restores the forecast spread.
@@ -202,6 +210,7 @@ class EnSFConfig:
     likelihood_weight: float = 1.0
     likelihood_step: str = "explicit"
     normalize: bool = False
+    prior_inflation: float = 1.0
     spread_relaxation: float | None = None
     spread_cap: float | None = None
     early_stop_tol: float | None = None
@@ -235,6 +244,10 @@ class EnSFConfig:
         if self.likelihood_step == "implicit" and self.pre_prediction_passes > 0:
             raise bad("likelihood_step", "the implicit step needs the operator's curvature, "
                       "which pre-prediction passes (autograd) do not provide; use 'explicit'")
+        if not (isinstance(self.prior_inflation, (int, float))
+                and not isinstance(self.prior_inflation, bool)
+                and 1.0 <= self.prior_inflation < math.inf):
+            raise bad("prior_inflation", "must be a finite number >= 1 (1: no inflation)")
         if self.spread_relaxation is not None and not 0.0 <= self.spread_relaxation <= 1.0:
             raise bad("spread_relaxation", "must be None or in [0, 1]")
         if self.spread_cap is not None and not self.spread_cap > 0:
@@ -563,16 +576,17 @@ def ensf_analysis_detailed(forecast_ensemble: Tensor, obs: Tensor, obs_operator,
                          f"not fit in global_size={global_size}")
     needs_spread = config.normalize or config.spread_relaxation is not None or \
         config.spread_cap is not None
-    if needs_spread and members < 2:
-        raise InputError(f"forecast_ensemble has {members} member(s); normalisation and spread "
-                         f"control need at least 2")
+    if (needs_spread or config.prior_inflation != 1.0) and members < 2:
+        raise InputError(f"forecast_ensemble has {members} member(s); normalisation, inflation "
+                         f"and spread control need at least 2")
     if config.pre_prediction_passes > 0 and pre_prediction is None:
         raise InputError("config.pre_prediction_passes > 0 but no pre_prediction callable "
                          "was passed")
     reduce = reduce if reduce is not None else _LocalReduce()
     seed = _as_seed(generator)
 
-    prior_flat = forecast_ensemble.detach().reshape(members, n)
+    prior_flat = inflate_anomalies(forecast_ensemble.detach().reshape(members, n),
+                                   config.prior_inflation)
     likelihood = _likelihood(obs_operator, state_shape, obs, obs_error_std, pre_prediction,
                              config.pre_prediction_passes, prior_flat)
 
@@ -826,6 +840,32 @@ def _tiled_step(c: _StepContext, k: int, coef: _Coefficients) -> None:
             tile.div_(curvature.mul_(coef.like).add_(1.0))
         if c.mean_now is not None:
             torch.mean(tile, 0, out=c.mean_now[start:stop])
+
+
+def inflate_anomalies(ensemble: Tensor, factor: float) -> Tensor:
+    """Ensemble with its anomalies about the member mean multiplied by ``factor``.
+
+    Parameters
+    ----------
+    ensemble : Tensor, shape ``(member, ...)``
+    factor : float
+        Anomaly factor; 1 returns ``ensemble`` itself (no copy, the same bits).
+
+    Returns
+    -------
+    Tensor, same shape: ``mean + factor * (ensemble - mean)`` (a new tensor unless
+    ``factor == 1``), mean over members per variable.
+    """
+    if factor == 1.0:
+        return ensemble
+    # The mean as a running sum over members: elementwise, so every variable's rounding
+    # is independent of the others' (torch's reduction over the member axis is not, for
+    # different widths) and a slab inflates to the same bits as the whole state.
+    mean = ensemble[0].clone()
+    for member in ensemble[1:]:
+        mean.add_(member)
+    mean.div_(ensemble.shape[0])
+    return (ensemble - mean).mul_(factor).add_(mean)
 
 
 def _control_spread_(x: Tensor, prior_std: Tensor, config: EnSFConfig,

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -42,7 +42,7 @@ from torch import Tensor
 from ..errors import InputError
 from ..obs.networks import observed_points
 from .base import FilterGeometry, register_filter
-from .ensf import EnSFConfig, ensf_analysis
+from .ensf import EnSFConfig, ensf_analysis, inflate_anomalies
 from .localization import gaspari_cohn, pairwise_distances
 
 __all__ = [
@@ -296,6 +296,12 @@ class TwoStageEnSF:
         if indices.numel() == n and torch.equal(indices, torch.arange(n)):
             return ensf_analysis(forecast_ensemble, obs, obs_operator, obs_error_std,
                                  generator, self.config.ensf)
+        # Prior inflation acts on the whole forecast, so that the regression sees the
+        # covariances the first stage used; the first stage then takes it as given.
+        stage_one = self.config.ensf
+        if stage_one.prior_inflation != 1.0:
+            flat = inflate_anomalies(flat, stage_one.prior_inflation)
+            stage_one = replace(stage_one, prior_inflation=1.0)
         device = forecast_ensemble.device
         observed_index = indices.to(device)
         unobserved = torch.ones(n, dtype=torch.bool, device=device)
@@ -304,7 +310,7 @@ class TwoStageEnSF:
 
         observed_forecast = flat.index_select(1, observed_index)
         observed_analysis = ensf_analysis(observed_forecast, obs, pointwise, obs_error_std,
-                                          generator, self.config.ensf)
+                                          generator, stage_one)
         positions = None
         if self.state_positions is not None:
             positions = self.state_positions.reshape(n, -1).to(device)

@@ -298,6 +298,24 @@ def _box_aspect(width_over_height: float):
     return hook
 
 
+def _title_above_ticks(points: float = 12.0):
+    """matplotlib hook: lift the panel title ``points`` above the axes (matplotlib's 6).
+
+    Half of a tick label sticks out above the axes when a tick sits at the top limit
+    (e.g. ``ylim = (0, 1.15 * top)`` landing on 0.8): with the default gap the title
+    overlaps it.
+    """
+
+    def hook(plot, element) -> None:
+        ax = plot.handles.get("axis")
+        if ax is not None and ax.get_title():
+            title = ax.title
+            ax.set_title(title.get_text(), pad=points, fontsize=title.get_fontsize(),
+                         fontweight=title.get_fontweight())
+
+    return hook
+
+
 def _markevery(every: int, offset: int):
     """matplotlib hook: draw a curve's marker on every ``every``-th point from ``offset``
     (offsets differ per run, so markers of overlapping curves do not cover each other)."""
@@ -934,13 +952,13 @@ def scaling_figure(ds, title: str | None = None):
         "title": f"{title}: time per cycle (dashed: ideal)", **x_axes, **time_axes,
         "show_grid": True, "legend_position": "bottom_right"},
         {"aspect": 1.3, "hooks": [readable_log_ticks, _box_aspect(1.3), _integer_ticks(ticks),
-                                  _legend_beside()]},
+                                  _legend_beside(), _title_above_ticks()]},
         {"width": 460, "height": 360, "xticks": ticks})
     eff_plot = _both(hv.Overlay([*effs, _reference(hv.HLine(1.0))]), {
         "title": f"{title}: efficiency", **x_axes, "show_grid": True,
         "ylim": (0, 1.1 * top_eff), "legend_position": "bottom_left"},
         {"aspect": 1.3, "hooks": [readable_log_ticks, _box_aspect(1.3), _integer_ticks(ticks),
-                                  _legend_beside()]},
+                                  _legend_beside(), _title_above_ticks()]},
         {"width": 460, "height": 360, "xticks": ticks})
     return _both(hv.Layout([time_plot, eff_plot]).cols(2),
                  matplotlib={"sublabel_format": "", "hspace": 1.2})
@@ -1021,7 +1039,8 @@ def throughput(table, y: str = "samples_per_s", y_label: str | None = None,
         "title": title or f"{y_label} against devices", "show_grid": True,
         "xlim": (low - pad, high + pad), "ylim": (0, 1.12 * top if top > 0 else 1.0),
         "legend_position": "right"},
-        {"fig_inches": (5.2, 3.6), "hooks": [_integer_ticks(ticks), _legend_beside()]},
+        {"fig_inches": (5.2, 3.6), "hooks": [_integer_ticks(ticks), _legend_beside(),
+                                             _title_above_ticks()]},
         {"width": 560, "height": 380, "xticks": ticks})
 
 
