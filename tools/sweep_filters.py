@@ -33,6 +33,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
+import sys
 from pathlib import Path
 
 
@@ -85,6 +87,8 @@ def main() -> None:
     parser.add_argument("--surrogate", type=Path,
                         help="surrogate export (surrogate.pt) to forecast with (ViT presets)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--json", type=Path,
+                        help="also write the table as a small JSON summary (for docs/data)")
     args = parser.parse_args()
 
     import numpy as np
@@ -93,7 +97,7 @@ def main() -> None:
     from turbda_kit.experiments import get_preset
     from turbda_kit.experiments.coupled import on_network
     from turbda_kit.experiments.sweep import sweep
-    from turbda_kit.io import open_dataset, write_dataset
+    from turbda_kit.io import open_dataset, write_dataset, write_json
 
     torch.set_num_threads(args.threads)
     grid = _pairs(args.grid, many=True)
@@ -138,6 +142,18 @@ def main() -> None:
             print(f"{float(row['mean_rmse_analysis']):9.3f} {float(row['mean_rmse_forecast']):9.3f}"
                   f" {float(row['mean_spread_analysis']):9.3f}  {row['label'].item()}")
     print(f"wrote {args.out}")
+    if args.json:
+        rows = [{"setting": json.loads(str(ds["label"].values[i])),
+                 **{name: (None if math.isnan(float(ds[name].values[i]))
+                           else round(float(ds[name].values[i]), 4))
+                    for name in ds.data_vars if name.startswith("mean_")},
+                 "diverged": bool(ds["diverged"].values[i]),
+                 "diverged_cycle": int(ds["diverged_cycle"].values[i])}
+                for i in range(ds.sizes["setting"])]
+        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in ds.attrs.items()}
+        write_json(args.json, {"command": "python tools/sweep_filters.py " + " ".join(
+            sys.argv[1:]), "attrs": attrs, "rows": rows})
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

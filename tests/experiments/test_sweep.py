@@ -60,9 +60,19 @@ def test_sweep_tool_writes_and_ranks_the_table(tmp_path):
     out = tmp_path / "letkf.nc"
     done = subprocess.run([sys.executable, str(tool), "--preset", "sakov2008", "--filter", "letkf",
                            "--grid", "inflation_factor=1.02,1.06", "--cycles", "20", "--spinup",
-                           "5", "--out", str(out)], capture_output=True, text=True, timeout=300)
+                           "5", "--out", str(out), "--json", str(tmp_path / "letkf.json")],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     ds = xr.load_dataset(out)
+    import json
+
+    summary = json.loads((tmp_path / "letkf.json").read_text())
+    assert summary["command"].startswith("python tools/sweep_filters.py --preset sakov2008")
+    assert [row["setting"] for row in summary["rows"]] == [{"inflation_factor": 1.02},
+                                                          {"inflation_factor": 1.06}]
+    assert summary["rows"][0]["mean_rmse_analysis"] == round(
+        float(ds["mean_rmse_analysis"].values[0]), 4)
+    assert summary["attrs"]["filter"] == "letkf"
     assert ds.sizes["setting"] == 2 and ds.attrs["filter"] == "letkf"
     assert ds["diverged"].dtype == bool
     rows = [line for line in done.stdout.splitlines() if re.match(r"\s*\d+\.\d+\s", line)]
