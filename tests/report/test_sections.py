@@ -127,6 +127,8 @@ def _da_table(preset: str, rmse: float):
 
 STAGE_DATA["da_sparse_linear"] = _da_table("bao2024_sqg_linear", 0.234)
 STAGE_DATA["da_sparse_mixed"] = _da_table("bao2024_sqg_sparse_mixed", 7.8)
+STAGE_DATA["da_skill_shocks"] = _da_table("yin2024_sqg_shocks", 1.5)
+STAGE_DATA["da_skill_arctan"] = _da_table("bao2024_sqg_arctan", 1.4)
 
 
 def _results(folder: Path, stages=STAGE_DATA) -> Path:
@@ -199,7 +201,8 @@ def test_partial_results_name_what_is_missing(tmp_path):
     assert "strong scaling: " + NOT_YET in text
     results = load_results(_results(tmp_path / "r2", ["da_sparse_cv"]))
     text = RENDERERS["da_sparse"](results)
-    assert "Not yet generated: `results/da_sparse_linear.json`, `results/da_sparse_mixed.json`" in text
+    assert ("Not yet generated: `results/da_sparse_linear.json`, `results/da_sparse_mixed.json`, "
+            "`results/da_skill_shocks.json`, `results/da_skill_arctan.json`") in text
 
 
 def test_quick_results_are_marked_as_checks(tmp_path):

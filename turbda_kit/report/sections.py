@@ -8,7 +8,8 @@ the checkout by ``turbda report publish RUN``):
 * ``da_sqg``: the SQG DA presets, free / LETKF / EnSF (stages ``da_linear``,
   ``da_shocks``, ``da_arctan``);
 * ``da_sparse``: dense and sparse networks, four filters, forecast skill and baselines
-  (``da_sparse_linear``, ``da_sparse_mixed``, ``da_sparse_cv``: ``tools/da_table.py``);
+  (``da_sparse_linear``, ``da_sparse_mixed``, ``da_sparse_cv``, ``da_skill_shocks``,
+  ``da_skill_arctan``: ``tools/da_table.py``);
 * ``coupled``: the coupled ViT + EnSF runs and the SQG baselines (``coupled``);
 * ``coupled_sparse``: ViT + two-stage EnSF against SQG on a sparse network, with forecast
   skill and the ViT's 12-h forecasts beside SQG's from the same analyses
@@ -45,7 +46,8 @@ Results = Mapping[str, Summary]
 
 _FILTER_COLUMNS = (("free", "SQG free"), ("letkf", "SQG+LETKF"), ("ensf", "SQG+EnSF"))
 _DA_STAGES = ("da_linear", "da_shocks", "da_arctan")
-_DA_TABLE_STAGES = ("da_sparse_linear", "da_sparse_mixed", "da_sparse_cv")
+_DA_TABLE_STAGES = ("da_sparse_linear", "da_sparse_mixed", "da_sparse_cv", "da_skill_shocks",
+                     "da_skill_arctan")
 
 
 def _missing(what: str, stages: Sequence[str]) -> str:
