@@ -212,6 +212,26 @@ def test_quick_results_are_marked_as_checks(tmp_path):
     assert "not a result" in RENDERERS["coupled"](load_results(tmp_path))
 
 
+def test_coupled_block_shows_forecast_skill_when_scored(tmp_path):
+    data, params = STAGE_DATA["coupled"]
+    skill = {"forecast_rmse_by_lead_hours": {"12": 1.5, "24": 2.5},
+             "persistence_rmse_by_lead_hours": {"12": 6.0, "24": 8.0},
+             "climatology_rmse": 9.1, "obs_only_rmse": 1.0}
+    scored = {name: {**entry, **skill} for name, entry in data.items()}
+    write_summary(tmp_path / "coupled.json", scored, command="turbda pipeline paper",
+                  provenance={"quick": False,
+                              "stage_parameters": {**params, "skill_every": 10}})
+    text = RENDERERS["coupled"](load_results(tmp_path))
+    assert "| run | analysis RMSE | analysis spread | 12-h forecast | 24-h forecast |" in text
+    assert "| `vit_ensf` | 0.970 | 0.600 | 1.50 | 2.50 | 3.10 | 1.27 |" in text
+    assert "| persistence | — | — | 6.00 | 8.00 | — | — |" in text
+    assert "every 10 cycles, observations only 1.00 K, climatology 9.10 K" in text
+    # without scored forecasts: no forecast columns
+    write_summary(tmp_path / "coupled.json", data, command="turbda pipeline paper",
+                  provenance={"quick": False, "stage_parameters": params})
+    assert "forecast" not in RENDERERS["coupled"](load_results(tmp_path)).split("\n\n")[1]
+
+
 def test_sparse_coupled_block_names_the_vits_ensf_changes(tmp_path):
     data, params = STAGE_DATA["coupled_sparse"]
     write_summary(tmp_path / "coupled_sparse.json", data, command="turbda pipeline paper",

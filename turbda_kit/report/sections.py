@@ -130,7 +130,8 @@ def render_da_sqg(results: Results) -> str:
 
 @renderer("coupled")
 def render_coupled(results: Results) -> str:
-    """Coupled ViT + EnSF runs and the SQG baselines: mean analysis RMSE and spread (K).
+    """Coupled ViT + EnSF runs and the SQG baselines: mean analysis RMSE and spread, and
+    forecast RMSE by lead with persistence when the stage scored forecasts (K).
 
     Parameters
     ----------
@@ -146,14 +147,23 @@ def render_coupled(results: Results) -> str:
         return _missing("Coupled ViT + EnSF runs", ["coupled"])
     summary = results["coupled"]
     params = _parameters(summary)
+    runs = {k: v for k, v in summary.data.items() if isinstance(v, dict)}
+    # forecast skill columns when the stage scored forecasts (skill_leads_hours)
+    leads = sorted({h for e in runs.values() for h in (e.get("forecast_rmse_by_lead_hours")
+                                                       or {})}, key=float)
     rows = []
-    for name, entry in summary.data.items():
-        if not isinstance(entry, dict):
-            continue
+    for name, entry in runs.items():
+        by_lead = entry.get("forecast_rmse_by_lead_hours") or {}
         rows.append([f"`{name}`", _rmse_cell(entry),
                      fmt(entry.get("mean_spread_analysis"), 3),
+                     *(fmt(by_lead.get(h), 2) for h in leads),
                      fmt(entry.get("mean_surrogate_drift"), 2),
                      fmt(entry.get("reported_rmse"), 2)])
+    skilled = next((e for e in runs.values() if e.get("persistence_rmse_by_lead_hours")), {})
+    persistence = skilled.get("persistence_rmse_by_lead_hours") or {}
+    if leads and persistence:
+        rows.append(["persistence", "—", "—",
+                     *(fmt(persistence.get(h), 2) for h in leads), "—", "—"])
     physical = results.get("coupled_sqg_ensf_physical")
     used = [summary]
     if physical is not None:
@@ -161,16 +171,22 @@ def render_coupled(results: Results) -> str:
         entry = physical.data.get("sqg_ensf")
         if isinstance(entry, dict):
             rows.append(["`sqg_ensf` with the ViT runs' EnSF settings", _rmse_cell(entry),
-                         fmt(entry.get("mean_spread_analysis"), 3), "—", "—"])
+                         fmt(entry.get("mean_spread_analysis"), 3),
+                         *("—" for _ in leads), "—", "—"])
     spinup = int(params.get("spinup_cycles", 0) or 0)
     over = (f"all {params.get('n_cycles')} cycles" if spinup == 0 else
             f"cycles {spinup + 1}–{params.get('n_cycles')}")
+    skill = ("" if not leads else
+             f"; forecasts from the analysis mean every {params.get('skill_every')} cycles, "
+             f"observations only {fmt(skilled.get('obs_only_rmse'), 2)} K, climatology "
+             f"{fmt(skilled.get('climatology_rmse'), 2)} K")
     head = (f"Coupled ViT + EnSF on the `nature_truth` run, the shipped surrogate (stage "
             f"`ship_vit`), {params.get('n_members')} members, {params.get('n_cycles')} 12-h "
             f"cycles, SQG baselines {'with' if params.get('shocks', True) else 'without'} "
             f"shocks; means over "
-            f"{over}, K{_quick_note(summary)}:")
+            f"{over}{skill}, K{_quick_note(summary)}:")
     table = markdown_table(["run", "analysis RMSE", "analysis spread",
+                            *(f"{float(h):g}-h forecast" for h in leads),
                             "ViT − SQG 12-h drift", "SC24 Fig. 4"], rows)
     return f"{head}\n\n{table}\n\n{source_line(*used)}"
 
