@@ -224,8 +224,19 @@ def test_coupled_block_shows_forecast_skill_when_scored(tmp_path):
     text = RENDERERS["coupled"](load_results(tmp_path))
     assert "| run | analysis RMSE | analysis spread | 12-h forecast | 24-h forecast |" in text
     assert "| `vit_ensf` | 0.970 | 0.600 | 1.50 | 2.50 | 3.10 | 1.27 |" in text
-    assert "| persistence | — | — | 6.00 | 8.00 | — | — |" in text
-    assert "every 10 cycles, observations only 1.00 K, climatology 9.10 K" in text
+    assert "| persistence (climatology 9.10 K) | — | — | 6.00 | 8.00 | — | — |" in text
+    assert "every 10 cycles, against observations only (1.00 K), persistence" in text
+    # runs on a truth with jumps have their own baselines: one row per truth
+    scored["sqg_free"] = {**scored["sqg_free"], "climatology_rmse": 9.3,
+                          "persistence_rmse_by_lead_hours": {"12": 7.0, "24": 9.0}}
+    write_summary(tmp_path / "coupled.json", scored, command="turbda pipeline paper",
+                  provenance={"quick": False,
+                              "stage_parameters": {**params, "skill_every": 10}})
+    text = RENDERERS["coupled"](load_results(tmp_path))
+    assert ("| persistence, truth of `vit_ensf` (climatology 9.10 K) | — | — | 6.00 | 8.00 |"
+            in text)
+    assert ("| persistence, truth of `sqg_free` (climatology 9.30 K) | — | — | 7.00 | 9.00 |"
+            in text)
     # without scored forecasts: no forecast columns
     write_summary(tmp_path / "coupled.json", data, command="turbda pipeline paper",
                   provenance={"quick": False, "stage_parameters": params})

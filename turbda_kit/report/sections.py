@@ -27,6 +27,8 @@ and every block ends with the commands its numbers come from
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -159,11 +161,21 @@ def render_coupled(results: Results) -> str:
                      *(fmt(by_lead.get(h), 2) for h in leads),
                      fmt(entry.get("mean_surrogate_drift"), 2),
                      fmt(entry.get("reported_rmse"), 2)])
-    skilled = next((e for e in runs.values() if e.get("persistence_rmse_by_lead_hours")), {})
-    persistence = skilled.get("persistence_rmse_by_lead_hours") or {}
-    if leads and persistence:
-        rows.append(["persistence", "—", "—",
+    # Baselines per truth: runs with shocks score against a truth with jumps, so
+    # persistence and climatology differ between the groups of runs.
+    groups: dict[str, list[str]] = {}
+    for name, entry in runs.items():
+        if leads and entry.get("persistence_rmse_by_lead_hours"):
+            key = json.dumps([entry["persistence_rmse_by_lead_hours"],
+                              entry.get("climatology_rmse")], sort_keys=True)
+            groups.setdefault(key, []).append(name)
+    for key, names in groups.items():
+        persistence, climatology = json.loads(key)
+        label = ("persistence" if len(groups) == 1 else
+                 "persistence, truth of " + ", ".join(f"`{n}`" for n in names))
+        rows.append([f"{label} (climatology {fmt(climatology, 2)} K)", "—", "—",
                      *(fmt(persistence.get(h), 2) for h in leads), "—", "—"])
+    skilled = next((e for e in runs.values() if e.get("persistence_rmse_by_lead_hours")), {})
     physical = results.get("coupled_sqg_ensf_physical")
     used = [summary]
     if physical is not None:
@@ -178,8 +190,8 @@ def render_coupled(results: Results) -> str:
             f"cycles {spinup + 1}–{params.get('n_cycles')}")
     skill = ("" if not leads else
              f"; forecasts from the analysis mean every {params.get('skill_every')} cycles, "
-             f"observations only {fmt(skilled.get('obs_only_rmse'), 2)} K, climatology "
-             f"{fmt(skilled.get('climatology_rmse'), 2)} K")
+             f"against observations only ({fmt(skilled.get('obs_only_rmse'), 2)} K), "
+             f"persistence and climatology")
     head = (f"Coupled ViT + EnSF on the `nature_truth` run, the shipped surrogate (stage "
             f"`ship_vit`), {params.get('n_members')} members, {params.get('n_cycles')} 12-h "
             f"cycles, SQG baselines {'with' if params.get('shocks', True) else 'without'} "
