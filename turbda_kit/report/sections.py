@@ -28,7 +28,6 @@ and every block ends with the commands its numbers come from
 from __future__ import annotations
 
 import json
-
 from collections.abc import Mapping, Sequence
 from typing import Any
 
