@@ -151,11 +151,12 @@ class EnSFConfig:
         through the chain rule, so any operator works unchanged.
     prior_inflation : float
         Multiply the forecast anomalies about their mean by this factor (>= 1) before the
-        analysis: multiplicative prior inflation (the LETKF's ``inflation=
-        "multiplicative"``); ``spread_relaxation`` then relaxes towards the inflated spread. For forecasts that lose spread to errors the ensemble does not
-        sample, e.g. a deterministic surrogate. 1 (default): none, and the forecast is used
-        as given (the same bits as before the option existed). Per variable, so a slab's
-        analysis is still the same slab of the full one.
+        analysis: multiplicative prior inflation (the LETKF's
+        ``inflation="multiplicative"``); ``spread_relaxation`` then relaxes towards the
+        inflated spread. Meant for forecasts whose spread understates their error; on the
+        ViT's sparse-network runs it made the error worse (``docs/tuning.md``). 1
+        (default): none, the forecast is used as given (the same bits as before the option
+        existed). Per variable, so a slab's analysis is still the same slab of the whole.
     spread_relaxation : float or None
         After the analysis, relax each variable's spread towards the forecast spread:
         ``std <- std_a + r (std_f - std_a)`` (RTPS); 1 restores the forecast spread.
