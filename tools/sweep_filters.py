@@ -148,7 +148,8 @@ def main() -> None:
                            else round(float(ds[name].values[i]), 4))
                     for name in ds.data_vars if name.startswith("mean_")},
                  "diverged": bool(ds["diverged"].values[i]),
-                 "diverged_cycle": int(ds["diverged_cycle"].values[i])}
+                 "diverged_cycle": int(ds["diverged_cycle"].values[i]),
+                 "wall_s": round(float(ds["wall_s"].values[i]), 1)}
                 for i in range(ds.sizes["setting"])]
         attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in ds.attrs.items()}
         write_json(args.json, {"command": "python tools/sweep_filters.py " + " ".join(

@@ -73,6 +73,7 @@ def test_sweep_tool_writes_and_ranks_the_table(tmp_path):
     assert summary["rows"][0]["mean_rmse_analysis"] == round(
         float(ds["mean_rmse_analysis"].values[0]), 4)
     assert summary["attrs"]["filter"] == "letkf"
+    assert summary["rows"][1]["wall_s"] == round(float(ds["wall_s"].values[1]), 1)
     assert ds.sizes["setting"] == 2 and ds.attrs["filter"] == "letkf"
     assert ds["diverged"].dtype == bool
     rows = [line for line in done.stdout.splitlines() if re.match(r"\s*\d+\.\d+\s", line)]
@@ -132,8 +133,8 @@ def test_sweep_tool_tunes_the_shipped_vit_on_a_sparse_network(tmp_path):
     assert ds.attrs["preset"] == "sc24_vit_ensf+sqgturb_lgetkf_cv"
     assert ds.attrs["surrogate"] == surrogate
     assert ds.sizes["setting"] == 2 and not ds["diverged"].values.any()
-    # inflation changes the analyses
-    assert ds["mean_spread_analysis"].values[0] != ds["mean_spread_analysis"].values[1]
+    # inflating the forecast by 1.5 widens the analysis ensemble
+    assert ds["mean_spread_analysis"].values[1] > ds["mean_spread_analysis"].values[0]
     for wrong, message in ((["--preset", "sc24_vit_ensf"], "give --surrogate"),
                            (["--preset", "bao2024_sqg_linear", "--surrogate", surrogate],
                             "needs a ViT preset")):
