@@ -129,6 +129,10 @@ STAGE_DATA["da_sparse_linear"] = _da_table("bao2024_sqg_linear", 0.234)
 STAGE_DATA["da_sparse_mixed"] = _da_table("bao2024_sqg_sparse_mixed", 7.8)
 STAGE_DATA["da_skill_shocks"] = _da_table("yin2024_sqg_shocks", 1.5)
 STAGE_DATA["da_skill_arctan"] = _da_table("bao2024_sqg_arctan", 1.4)
+STAGE_DATA["da_local_dense"] = _da_table("bao2024_sqg_linear", 0.25)
+STAGE_DATA["da_local_dense"][0]["rows"][0]["filter"] = "ensf_local"
+STAGE_DATA["da_local_sparse"] = _da_table("bao2024_sqg_sparse_mixed", 3.1)
+STAGE_DATA["da_local_sparse"][0]["rows"][0]["filter"] = "ensf_local"
 
 
 def _results(folder: Path, stages=STAGE_DATA) -> Path:
@@ -203,6 +207,22 @@ def test_partial_results_name_what_is_missing(tmp_path):
     text = RENDERERS["da_sparse"](results)
     assert ("Not yet generated: `results/da_sparse_linear.json`, `results/da_sparse_mixed.json`, "
             "`results/da_skill_shocks.json`, `results/da_skill_arctan.json`") in text
+
+
+def test_later_stages_rows_join_their_preset_and_other_truths_are_flagged(tmp_path):
+    stages = ["da_sparse_linear", "da_sparse_mixed", "da_local_dense"]
+    text = RENDERERS["da_sparse"](load_results(_results(tmp_path, stages)))
+    lines = [line for line in text.splitlines() if line.startswith("| `")]
+    assert [line.split("|")[3].strip() for line in lines[:3]] == ["LETKF", "local EnSF",
+                                                                  "LETKF"], lines
+    assert "different truths" not in text
+    data, params = STAGE_DATA["da_local_dense"]
+    other = {**data, "rows": [{**data["rows"][0], "baselines": {"climatology_rmse": 10.0}}]}
+    write_summary(tmp_path / "r2" / "da_local_dense.json", other, command="turbda pipeline paper",
+                  provenance={"stage_parameters": params})
+    _results(tmp_path / "r2", ["da_sparse_linear"])
+    text = RENDERERS["da_sparse"](load_results(tmp_path / "r2"))
+    assert "stages scored different truths for `bao2024_sqg_linear`" in text
 
 
 def test_quick_results_are_marked_as_checks(tmp_path):

@@ -46,6 +46,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..filters.ensf import EnSFConfig
+from ..filters.ensf_local import LocalEnSFConfig
 from ..filters.ensf_spectral import SpectralEnSFConfig, spectral_config_from
 from ..filters.ensf_twostage import TwoStageEnSFConfig
 from ..filters.letkf import LETKFConfig
@@ -134,6 +135,7 @@ class DAPreset:
     ensf_twostage: TwoStageEnSFConfig | None = None
     ensf_spectral: SpectralEnSFConfig | None = None
     wiener_spectral: SpectralWienerConfig | None = None
+    ensf_local: LocalEnSFConfig | None = None
 
     @property
     def filters(self) -> dict[str, Any]:
@@ -142,9 +144,12 @@ class DAPreset:
             ensf=self.ensf, localization_radius=self.letkf.localization_radius,
             vertical_localization_radius=self.letkf.vertical_localization_radius)
         spectral = self.ensf_spectral or spectral_config_from(self.ensf)
+        local = self.ensf_local or LocalEnSFConfig(letkf=dataclasses.replace(
+            self.letkf, perturbations="symmetric", cv_groups=None, **_LOCAL_ENSF_INFLATION))
         return {"ensf": self.ensf, "letkf": self.letkf, "ensf_twostage": twostage,
                 "ensf_spectral": spectral,
-                "wiener_spectral": self.wiener_spectral or SpectralWienerConfig()}
+                "wiener_spectral": self.wiener_spectral or SpectralWienerConfig(),
+                "ensf_local": local}
 
     def with_network(self, changes: dict[str, Any] | None) -> DAPreset:
         """A copy whose observation network has some fields changed.
@@ -182,12 +187,14 @@ class DAPreset:
 
         Parameters
         ----------
-        filter_name : {"ensf", "letkf", "ensf_twostage", "ensf_spectral", "wiener_spectral"}
+        filter_name : {"ensf", "letkf", "ensf_twostage", "ensf_spectral", "wiener_spectral", \
+"ensf_local"}
         changes : dict or None
-            Field changes of :class:`~turbda_kit.filters.ensf.EnSFConfig`,
-            :class:`~turbda_kit.filters.letkf.LETKFConfig` or
-            :class:`~turbda_kit.filters.ensf_twostage.TwoStageEnSFConfig` (validated by
-            the config; the two-stage ``ensf`` may be a dict of EnSFConfig changes).
+            Field changes of the filter's config (:class:`~turbda_kit.filters.ensf.EnSFConfig`,
+            :class:`~turbda_kit.filters.letkf.LETKFConfig`,
+            :class:`~turbda_kit.filters.ensf_twostage.TwoStageEnSFConfig`, ...; validated by
+            the config). The two-stage and spectral ``ensf`` may be a dict of EnSFConfig
+            changes, the local EnSF's ``letkf`` a dict of LETKFConfig changes.
 
         Raises
         ------
@@ -199,6 +206,10 @@ class DAPreset:
             raise InputError(f"filter_name={filter_name!r}: filter settings exist for "
                              f"{' and '.join(repr(name) for name in self.filters)}")
         changes = dict(changes or {})
+        if isinstance(changes.get("letkf"), dict) and isinstance(config, LocalEnSFConfig):
+            # the local EnSF's localisation and inflation, given as LETKFConfig changes
+            changes["letkf"] = self.replace(letkf=config.letkf).with_filter_settings(
+                "letkf", changes["letkf"]).letkf
         if isinstance(changes.get("ensf"), dict) and isinstance(config, (TwoStageEnSFConfig,
                                                                         SpectralEnSFConfig)):
             # the two-stage filter's first stage, given as EnSFConfig field changes
@@ -218,6 +229,12 @@ class DAPreset:
 # it stable, which makes the likelihood weight and RTPS real knobs, chosen by sweeps on
 # 60-cycle runs (docs/tuning.md): weight 10 with RTPS 0.5 for linear observations,
 # weight 1 with RTPS 0.3 for arctan (weight 3 diverged there).
+# The local ensemble-space EnSF (filters.ensf_local) takes each preset's LETKF localisation
+# with RTPS 0.5 (its transforms are not the LETKF's, so neither is its spread): on the
+# dense linear preset weight 10 / RTPS 0.5 scored 0.232 K over cycles 21-60, weight 3
+# 0.262 K (spread 0.50 K, over-dispersed), weight 1 0.419 K; the exact Gaussian prior
+# score collapsed the spread (0.587 K at weight 1; docs/tuning.md).
+_LOCAL_ENSF_INFLATION: dict[str, Any] = {"inflation": "rtps", "inflation_factor": 0.5}
 _SQG_ENSF = EnSFConfig(n_steps=100, normalize=True, likelihood_step="implicit",
                        likelihood_weight=10.0, spread_relaxation=0.5)
 _SQG_ENSF_ARCTAN = dataclasses.replace(_SQG_ENSF, likelihood_weight=1.0, spread_relaxation=0.3)

@@ -20,6 +20,12 @@ from .ensemble_space import (
     transforms_from_gram,
 )
 from .ensf import EnSF, EnSFConfig, EnSFResult, ensf_analysis, ensf_analysis_detailed
+from .ensf_local import (
+    LocalEnSF,
+    LocalEnSFConfig,
+    ensemble_space_ensf_transforms,
+    sde_noise,
+)
 from .ensf_spectral import SpectralEnSF, SpectralEnSFConfig, hartley2, shell_spread
 from .ensf_twostage import TwoStageEnSF, TwoStageEnSFConfig, regression_increments
 from .letkf import LETKF, LETKFConfig, etkf_analysis, letkf_analysis, uses_convolution
@@ -37,6 +43,10 @@ from .spectral_wiener import SpectralWiener, SpectralWienerConfig, spectral_wien
 
 __all__ = [
     "LETKF",
+    "LocalEnSF",
+    "LocalEnSFConfig",
+    "ensemble_space_ensf_transforms",
+    "sde_noise",
     "SpectralEnSF",
     "SpectralEnSFConfig",
     "SpectralWiener",

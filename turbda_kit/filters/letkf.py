@@ -77,6 +77,7 @@ from .localization import (
 
 __all__ = [
     "LETKF",
+    "GramTransforms",
     "LETKFConfig",
     "ensemble_transforms",
     "etkf_analysis",
@@ -92,6 +93,8 @@ PerturbationUpdate = Literal["symmetric", "cross_validation"]
 _PERTURBATION_UPDATES = ("symmetric", "cross_validation")
 GramMethod = Literal["auto", "gather", "convolution"]
 _GRAM_METHODS = ("auto", "gather", "convolution")
+#: The local solve: Gram matrices ``(n_loc, m + 1, m + 1)`` -> transforms ``(n_loc, m, m)``.
+GramTransforms = Callable[[Tensor], Tensor]
 # Locations solved together: bounds the (n, m + 1, m + 1) Gram and transform arrays.
 _BLOCK_ELEMENTS = 2 ** 22
 
@@ -384,7 +387,7 @@ def _solve_block(n_locations: int, n_members: int, multiple: int = 1) -> int:
 
 def _analyse(forecast_ensemble: Tensor, obs_ensemble: Tensor, obs: Tensor,
              obs_error_std: float | Tensor, plan: LocalizationPlan,
-             config: LETKFConfig) -> Tensor:
+             config: LETKFConfig, transforms: GramTransforms = transforms_from_gram) -> Tensor:
     """Shared driver of the local and global analyses (inputs already validated)."""
     n_members = forecast_ensemble.shape[0]
     state_shape = forecast_ensemble.shape[1:]
@@ -411,14 +414,14 @@ def _analyse(forecast_ensemble: Tensor, obs_ensemble: Tensor, obs: Tensor,
             block = _solve_block(plan.n_locations, n_members)
             for first in range(0, plan.n_locations, block):
                 _apply_transforms(prior_anomalies_t, mean,
-                                  transforms_from_gram(gram[first:first + block]), plan, first,
+                                  transforms(gram[first:first + block]), plan, first,
                                   analysis_t)
         else:
             obs_variance = None
             if config.regularization == "nerger":
                 obs_variance = obs_anomalies_t.square().sum(1) / (n_members - 1)
             _analyse_gathered(augmented_t, obs_variance, prior_anomalies_t, mean, plan,
-                              analysis_t)
+                              analysis_t, transforms)
 
     if config.inflation in ("rtps", "rtpp"):
         analysis_mean = analysis_t.mean(dim=1, keepdim=True)
@@ -429,7 +432,8 @@ def _analyse(forecast_ensemble: Tensor, obs_ensemble: Tensor, obs: Tensor,
 
 def _analyse_gathered(augmented_t: Tensor, obs_variance: Tensor | None,
                       prior_anomalies_t: Tensor, mean: Tensor, plan: LocalizationPlan,
-                      analysis_t: Tensor) -> None:
+                      analysis_t: Tensor, transforms: GramTransforms = transforms_from_gram
+                      ) -> None:
     """Symmetric-root LETKF with Gram matrices gathered chunk by chunk; fills analysis_t.
 
     Gram matrices of several chunks are solved together (one eigendecomposition call,
@@ -467,7 +471,7 @@ def _analyse_gathered(augmented_t: Tensor, obs_variance: Tensor | None,
                 gram = tapered.transpose(1, 2) @ tapered
             else:
                 gram[first - block_first:stop - block_first] = tapered.transpose(1, 2) @ tapered
-        _apply_transforms(prior_anomalies_t, mean, transforms_from_gram(gram), plan,
+        _apply_transforms(prior_anomalies_t, mean, transforms(gram), plan,
                           block_first, analysis_t)
 
 
@@ -495,7 +499,8 @@ def letkf_analysis(forecast_ensemble: Tensor, obs_ensemble: Tensor, obs: Tensor,
                    state_positions: Tensor | None = None,
                    obs_positions: Tensor | None = None,
                    domain_lengths: Sequence[float] | None = None,
-                   plan: LocalizationPlan | None = None) -> Tensor:
+                   plan: LocalizationPlan | None = None,
+                   transforms: GramTransforms | None = None) -> Tensor:
     """LETKF analysis with Gaspari–Cohn observation (R-) localisation.
 
     Parameters
@@ -516,6 +521,12 @@ def letkf_analysis(forecast_ensemble: Tensor, obs_ensemble: Tensor, obs: Tensor,
     plan : LocalizationPlan, optional
         Reusable geometry from :func:`plan_localization` (saves the distance computations
         over many cycles).
+    transforms : callable, optional
+        The local solve: local Gram matrices ``(n_loc, m + 1, m + 1)`` to transforms
+        ``(n_loc, m, m)``, as :func:`~turbda_kit.filters.ensemble_space.transforms_from_gram`
+        (the default, the ETKF's). Another solve in the same ensemble space, e.g. the local
+        EnSF's (:mod:`turbda_kit.filters.ensf_local`), reuses the localisation. Not used
+        with ``perturbations="cross_validation"`` (refused).
 
     Returns
     -------
@@ -569,7 +580,12 @@ def letkf_analysis(forecast_ensemble: Tensor, obs_ensemble: Tensor, obs: Tensor,
     if not plan.matches(config):
         raise InputError("plan was built with other localisation radii than config; rebuild "
                          "it with plan_localization(..., config)")
-    return _analyse(forecast_ensemble, obs_ensemble, obs, std, plan, config)
+    if transforms is None:
+        transforms = transforms_from_gram
+    elif config.perturbations == "cross_validation":
+        raise InputError("transforms= replaces the symmetric-root solve; cross-validated "
+                         "perturbations have their own: use perturbations='symmetric'")
+    return _analyse(forecast_ensemble, obs_ensemble, obs, std, plan, config, transforms)
 
 
 def etkf_analysis(forecast_ensemble: Tensor, obs_ensemble: Tensor, obs: Tensor,

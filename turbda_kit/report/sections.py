@@ -48,7 +48,7 @@ Results = Mapping[str, Summary]
 _FILTER_COLUMNS = (("free", "SQG free"), ("letkf", "SQG+LETKF"), ("ensf", "SQG+EnSF"))
 _DA_STAGES = ("da_linear", "da_shocks", "da_arctan")
 _DA_TABLE_STAGES = ("da_sparse_linear", "da_sparse_mixed", "da_sparse_cv", "da_skill_shocks",
-                     "da_skill_arctan")
+                     "da_skill_arctan", "da_local_dense", "da_local_sparse")
 
 
 def _missing(what: str, stages: Sequence[str]) -> str:
@@ -504,7 +504,8 @@ def render_scaling(results: Results) -> str:
 
 
 _FILTER_LABELS = {"free": "SQG free", "letkf": "LETKF", "ensf": "EnSF",
-                  "ensf_twostage": "two-stage EnSF", "ensf_spectral": "spectral EnSF"}
+                  "ensf_twostage": "two-stage EnSF", "ensf_spectral": "spectral EnSF",
+                  "ensf_local": "local EnSF"}
 
 
 def _network_text(row: Mapping[str, Any]) -> str:
@@ -519,6 +520,14 @@ def _network_text(row: Mapping[str, Any]) -> str:
     return str(row.get("network", "—"))
 
 
+_TRUTH_BASELINES = ("climatology_rmse", "obs_only_rmse", "persistence_rmse_by_lead_hours")
+
+
+def _truth_differs(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two rows' truth-only baselines (where both have them) differ."""
+    return any(a[key] != b[key] for key in _TRUTH_BASELINES if key in a and key in b)
+
+
 @renderer("da_sparse")
 def render_da_sparse(results: Results) -> str:
     """Dense and sparse networks: analysis RMSE, forecast RMSE by lead and the baselines (K).
@@ -531,9 +540,11 @@ def render_da_sparse(results: Results) -> str:
     Returns
     -------
     str
-        The block's markdown: one row per preset and filter, then one row of baselines per
-        preset (observations only where every point is observed, climatology, persistence,
-        free run).
+        The block's markdown: one row per preset and filter (a preset's rows together,
+        in stage order), then one row of baselines per preset (observations only where
+        every point is observed, climatology, persistence, free run). Stages that ran the
+        same preset must have scored the same truth: where their baselines differ the block
+        says so.
     """
     present = [results[s] for s in _DA_TABLE_STAGES if s in results]
     if not present:
@@ -541,18 +552,24 @@ def render_da_sparse(results: Results) -> str:
     summary = present[0]
     run = summary.data.get("run") or {}
     leads = [f"{float(h):g}" for h in run.get("forecast_leads_hours", [])]
-    rows, baselines = [], {}
+    rows, baselines, order, mismatched = [], {}, {}, []
     for row in (r for p in present for r in p.data.get("rows", [])):
         preset, name = row.get("preset"), row.get("filter")
+        order.setdefault(preset, len(order))
         by_lead = row.get("forecast_rmse_by_lead_hours") or {}
         analysis = fmt(row.get("analysis_rmse"), 3)
         if row.get("diverged"):
             cycle = row.get("diverged_at_cycle")
             analysis = "diverged" + (f" at cycle {cycle}" if cycle is not None else "")
-        rows.append([f"`{preset}`", _network_text(row), _FILTER_LABELS.get(name, name),
-                     analysis, fmt(row.get("analysis_spread"), 3),
-                     *(fmt(by_lead.get(h, by_lead.get(f"{h}.0")), 2) for h in leads)])
-        baselines.setdefault(preset, row.get("baselines") or {})
+        rows.append((order[preset], len(rows), [
+            f"`{preset}`", _network_text(row), _FILTER_LABELS.get(name, name), analysis,
+            fmt(row.get("analysis_spread"), 3),
+            *(fmt(by_lead.get(h, by_lead.get(f"{h}.0")), 2) for h in leads)]))
+        first = baselines.setdefault(preset, row.get("baselines") or {})
+        if _truth_differs(first, row.get("baselines") or {}) and preset not in mismatched:
+            mismatched.append(preset)
+    # a preset's rows together (rows of later stages join their preset's), stage order kept
+    rows = [cells for *_, cells in sorted(rows, key=lambda r: r[:2])]
     base_rows = []
     for preset, b in baselines.items():
         persistence = b.get("persistence_rmse_by_lead_hours") or {}
@@ -574,5 +591,9 @@ def render_da_sparse(results: Results) -> str:
     missing = [s for s in _DA_TABLE_STAGES if s not in results]
     note = (f"\n\nNot yet generated: {', '.join(f'`results/{s}.json`' for s in missing)}."
             if missing else "")
+    if mismatched:
+        note += ("\n\n**Warning: stages scored different truths for "
+                 f"{', '.join(f'`{p}`' for p in mismatched)}** (their climatology, persistence "
+                 "or observations-only scores differ): those rows are not comparable.")
     return (f"{head}\n\n{table}\n\nBaselines (K; observations only is shown where every "
             f"point is observed):\n\n{base}{note}\n\n{source_line(*present)}")
