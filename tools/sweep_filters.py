@@ -10,7 +10,8 @@ Usage (one torch thread; each 60-cycle SQG 64² run takes 30-60 s here)::
 Every combination of the ``--grid`` values is run (``--base`` adds fixed changes, e.g.
 ``--base likelihood_step=implicit``), on the same truth, observations and seed. For the
 two-stage EnSF (``--filter ensf_twostage``) a dotted name changes its first stage:
-``--grid ensf.likelihood_weight=10,30``.
+``--grid ensf.likelihood_weight=10,30``; for the local EnSF (``--filter ensf_local``) its
+localisation and inflation: ``--grid letkf.inflation_factor=0.3,0.5``.
 
 The ViT surrogate is tuned the same way: ``--surrogate`` gives the export the runs forecast
 with (the preset must be a ViT one, e.g. ``sc24_vit_ensf``) and ``--network`` puts the
@@ -73,7 +74,7 @@ def _nest(changes: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", required=True)
-    parser.add_argument("--filter", required=True, choices=("ensf", "letkf", "ensf_twostage"))
+    parser.add_argument("--filter", required=True, choices=("ensf", "letkf", "ensf_twostage", "ensf_local"))
     parser.add_argument("--grid", action="append", default=[], help="name=v1,v2,...")
     parser.add_argument("--base", action="append", default=[], help="name=value")
     parser.add_argument("--truth", help="nature run (theta, 12-hourly) for the truth")

@@ -150,11 +150,17 @@ def test_lorenz96_cycling_close_to_the_letkf():
 
 
 def test_presets_give_their_letkf_localisation_with_rtps():
-    cv = get_preset("sqgturb_lgetkf_cv")
-    local = cv.filter_settings("ensf_local")
-    assert local.letkf.localization_radius == cv.letkf.localization_radius
-    assert local.letkf.perturbations == "symmetric" and local.letkf.cv_groups is None
+    mixed = get_preset("bao2024_sqg_sparse_mixed")
+    local = mixed.filter_settings("ensf_local")               # derived from the LETKF's
+    assert local.letkf.localization_radius == mixed.letkf.localization_radius
     assert (local.letkf.inflation, local.letkf.inflation_factor) == ("rtps", 0.5)
+    assert local.likelihood_weight == 10.0
+    cv = get_preset("sqgturb_lgetkf_cv")
+    local = cv.filter_settings("ensf_local")                  # the preset's own (tuned)
+    assert local.letkf.localization_radius == cv.letkf.localization_radius
+    assert local.letkf.regularization == cv.letkf.regularization == "nerger"
+    assert local.letkf.perturbations == "symmetric" and local.letkf.cv_groups is None
+    assert (local.letkf.inflation_factor, local.likelihood_weight) == (0.6, 20.0)
     changed = cv.with_filter_settings("ensf_local", {"likelihood_weight": 3.0,
                                                      "letkf": {"inflation_factor": 0.3}})
     settings = changed.filter_settings("ensf_local")
