@@ -65,7 +65,7 @@ def test_truth_trajectory_checks():
     with pytest.raises(InputError, match="does not match the model grid"):
         build_experiment(preset, "free", truth_trajectory=np.zeros((5, 2, 8, 8)),
                          model_overrides={"N": 16})
-    with pytest.raises(InputError, match="unknown filter 'kalman'; choose from ensf, ensf_spectral, ensf_twostage, letkf.*free"):
+    with pytest.raises(InputError, match="unknown filter 'kalman'; choose from ensf, ensf_local, ensf_spectral, ensf_twostage, letkf.*free"):
         build_experiment(preset, "kalman")
     with pytest.raises(InputError, match="unknown preset"):
         get_preset("nope")
