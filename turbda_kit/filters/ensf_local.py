@@ -38,8 +38,8 @@ shape ``(m, m)``) are made once per analysis and shared by every location, in th
 location's own coordinates before the eigen-rotation. Neighbouring locations have nearly
 the same Gram matrix, so they get nearly the same transform, and the analysis is as smooth
 in space as the LETKF's; independent draws per location would add white noise to the
-members. It also makes the result independent of how locations are split into blocks or
-ranks (tested).
+members (not measured: reasoning). It also makes a location's transform independent of
+how locations are split into blocks (tested), as a split over ranks would need.
 
 Linear and nonlinear operators are treated as the LETKF treats them: the ensemble's
 observation anomalies stand in for the operator's linearisation (the EnSF's own nonlinear

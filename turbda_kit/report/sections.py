@@ -7,9 +7,10 @@ the checkout by ``turbda report publish RUN``):
 
 * ``da_sqg``: the SQG DA presets, free / LETKF / EnSF (stages ``da_linear``,
   ``da_shocks``, ``da_arctan``);
-* ``da_sparse``: dense and sparse networks, four filters, forecast skill and baselines
+* ``da_sparse``: dense and sparse networks, every filter, forecast skill and baselines
   (``da_sparse_linear``, ``da_sparse_mixed``, ``da_sparse_cv``, ``da_skill_shocks``,
-  ``da_skill_arctan``: ``tools/da_table.py``);
+  ``da_skill_arctan``, and the local EnSF's ``da_local_dense``, ``da_local_sparse``:
+  ``tools/da_table.py``);
 * ``coupled``: the coupled ViT + EnSF runs and the SQG baselines (``coupled``);
 * ``coupled_sparse``: ViT + two-stage EnSF against SQG on a sparse network, with forecast
   skill and the ViT's 12-h forecasts beside SQG's from the same analyses
