@@ -74,7 +74,8 @@ def _nest(changes: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", required=True)
-    parser.add_argument("--filter", required=True, choices=("ensf", "letkf", "ensf_twostage", "ensf_local"))
+    parser.add_argument("--filter", required=True,
+                        help="a registered filter (turbda_kit.filters.available_filters())")
     parser.add_argument("--grid", action="append", default=[], help="name=v1,v2,...")
     parser.add_argument("--base", action="append", default=[], help="name=value")
     parser.add_argument("--truth", help="nature run (theta, 12-hourly) for the truth")
@@ -98,8 +99,12 @@ def main() -> None:
     from turbda_kit.experiments import get_preset
     from turbda_kit.experiments.coupled import on_network
     from turbda_kit.experiments.sweep import sweep
+    from turbda_kit.filters import available_filters
     from turbda_kit.io import open_dataset, write_dataset, write_json
 
+    if args.filter not in available_filters():
+        raise SystemExit(f"--filter {args.filter!r}: choose from "
+                         f"{', '.join(available_filters())}")
     torch.set_num_threads(args.threads)
     grid = _pairs(args.grid, many=True)
     settings = [_nest(dict(zip(grid, combo)))

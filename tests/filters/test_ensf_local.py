@@ -64,13 +64,19 @@ def test_observations_pull_the_mean_towards_the_kalman_mean():
     assert distances[2] < 0.7 * float(kalman.norm())
 
 
-def test_gaussian_prior_score_runs_and_differs_from_paired():
-    gram = _grams(8, seed=3)
-    noise = sde_noise(M, 50, 4)
-    paired = ensemble_space_ensf_transforms(gram, noise, likelihood_weight=3.0)
-    gaussian = ensemble_space_ensf_transforms(gram, noise, likelihood_weight=3.0,
+def test_gaussian_prior_score_without_observations_samples_the_prior():
+    """The exact score of the diffused N(0, I) with no likelihood: the particles end as
+    draws of the prior (measured variance 0.94-1.02 over seeds 0-3 with 40 members),
+    unlike the paired score, which returns each member to itself."""
+    members = 40
+    gram = torch.zeros(2, members + 1, members + 1, dtype=torch.float64)
+    noise = sde_noise(members, 100, 0)
+    gaussian = ensemble_space_ensf_transforms(gram, noise, likelihood_weight=1.0,
                                               prior_score="gaussian")
-    assert torch.isfinite(gaussian).all() and not torch.equal(paired, gaussian)
+    z = gaussian[0] * math.sqrt(members - 1)                 # prior units
+    assert 0.85 < float(z.var()) < 1.15 and abs(float(z.mean())) < 0.1
+    centring = torch.eye(members, dtype=torch.float64) - 1.0 / members
+    assert float((z - math.sqrt(members - 1) * centring).square().mean().sqrt()) > 1.0
 
 
 def test_blocks_of_locations_equal_the_whole():
@@ -138,8 +144,8 @@ def test_letkf_default_transforms_unchanged():
 
 
 def test_lorenz96_cycling_close_to_the_letkf():
-    """DAPPER's sakov2008 set-up with 20 members: the local EnSF tracks the truth about as
-    well as the LETKF (measured 0.226 vs 0.221 over 300 cycles), far below the free run."""
+    """DAPPER's sakov2008 set-up with 20 members: the local EnSF tracks the truth as well as
+    the LETKF (this test's runs: 0.213 against 0.214 over cycles 51-150)."""
     preset = get_preset("sakov2008").replace(n_cycles=150, spinup_cycles=50, n_members=20)
     scores = {}
     for name in ("letkf", "ensf_local"):
