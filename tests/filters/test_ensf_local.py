@@ -79,6 +79,25 @@ def test_gaussian_prior_score_without_observations_samples_the_prior():
     assert float((z - math.sqrt(members - 1) * centring).square().mean().sqrt()) > 1.0
 
 
+def test_centred_noise_has_no_particle_mean_and_unit_variance():
+    noise = sde_noise(M, 400, 3, centred=True)
+    assert noise.shape == (401, M, M) and noise.dtype == torch.float64
+    torch.testing.assert_close(noise.mean(-1), torch.zeros(401, M, dtype=torch.float64),
+                               rtol=0, atol=1e-14)
+    assert 0.95 < float(noise.var()) < 1.05
+
+
+def test_centred_noise_makes_the_linear_analysis_mean_deterministic():
+    """The likelihood is linear in z and the paired pull has zero mean over members, so with
+    centred noise the particles' mean follows one path for every seed (iid noise: not)."""
+    gram = _grams(20, seed=9)
+    means = [ensemble_space_ensf_transforms(gram, sde_noise(M, 50, seed, centred=centred),
+                                            likelihood_weight=10.0).mean(-1)
+             for centred in (True, False) for seed in (0, 1)]
+    torch.testing.assert_close(means[0], means[1], rtol=0, atol=1e-12)
+    assert float((means[2] - means[3]).abs().max()) > 1e-3
+
+
 def test_blocks_of_locations_equal_the_whole():
     """Shared noise: a location's transform does not depend on which block it is solved in."""
     gram = _grams(50, seed=5)
@@ -117,6 +136,17 @@ def test_filter_is_reproducible_from_its_generator():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.equal(a, c)
     assert a.shape == forecast.shape and a.dtype == forecast.dtype
+
+
+def test_filter_draws_centred_noise_when_asked():
+    _, forecast, obs = _l96_case(2)
+    f = _filter(noise="centred", n_steps=20)
+    got = f(forecast, obs, Identity((40,)), 1.0, 5)
+    pos = grid_positions((40,), (40.0,))
+    expected = letkf_analysis(forecast, forecast, obs, 1.0, config=f.config.letkf,
+                              state_positions=pos, obs_positions=pos, domain_lengths=(40.0,),
+                              transforms=f.transforms(sde_noise(M, 20, 5, centred=True)))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_filter_equals_the_letkf_driver_with_its_transforms():
@@ -185,6 +215,7 @@ def test_presets_give_their_letkf_localisation_with_rtps():
     ({"eps_alpha": 1.0}, "eps_alpha"),
     ({"eps_beta": -0.1}, "eps_beta"),
     ({"prior_score": "mixture"}, "prior_score"),
+    ({"noise": "antithetic"}, "noise"),
     ({"letkf": LETKFConfig(perturbations="cross_validation")}, "symmetric"),
     ({"letkf": {"localization_radius": 1.0}}, "LETKFConfig"),
 ])

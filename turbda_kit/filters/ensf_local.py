@@ -70,6 +70,8 @@ __all__ = ["LocalEnSF", "LocalEnSFConfig", "ensemble_space_ensf_transforms", "sd
 
 PriorScore = Literal["paired", "gaussian"]
 _PRIOR_SCORES = ("paired", "gaussian")
+NoiseKind = Literal["iid", "centred"]
+_NOISE_KINDS = ("iid", "centred")
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,12 @@ class LocalEnSFConfig:
         eps_alpha`` in (0, 1), ``beta_0² = eps_beta`` in [0, 1).
     prior_score : {"paired", "gaussian"}
         The prior's score in ``z`` (module docstring).
+    noise : {"iid", "centred"}
+        ``"iid"`` (default): independent standard normal draws. ``"centred"``: each draw's
+        mean over the particles is removed and the rest scaled by ``sqrt(m / (m - 1))``
+        (:func:`sde_noise`), so the noise moves no particle mean: with a linear
+        likelihood the particles' mean follows a deterministic path, as the LETKF's
+        analysis mean does, and only the spread is sampled.
     """
 
     letkf: LETKFConfig = field(default_factory=LETKFConfig)
@@ -99,6 +107,7 @@ class LocalEnSFConfig:
     eps_alpha: float = 0.5
     eps_beta: float = 0.025
     prior_score: PriorScore = "paired"
+    noise: NoiseKind = "iid"
 
     def __post_init__(self) -> None:
         if not isinstance(self.letkf, LETKFConfig):
@@ -120,6 +129,8 @@ class LocalEnSFConfig:
         if self.prior_score not in _PRIOR_SCORES:
             raise InputError(f"prior_score must be one of {_PRIOR_SCORES}; got "
                              f"{self.prior_score!r}")
+        if self.noise not in _NOISE_KINDS:
+            raise InputError(f"noise must be one of {_NOISE_KINDS}; got {self.noise!r}")
 
     def replace(self, **changes) -> LocalEnSFConfig:
         """A copy with some fields changed (validated)."""
@@ -127,7 +138,7 @@ class LocalEnSFConfig:
 
 
 def sde_noise(n_members: int, n_steps: int, generator: torch.Generator | int,
-              device: torch.device | str | None = None) -> Tensor:
+              device: torch.device | str | None = None, *, centred: bool = False) -> Tensor:
     """The Gaussian draws of one analysis: ``(n_steps + 1, m, m)``, float64.
 
     Entry 0 is the particles' start at pseudo-time 1, entry ``k + 1`` the noise of step
@@ -143,6 +154,10 @@ def sde_noise(n_members: int, n_steps: int, generator: torch.Generator | int,
         The draws' stream (a Generator is advanced; an int seeds a fresh CPU one).
     device : torch.device or str, optional
         Where the result goes (default: the generator's device).
+    centred : bool
+        Remove each row's mean over the particles (the last axis) and scale by
+        ``sqrt(m / (m - 1))``, which keeps each entry's variance 1 while the particles'
+        mean gets no noise (:class:`LocalEnSFConfig` ``noise="centred"``).
     """
     if isinstance(generator, bool) or not isinstance(generator, (torch.Generator, int)):
         raise InputError(f"generator must be a torch.Generator or an int seed, got "
@@ -151,6 +166,9 @@ def sde_noise(n_members: int, n_steps: int, generator: torch.Generator | int,
         generator = torch.Generator().manual_seed(generator)
     noise = torch.randn((n_steps + 1, n_members, n_members), generator=generator,
                         device=generator.device, dtype=torch.float64)
+    if centred:
+        noise = (noise - noise.mean(dim=-1, keepdim=True)) * math.sqrt(
+            n_members / (n_members - 1.0))
     return noise if device is None else noise.to(device)
 
 
@@ -282,7 +300,7 @@ class LocalEnSF:
             raise InputError(f"forecast_ensemble must be (member >= 2, *state_shape); got "
                              f"shape {tuple(forecast_ensemble.shape)}")
         noise = sde_noise(forecast_ensemble.shape[0], self.config.n_steps, generator,
-                          forecast_ensemble.device)
+                          forecast_ensemble.device, centred=self.config.noise == "centred")
         obs_ensemble = obs_operator(forecast_ensemble)
         plan = None if self.config.letkf.is_global else self._letkf.plan_for(
             obs_operator, forecast_ensemble)
