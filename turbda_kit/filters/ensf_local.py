@@ -72,6 +72,8 @@ PriorScore = Literal["paired", "gaussian"]
 _PRIOR_SCORES = ("paired", "gaussian")
 NoiseKind = Literal["iid", "centred"]
 _NOISE_KINDS = ("iid", "centred")
+Damping = Literal["linear", "none"]
+_DAMPINGS = ("linear", "none")
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,9 @@ class LocalEnSFConfig:
         (:func:`sde_noise`), so the noise moves no particle mean: with a linear
         likelihood the particles' mean follows a deterministic path, as the LETKF's
         analysis mean does, and only the spread is sampled.
+    damping : {"linear", "none"}
+        The likelihood's pseudo-time factor ``h(t)``: ``1 - t`` (default, the EnSF's) or 1
+        (:class:`~turbda_kit.filters.ensf.EnSFConfig` ``damping``).
     """
 
     letkf: LETKFConfig = field(default_factory=LETKFConfig)
@@ -108,6 +113,7 @@ class LocalEnSFConfig:
     eps_beta: float = 0.025
     prior_score: PriorScore = "paired"
     noise: NoiseKind = "iid"
+    damping: Damping = "linear"
 
     def __post_init__(self) -> None:
         if not isinstance(self.letkf, LETKFConfig):
@@ -131,6 +137,8 @@ class LocalEnSFConfig:
                              f"{self.prior_score!r}")
         if self.noise not in _NOISE_KINDS:
             raise InputError(f"noise must be one of {_NOISE_KINDS}; got {self.noise!r}")
+        if self.damping not in _DAMPINGS:
+            raise InputError(f"damping must be one of {_DAMPINGS}; got {self.damping!r}")
 
     def replace(self, **changes) -> LocalEnSFConfig:
         """A copy with some fields changed (validated)."""
@@ -174,7 +182,8 @@ def sde_noise(n_members: int, n_steps: int, generator: torch.Generator | int,
 
 def ensemble_space_ensf_transforms(gram: Tensor, noise: Tensor, *, likelihood_weight: float,
                                    eps_alpha: float = 0.5, eps_beta: float = 0.025,
-                                   prior_score: PriorScore = "paired") -> Tensor:
+                                   prior_score: PriorScore = "paired",
+                                   damping: Damping = "linear") -> Tensor:
     """Transforms of the local EnSF from local Gram matrices (the LETKF's local solve's
     contract: :func:`~turbda_kit.filters.ensemble_space.transforms_from_gram`).
 
@@ -185,7 +194,7 @@ def ensemble_space_ensf_transforms(gram: Tensor, noise: Tensor, *, likelihood_we
     noise : Tensor, shape (n_steps + 1, m, m)
         The draws of :func:`sde_noise` (shared by every location); float64 recommended:
         the reverse SDE runs in ``noise``'s dtype.
-    likelihood_weight, eps_alpha, eps_beta, prior_score
+    likelihood_weight, eps_alpha, eps_beta, prior_score, damping
         As in :class:`LocalEnSFConfig`.
 
     Returns
@@ -221,7 +230,8 @@ def ensemble_space_ensf_transforms(gram: Tensor, noise: Tensor, *, likelihood_we
     for k in range(n_steps):
         t = 1.0 - k * dt
         alpha, beta_sq, drift, diffusion_sq = schedule(t, eps_alpha, eps_beta)
-        like = dt * diffusion_sq * (1.0 - t) * likelihood_weight
+        like = dt * diffusion_sq * ((1.0 - t) if damping == "linear" else 1.0) \
+            * likelihood_weight
         shared = math.sqrt(dt * diffusion_sq) * noise[k + 1]
         if members is not None:
             keep = 1.0 - dt * drift - dt * diffusion_sq / beta_sq
@@ -281,7 +291,7 @@ class LocalEnSF:
         c = self.config
         return partial(ensemble_space_ensf_transforms, noise=noise,
                        likelihood_weight=c.likelihood_weight, eps_alpha=c.eps_alpha,
-                       eps_beta=c.eps_beta, prior_score=c.prior_score)
+                       eps_beta=c.eps_beta, prior_score=c.prior_score, damping=c.damping)
 
     def __call__(self, forecast_ensemble: Tensor, obs: Tensor, obs_operator: Callable,
                  obs_error_std: float | Tensor,
