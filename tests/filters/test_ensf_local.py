@@ -76,6 +76,45 @@ def test_undamped_likelihood_pulls_harder_than_the_linear_damping():
     assert distance["none"] < distance["linear"]
 
 
+def _kalman_case(members: int, n_obs: int = 30):
+    """One location's Gram matrix with ensemble-space precisions up to ~6, and its Kalman
+    posterior in ``z`` (prior ``N(0, I)``): mean ``(I + C)^-1 b``, covariance ``(I + C)^-1``."""
+    gen = torch.Generator().manual_seed(1)
+    y = 2.0 * torch.randn(1, n_obs, members, generator=gen, dtype=torch.float64)
+    d = torch.randn(1, n_obs, 1, generator=gen, dtype=torch.float64)
+    aug = torch.cat([y, d], dim=-1)
+    gram = aug.transpose(1, 2) @ aug
+    dof = members - 1.0
+    precision = gram[0, :members, :members] / dof
+    covariance = torch.linalg.inv(torch.eye(members, dtype=torch.float64) + precision)
+    mean = covariance @ (gram[0, :members, members:] / math.sqrt(dof))
+    return gram, mean[:, 0], covariance, torch.linalg.eigh(precision).eigenvectors
+
+
+def test_diffused_likelihood_with_gaussian_prior_samples_the_kalman_posterior():
+    """With the exact Gaussian prior score, ``likelihood="diffused"`` and ``w = 1`` the
+    reverse SDE is the exact diffused-posterior score: from a start that is the process's
+    own (``eps_alpha`` ~ 0, ``eps_beta = 0``) the particles' mean converges to the Kalman
+    mean at first order in the step (centred noise: the mean is deterministic), and their
+    variance along the most observed directions is the Kalman variance."""
+    members = 200
+    gram, mean, covariance, directions = _kalman_case(members)
+    lead = directions[:, -3:]                       # the three most observed directions
+    errors = []
+    for n_steps in (50, 200):
+        transforms = ensemble_space_ensf_transforms(
+            gram, sde_noise(members, n_steps, 0, centred=True), likelihood_weight=1.0,
+            eps_alpha=0.01, eps_beta=0.0, prior_score="gaussian", likelihood="diffused")
+        z = transforms[0] * math.sqrt(members - 1)
+        errors.append(float((lead.T @ (z.mean(1) - mean)).norm()))
+        if n_steps == 200:
+            variance = torch.diag(lead.T @ torch.cov(z) @ lead)
+            kalman = torch.diag(lead.T @ covariance @ lead)
+            torch.testing.assert_close(variance, kalman, rtol=0.25, atol=0)
+    assert errors[0] < 0.03 * float((lead.T @ mean).norm()), errors
+    assert 3.5 < errors[0] / errors[1] < 4.5, errors  # first order: 4x the steps, 1/4 the error
+
+
 def test_gaussian_prior_score_without_observations_samples_the_prior():
     """The exact score of the diffused N(0, I) with no likelihood: the particles end as
     draws of the prior (measured variance 0.94-1.02 over seeds 0-3 with 40 members),
@@ -217,6 +256,11 @@ def test_presets_give_their_letkf_localisation_with_rtps():
         cv.with_filter_settings("ensf_local", {"letkf": {"radius": 1.0}})
     geometry = FilterGeometry(grid_positions((40,), (40.0,)), (40.0,))
     assert isinstance(make_filter("ensf_local", settings, geometry), LocalEnSF)
+    linear = get_preset("bao2024_sqg_linear")
+    local = linear.filter_settings("ensf_local")              # the preset's own (tuned)
+    assert local.letkf.localization_radius == linear.letkf.localization_radius
+    assert (local.likelihood, local.likelihood_weight, local.letkf.inflation_factor) == (
+        "diffused", 20.0, 0.5)
 
 
 @pytest.mark.parametrize("changes, match", [
@@ -229,6 +273,7 @@ def test_presets_give_their_letkf_localisation_with_rtps():
     ({"prior_score": "mixture"}, "prior_score"),
     ({"noise": "antithetic"}, "noise"),
     ({"damping": "quadratic"}, "damping"),
+    ({"likelihood": "exact"}, "likelihood"),
     ({"letkf": LETKFConfig(perturbations="cross_validation")}, "symmetric"),
     ({"letkf": {"localization_radius": 1.0}}, "LETKFConfig"),
 ])

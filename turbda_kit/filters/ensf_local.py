@@ -74,6 +74,8 @@ NoiseKind = Literal["iid", "centred"]
 _NOISE_KINDS = ("iid", "centred")
 Damping = Literal["linear", "none"]
 _DAMPINGS = ("linear", "none")
+Likelihood = Literal["damped", "diffused"]
+_LIKELIHOODS = ("damped", "diffused")
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,19 @@ class LocalEnSFConfig:
         analysis mean does, and only the spread is sampled.
     damping : {"linear", "none"}
         The likelihood's pseudo-time factor ``h(t)``: ``1 - t`` (default, the EnSF's) or 1
-        (:class:`~turbda_kit.filters.ensf.EnSFConfig` ``damping``).
+        (:class:`~turbda_kit.filters.ensf.EnSFConfig` ``damping``); read only with
+        ``likelihood="damped"``.
+    likelihood : {"damped", "diffused"}
+        The likelihood's term in the reverse SDE. ``"damped"`` (default, the EnSF's):
+        ``w h(t) (b - C z)``. ``"diffused"``: ``w`` times the gradient of the likelihood of
+        the noisy particle, ``log p(y | z_t)``, with ``z_0 | z_t`` Gaussian as under the
+        prior ``N(0, I)`` (mean ``s z``, variance ``c``; ``s = alpha_t / (alpha_t² +
+        beta_t²)``, ``c = beta_t² / (alpha_t² + beta_t²)``): ``s (b_i - lam_i s z_i) / (1 +
+        c lam_i)`` in ``C``'s eigen-direction ``i`` (eigenvalue ``lam_i``). Each direction
+        is weighted by its own precision, where ``h(t)`` gives all one weight; with
+        ``prior_score="gaussian"`` and ``w = 1`` the reverse SDE samples the Kalman
+        posterior (tested), with the paired prior score it is this kit's variant, not the
+        published EnSF's.
     """
 
     letkf: LETKFConfig = field(default_factory=LETKFConfig)
@@ -114,6 +128,7 @@ class LocalEnSFConfig:
     prior_score: PriorScore = "paired"
     noise: NoiseKind = "iid"
     damping: Damping = "linear"
+    likelihood: Likelihood = "damped"
 
     def __post_init__(self) -> None:
         if not isinstance(self.letkf, LETKFConfig):
@@ -139,6 +154,9 @@ class LocalEnSFConfig:
             raise InputError(f"noise must be one of {_NOISE_KINDS}; got {self.noise!r}")
         if self.damping not in _DAMPINGS:
             raise InputError(f"damping must be one of {_DAMPINGS}; got {self.damping!r}")
+        if self.likelihood not in _LIKELIHOODS:
+            raise InputError(f"likelihood must be one of {_LIKELIHOODS}; got "
+                             f"{self.likelihood!r}")
 
     def replace(self, **changes) -> LocalEnSFConfig:
         """A copy with some fields changed (validated)."""
@@ -183,7 +201,8 @@ def sde_noise(n_members: int, n_steps: int, generator: torch.Generator | int,
 def ensemble_space_ensf_transforms(gram: Tensor, noise: Tensor, *, likelihood_weight: float,
                                    eps_alpha: float = 0.5, eps_beta: float = 0.025,
                                    prior_score: PriorScore = "paired",
-                                   damping: Damping = "linear") -> Tensor:
+                                   damping: Damping = "linear",
+                                   likelihood: Likelihood = "damped") -> Tensor:
     """Transforms of the local EnSF from local Gram matrices (the LETKF's local solve's
     contract: :func:`~turbda_kit.filters.ensemble_space.transforms_from_gram`).
 
@@ -194,7 +213,7 @@ def ensemble_space_ensf_transforms(gram: Tensor, noise: Tensor, *, likelihood_we
     noise : Tensor, shape (n_steps + 1, m, m)
         The draws of :func:`sde_noise` (shared by every location); float64 recommended:
         the reverse SDE runs in ``noise``'s dtype.
-    likelihood_weight, eps_alpha, eps_beta, prior_score, damping
+    likelihood_weight, eps_alpha, eps_beta, prior_score, damping, likelihood
         As in :class:`LocalEnSFConfig`.
 
     Returns
@@ -230,8 +249,18 @@ def ensemble_space_ensf_transforms(gram: Tensor, noise: Tensor, *, likelihood_we
     for k in range(n_steps):
         t = 1.0 - k * dt
         alpha, beta_sq, drift, diffusion_sq = schedule(t, eps_alpha, eps_beta)
-        like = dt * diffusion_sq * ((1.0 - t) if damping == "linear" else 1.0) \
-            * likelihood_weight
+        if likelihood == "damped":
+            like = dt * diffusion_sq * ((1.0 - t) if damping == "linear" else 1.0) \
+                * likelihood_weight
+            stiffness = like * eigenvalues
+        else:
+            # the Gaussian likelihood of z_t: per direction, weight s / (1 + c lam) on
+            # (b - lam s z), its lam s z part implicit as below
+            total = alpha * alpha + beta_sq
+            shrink = alpha / total
+            like = (dt * diffusion_sq * likelihood_weight * shrink) / (
+                1.0 + (beta_sq / total) * eigenvalues)                   # (n, m, 1)
+            stiffness = like * (shrink * eigenvalues)
         shared = math.sqrt(dt * diffusion_sq) * noise[k + 1]
         if members is not None:
             keep = 1.0 - dt * drift - dt * diffusion_sq / beta_sq
@@ -242,7 +271,11 @@ def ensemble_space_ensf_transforms(gram: Tensor, noise: Tensor, *, likelihood_we
         # explicit, its C z part implicit (stiff: C's largest eigenvalue grows with the
         # number of local observations), diagonal in C's eigenvectors
         particles.view(n_loc * n_members, n_members).addmm_(rows, shared, beta=keep)
-        particles.add_(gradient, alpha=like).div_(1.0 + like * eigenvalues)
+        if likelihood == "damped":
+            particles.add_(gradient, alpha=like)
+        else:
+            particles.addcmul_(gradient, like)
+        particles.div_(1.0 + stiffness)
     return ((eigenvectors @ particles) / math.sqrt(dof)).to(gram.dtype)
 
 
@@ -291,7 +324,8 @@ class LocalEnSF:
         c = self.config
         return partial(ensemble_space_ensf_transforms, noise=noise,
                        likelihood_weight=c.likelihood_weight, eps_alpha=c.eps_alpha,
-                       eps_beta=c.eps_beta, prior_score=c.prior_score, damping=c.damping)
+                       eps_beta=c.eps_beta, prior_score=c.prior_score, damping=c.damping,
+                       likelihood=c.likelihood)
 
     def __call__(self, forecast_ensemble: Tensor, obs: Tensor, obs_operator: Callable,
                  obs_error_std: float | Tensor,
