@@ -233,7 +233,8 @@ class DAPreset:
 # with RTPS 0.5 (its transforms are not the LETKF's, so neither is its spread): on the
 # dense linear preset weight 10 / RTPS 0.5 scored 0.232 K over cycles 21-60, weight 3
 # 0.262 K (spread 0.50 K, over-dispersed), weight 1 0.419 K; the exact Gaussian prior
-# score collapsed the spread (0.587 K at weight 1; docs/tuning.md).
+# score collapsed the spread (0.587 K at weight 1; docs/tuning.md). Presets with their own
+# tuned setting (bao2024_sqg_linear, sqgturb_lgetkf_cv) set ensf_local themselves.
 _LOCAL_ENSF_INFLATION: dict[str, Any] = {"inflation": "rtps", "inflation_factor": 0.5}
 _SQG_ENSF = EnSFConfig(n_steps=100, normalize=True, likelihood_step="implicit",
                        likelihood_weight=10.0, spread_relaxation=0.5)

@@ -24,6 +24,9 @@ Euler–Maruyama steps from pseudo-time 1 to 0, likelihood weight ``w h(t)`` wit
   ``alpha_t z_j`` with variance ``beta_t²``, i.e. ``-(z - alpha_t z_j) / beta_t²``;
   or ``"gaussian"``: the exact score of the diffused ``N(0, I)``,
   ``-z / (alpha_t² + beta_t²)``;
+* the likelihood term ``w h(t) (b - C z)`` (default) or, with ``likelihood="diffused"``,
+  the Gaussian likelihood of the noisy particle, one weight per eigen-direction of ``C``
+  (:class:`LocalEnSFConfig`);
 * the likelihood step linearly implicit in ``C`` (stable for any number of local
   observations; :class:`~turbda_kit.filters.ensf.EnSFConfig` ``likelihood_step``): every
   step is diagonal in ``C``'s eigenvectors, so each location costs one ``eigh`` and one
