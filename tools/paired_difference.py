@@ -50,17 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.a is not None or args.b is not None:
         if args.a is None or args.b is None:
             parser.error("give both a and b, or --pair")
-        pairs.append(("a-b", args.a, args.b))
+        pairs.append(("a-b", str(args.a), str(args.b), args.a, args.b))
     for item in args.pair:
         label, _, paths = item.partition("=")
         path_a, _, path_b = paths.partition(":")
         if not (label and path_a and path_b):
             parser.error(f"--pair expects LABEL=A:B, got {item!r}")
-        pairs.append((label, args.root / path_a, args.root / path_b))
+        # recorded as given (relative to --root), read from under --root
+        pairs.append((label, path_a, path_b, args.root / path_a, args.root / path_b))
     if not pairs:
         parser.error("nothing to compare: give a and b, or --pair")
     rows = []
-    for label, path_a, path_b in pairs:
+    for label, given_a, given_b, path_a, path_b in pairs:
         try:
             result = compare_runs(path_a, path_b, score=args.score,
                                   first_cycle=args.first_cycle, block=args.block,
@@ -72,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{result.mean_difference:+.4f} [{result.low:+.4f}, {result.high:+.4f}] "
               f"({result.level:.0%} block bootstrap, blocks of {result.block} cycles, "
               f"{result.n_cycles} cycles); a lower on {result.fraction_a_lower:.0%} of them")
-        rows.append({"label": label, "a": str(path_a.relative_to(args.root))
-                     if args.pair else str(path_a),
-                     "b": str(path_b.relative_to(args.root)) if args.pair else str(path_b),
+        rows.append({"label": label, "a": given_a, "b": given_b,
                      "score": args.score, "first_cycle": args.first_cycle,
                      **result.as_dict()})
     if args.json is not None:

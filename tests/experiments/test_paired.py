@@ -102,3 +102,17 @@ def test_tool_writes_a_summary_without_machine_paths(tmp_path):
     assert str(tmp_path / "x") not in json.dumps(summary["rows"])
     _run(tmp_path / "x" / "c.nc", base, climatology=8.0)
     assert tool.main(["--root", str(tmp_path), "--pair", "q=x/a.nc:x/c.nc"]) == 1
+
+
+def test_tool_takes_pairs_of_absolute_paths_without_root(tmp_path, capsys):
+    """--pair with absolute paths and no --root (it used to fail on relative_to)."""
+    spec = importlib.util.spec_from_file_location("paired_tool",
+                                                  ROOT / "tools" / "paired_difference.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    base = np.linspace(1.0, 2.0, 30)
+    a, b = _run(tmp_path / "a.nc", base + 0.1), _run(tmp_path / "b.nc", base)
+    assert tool.main(["--block", "5", "--n-boot", "200", "--pair", f"p={a}:{b}",
+                      str(b), str(a)]) == 0
+    printed = capsys.readouterr().out
+    assert "p: rmse_analysis" in printed and "a-b: rmse_analysis" in printed
