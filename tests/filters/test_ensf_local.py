@@ -280,6 +280,17 @@ def test_bad_settings_are_refused(changes, match):
         LocalEnSFConfig(**changes)
 
 
+@pytest.mark.parametrize("changes, match", [
+    ({"likelihood": "difused"}, "likelihood"),
+    ({"damping": "quadratic"}, "damping"),
+    ({"prior_score": "mixture"}, "prior_score"),
+])
+def test_transforms_refuse_unknown_options(changes, match):
+    with pytest.raises(InputError, match=match):
+        ensemble_space_ensf_transforms(_grams(2), sde_noise(M, 4, 0), likelihood_weight=1.0,
+                                       **changes)
+
+
 def test_bad_calls_are_refused():
     _, forecast, obs = _l96_case()
     f = _filter()

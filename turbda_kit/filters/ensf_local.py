@@ -225,6 +225,11 @@ def ensemble_space_ensf_transforms(gram: Tensor, noise: Tensor, *, likelihood_we
         Analysis member ``k`` at a point with forecast anomalies ``a`` (m,) is
         ``mean + a @ T[:, k]``.
     """
+    for name, value, allowed in (("prior_score", prior_score, _PRIOR_SCORES),
+                                 ("damping", damping, _DAMPINGS),
+                                 ("likelihood", likelihood, _LIKELIHOODS)):
+        if value not in allowed:
+            raise InputError(f"{name} must be one of {allowed}; got {value!r}")
     n_members = gram.shape[-1] - 1
     if noise.ndim != 3 or noise.shape[1:] != (n_members, n_members):
         raise InputError(f"noise must have shape (n_steps + 1, {n_members}, {n_members}) for "
