@@ -81,6 +81,17 @@ Likelihood = Literal["damped", "diffused"]
 _LIKELIHOODS = ("damped", "diffused")
 
 
+_CHOICES = {"prior_score": _PRIOR_SCORES, "noise": _NOISE_KINDS, "damping": _DAMPINGS,
+            "likelihood": _LIKELIHOODS}
+
+
+def _check_choices(**values: str) -> None:
+    """Refuse a value outside its option's choices (``_CHOICES``)."""
+    for name, value in values.items():
+        if value not in _CHOICES[name]:
+            raise InputError(f"{name} must be one of {_CHOICES[name]}; got {value!r}")
+
+
 @dataclass(frozen=True)
 class LocalEnSFConfig:
     """Settings of the local ensemble-space EnSF.
@@ -150,16 +161,8 @@ class LocalEnSFConfig:
             raise InputError(f"eps_alpha must be in (0, 1); got {self.eps_alpha!r}")
         if not (isinstance(self.eps_beta, numbers.Real) and 0.0 <= self.eps_beta < 1.0):
             raise InputError(f"eps_beta must be in [0, 1); got {self.eps_beta!r}")
-        if self.prior_score not in _PRIOR_SCORES:
-            raise InputError(f"prior_score must be one of {_PRIOR_SCORES}; got "
-                             f"{self.prior_score!r}")
-        if self.noise not in _NOISE_KINDS:
-            raise InputError(f"noise must be one of {_NOISE_KINDS}; got {self.noise!r}")
-        if self.damping not in _DAMPINGS:
-            raise InputError(f"damping must be one of {_DAMPINGS}; got {self.damping!r}")
-        if self.likelihood not in _LIKELIHOODS:
-            raise InputError(f"likelihood must be one of {_LIKELIHOODS}; got "
-                             f"{self.likelihood!r}")
+        _check_choices(prior_score=self.prior_score, noise=self.noise, damping=self.damping,
+                       likelihood=self.likelihood)
 
     def replace(self, **changes) -> LocalEnSFConfig:
         """A copy with some fields changed (validated)."""
@@ -225,11 +228,7 @@ def ensemble_space_ensf_transforms(gram: Tensor, noise: Tensor, *, likelihood_we
         Analysis member ``k`` at a point with forecast anomalies ``a`` (m,) is
         ``mean + a @ T[:, k]``.
     """
-    for name, value, allowed in (("prior_score", prior_score, _PRIOR_SCORES),
-                                 ("damping", damping, _DAMPINGS),
-                                 ("likelihood", likelihood, _LIKELIHOODS)):
-        if value not in allowed:
-            raise InputError(f"{name} must be one of {allowed}; got {value!r}")
+    _check_choices(prior_score=prior_score, damping=damping, likelihood=likelihood)
     n_members = gram.shape[-1] - 1
     if noise.ndim != 3 or noise.shape[1:] != (n_members, n_members):
         raise InputError(f"noise must have shape (n_steps + 1, {n_members}, {n_members}) for "
