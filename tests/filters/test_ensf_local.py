@@ -115,6 +115,57 @@ def test_diffused_likelihood_with_gaussian_prior_samples_the_kalman_posterior():
     assert 3.5 < errors[0] / errors[1] < 4.5, errors  # first order: 4x the steps, 1/4 the error
 
 
+def test_probability_flow_of_the_gaussian_score_is_the_etkf_square_root():
+    """``sampler="ode"`` with the exact diffused-posterior score (Gaussian prior,
+    ``likelihood="diffused"``, ``w = 1``) carries member ``k`` deterministically to the
+    ETKF's symmetric square-root member ``k``: in each eigen-direction the flow between
+    Gaussians is the monotone affine map. Converges as ``eps_alpha`` -> 0 (the start is
+    the prior's flow, exact when pseudo-time 1 forgets the observations) and the step ->
+    0; measured at 20 members: 8.8e-3, 2.9e-3, 1.3e-3 for 100, 400, 1600 steps at
+    ``eps_alpha = 0.01``, against transforms of size 0.58. The noise is not read."""
+    members, n_obs = 20, 30
+    gen = torch.Generator().manual_seed(1)
+    y = 2.0 * torch.randn(1, n_obs, members, generator=gen, dtype=torch.float64)
+    y = y - y.mean(-1, keepdim=True)                 # anomalies: C has 1 in its null space
+    d = torch.randn(1, n_obs, 1, generator=gen, dtype=torch.float64)
+    aug = torch.cat([y, d], dim=-1)
+    gram = aug.transpose(1, 2) @ aug
+    # on anomalies (which sum to zero) only the centred rows of a transform act
+    centring = torch.eye(members, dtype=torch.float64) - 1.0 / members
+    etkf = centring @ transforms_from_gram(gram)[0]
+    errors = []
+    for n_steps in (100, 400, 1600):
+        flow = ensemble_space_ensf_transforms(
+            gram, sde_noise(members, n_steps, 0), likelihood_weight=1.0, eps_alpha=0.01,
+            eps_beta=0.0, prior_score="gaussian", likelihood="diffused", sampler="ode")
+        errors.append(float((centring @ flow[0] - etkf).abs().max()))
+    assert errors[0] > errors[1] > errors[2], errors
+    assert errors[2] < 0.005 * float(etkf.abs().max()), errors
+    other = ensemble_space_ensf_transforms(
+        gram, sde_noise(members, 1600, 7), likelihood_weight=1.0, eps_alpha=0.01,
+        eps_beta=0.0, prior_score="gaussian", likelihood="diffused", sampler="ode")
+    torch.testing.assert_close(other, flow, rtol=0, atol=0)
+
+
+def test_ode_sampler_with_the_paired_score_is_deterministic_and_keeps_the_default_bits():
+    """The paired-score ODE reads no noise; the SDE's default path is unchanged by the
+    option (equal to the same call without ``sampler``)."""
+    members = 12
+    gram, _, _, _ = _kalman_case(members)
+    a, b = (ensemble_space_ensf_transforms(gram, sde_noise(members, 50, seed),
+                                           likelihood_weight=10.0, sampler="ode")
+            for seed in (0, 1))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    noise = sde_noise(members, 50, 3)
+    torch.testing.assert_close(
+        ensemble_space_ensf_transforms(gram, noise, likelihood_weight=10.0, sampler="sde"),
+        ensemble_space_ensf_transforms(gram, noise, likelihood_weight=10.0), rtol=0, atol=0)
+    with pytest.raises(InputError, match="sampler"):
+        ensemble_space_ensf_transforms(gram, noise, likelihood_weight=10.0, sampler="flow")
+    with pytest.raises(InputError, match="sampler"):
+        LocalEnSFConfig(sampler="flow")
+
+
 def test_gaussian_prior_score_without_observations_samples_the_prior():
     """The exact score of the diffused N(0, I) with no likelihood: the particles end as
     draws of the prior (measured variance 0.94-1.02 over seeds 0-3 with 40 members),

@@ -79,10 +79,12 @@ Damping = Literal["linear", "none"]
 _DAMPINGS = ("linear", "none")
 Likelihood = Literal["damped", "diffused"]
 _LIKELIHOODS = ("damped", "diffused")
+Sampler = Literal["sde", "ode"]
+_SAMPLERS = ("sde", "ode")
 
 
 _CHOICES = {"prior_score": _PRIOR_SCORES, "noise": _NOISE_KINDS, "damping": _DAMPINGS,
-            "likelihood": _LIKELIHOODS}
+            "likelihood": _LIKELIHOODS, "sampler": _SAMPLERS}
 
 
 def _check_choices(**values: str) -> None:
@@ -132,6 +134,13 @@ class LocalEnSFConfig:
         ``prior_score="gaussian"`` and ``w = 1`` the reverse SDE samples the Kalman
         posterior (tested), with the paired prior score it is this kit's variant, not the
         published EnSF's.
+    sampler : {"sde", "ode"}
+        ``"sde"`` (default, the EnSF's): the reverse SDE from Gaussian draws. ``"ode"``:
+        its probability-flow ODE (the same scores, each term of the drift halved, no
+        noise), started from each forecast member's own point at pseudo-time 1 —
+        ``alpha_1 z_k``, the centre of particle ``k``'s paired prior, or ``sqrt(alpha_1² +
+        beta_1²) z_k``, where the Gaussian prior's flow carries ``z_k`` — so particle
+        ``k`` is a deterministic function of member ``k`` and the noise is not read.
     """
 
     letkf: LETKFConfig = field(default_factory=LETKFConfig)
@@ -143,6 +152,7 @@ class LocalEnSFConfig:
     noise: NoiseKind = "iid"
     damping: Damping = "linear"
     likelihood: Likelihood = "damped"
+    sampler: Sampler = "sde"
 
     def __post_init__(self) -> None:
         if not isinstance(self.letkf, LETKFConfig):
@@ -162,7 +172,7 @@ class LocalEnSFConfig:
         if not (isinstance(self.eps_beta, numbers.Real) and 0.0 <= self.eps_beta < 1.0):
             raise InputError(f"eps_beta must be in [0, 1); got {self.eps_beta!r}")
         _check_choices(prior_score=self.prior_score, noise=self.noise, damping=self.damping,
-                       likelihood=self.likelihood)
+                       likelihood=self.likelihood, sampler=self.sampler)
 
     def replace(self, **changes) -> LocalEnSFConfig:
         """A copy with some fields changed (validated)."""
@@ -208,7 +218,8 @@ def ensemble_space_ensf_transforms(gram: Tensor, noise: Tensor, *, likelihood_we
                                    eps_alpha: float = 0.5, eps_beta: float = 0.025,
                                    prior_score: PriorScore = "paired",
                                    damping: Damping = "linear",
-                                   likelihood: Likelihood = "damped") -> Tensor:
+                                   likelihood: Likelihood = "damped",
+                                   sampler: Sampler = "sde") -> Tensor:
     """Transforms of the local EnSF from local Gram matrices (the LETKF's local solve's
     contract: :func:`~turbda_kit.filters.ensemble_space.transforms_from_gram`).
 
@@ -218,8 +229,9 @@ def ensemble_space_ensf_transforms(gram: Tensor, noise: Tensor, *, likelihood_we
         ``[Y|d]ᵀ diag(rho) [Y|d]`` per location (whitened; the ``(m, m)`` entry unread).
     noise : Tensor, shape (n_steps + 1, m, m)
         The draws of :func:`sde_noise` (shared by every location); float64 recommended:
-        the reverse SDE runs in ``noise``'s dtype.
-    likelihood_weight, eps_alpha, eps_beta, prior_score, damping, likelihood
+        the reverse SDE runs in ``noise``'s dtype. With ``sampler="ode"`` only its shape
+        and dtype are read.
+    likelihood_weight, eps_alpha, eps_beta, prior_score, damping, likelihood, sampler
         As in :class:`LocalEnSFConfig`.
 
     Returns
@@ -228,7 +240,8 @@ def ensemble_space_ensf_transforms(gram: Tensor, noise: Tensor, *, likelihood_we
         Analysis member ``k`` at a point with forecast anomalies ``a`` (m,) is
         ``mean + a @ T[:, k]``.
     """
-    _check_choices(prior_score=prior_score, damping=damping, likelihood=likelihood)
+    _check_choices(prior_score=prior_score, damping=damping, likelihood=likelihood,
+                   sampler=sampler)
     n_members = gram.shape[-1] - 1
     if noise.ndim != 3 or noise.shape[1:] != (n_members, n_members):
         raise InputError(f"noise must have shape (n_steps + 1, {n_members}, {n_members}) for "
@@ -246,18 +259,28 @@ def ensemble_space_ensf_transforms(gram: Tensor, noise: Tensor, *, likelihood_we
     to_eigen = eigenvectors.transpose(1, 2).contiguous()
     rows = to_eigen.view(n_loc * n_members, n_members)
     gradient = to_eigen @ gradient                                      # (n, m, 1)
-    particles = (rows @ noise[0]).view(n_loc, n_members, n_members)
-    members = None
-    if prior_score == "paired":
-        # forecast member j's coordinates, the columns of sqrt(m - 1) (I - 1/m)
-        members = math.sqrt(dof) * (torch.eye(n_members, dtype=dtype, device=noise.device)
-                                    - 1.0 / n_members)
+    # forecast member j's coordinates, the columns of sqrt(m - 1) (I - 1/m)
+    members = math.sqrt(dof) * (torch.eye(n_members, dtype=dtype, device=noise.device)
+                                - 1.0 / n_members)
+    ode = sampler == "ode"
+    if ode:
+        # member k's own point at pseudo-time 1: its paired prior's centre, or where the
+        # Gaussian prior's flow carries it
+        alpha_1, beta_sq_1, _, _ = schedule(1.0, eps_alpha, eps_beta)
+        scale = alpha_1 if prior_score == "paired" else math.sqrt(alpha_1**2 + beta_sq_1)
+        particles = (rows @ (scale * members)).view(n_loc, n_members, n_members)
+    else:
+        particles = (rows @ noise[0]).view(n_loc, n_members, n_members)
+    if prior_score != "paired":
+        members = None
+    # the probability-flow ODE's drift takes half of each score term, and no noise
+    half = 0.5 if ode else 1.0
     dt = 1.0 / n_steps
     for k in range(n_steps):
         t = 1.0 - k * dt
         alpha, beta_sq, drift, diffusion_sq = schedule(t, eps_alpha, eps_beta)
         if likelihood == "damped":
-            like = dt * diffusion_sq * ((1.0 - t) if damping == "linear" else 1.0) \
+            like = half * dt * diffusion_sq * ((1.0 - t) if damping == "linear" else 1.0) \
                 * likelihood_weight
             stiffness = like * eigenvalues
         else:
@@ -265,19 +288,22 @@ def ensemble_space_ensf_transforms(gram: Tensor, noise: Tensor, *, likelihood_we
             # (b - lam s z), its lam s z part implicit as below
             total = alpha * alpha + beta_sq
             shrink = alpha / total
-            like = (dt * diffusion_sq * likelihood_weight * shrink) / (
+            like = (half * dt * diffusion_sq * likelihood_weight * shrink) / (
                 1.0 + (beta_sq / total) * eigenvalues)                   # (n, m, 1)
             stiffness = like * (shrink * eigenvalues)
-        shared = math.sqrt(dt * diffusion_sq) * noise[k + 1]
+        shared = 0.0 if ode else math.sqrt(dt * diffusion_sq) * noise[k + 1]
         if members is not None:
-            keep = 1.0 - dt * drift - dt * diffusion_sq / beta_sq
-            shared = shared + (dt * diffusion_sq * alpha / beta_sq) * members
+            keep = 1.0 - dt * drift - half * dt * diffusion_sq / beta_sq
+            shared = shared + (half * dt * diffusion_sq * alpha / beta_sq) * members
         else:
-            keep = 1.0 - dt * drift - dt * diffusion_sq / (alpha * alpha + beta_sq)
+            keep = 1.0 - dt * drift - half * dt * diffusion_sq / (alpha * alpha + beta_sq)
         # keep z + U^T (noise + paired prior pull), then the likelihood: its constant part
         # explicit, its C z part implicit (stiff: C's largest eigenvalue grows with the
         # number of local observations), diagonal in C's eigenvectors
-        particles.view(n_loc * n_members, n_members).addmm_(rows, shared, beta=keep)
+        if isinstance(shared, Tensor):
+            particles.view(n_loc * n_members, n_members).addmm_(rows, shared, beta=keep)
+        else:  # the ODE with the Gaussian prior score: nothing to rotate in
+            particles.mul_(keep)
         if likelihood == "damped":
             particles.add_(gradient, alpha=like)
         else:
@@ -332,7 +358,7 @@ class LocalEnSF:
         return partial(ensemble_space_ensf_transforms, noise=noise,
                        likelihood_weight=c.likelihood_weight, eps_alpha=c.eps_alpha,
                        eps_beta=c.eps_beta, prior_score=c.prior_score, damping=c.damping,
-                       likelihood=c.likelihood)
+                       likelihood=c.likelihood, sampler=c.sampler)
 
     def __call__(self, forecast_ensemble: Tensor, obs: Tensor, obs_operator: Callable,
                  obs_error_std: float | Tensor,
