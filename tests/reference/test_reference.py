@@ -44,5 +44,12 @@ def test_outputs_equal_the_stored_reference(name):
             np.testing.assert_array_equal(actual, expected, err_msg=f"{name}: {key}")
         elif key != "weights_sha256":
             rtol = 1e-4 if name == "training" else 1e-9
-            np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * 1e-3,
+            atol = rtol * 1e-3
+            if name == "training":
+                # Adam divides each gradient by its own RMS, so a weight whose gradient is
+                # near zero moves by a rounding-sized fraction of the learning rate on
+                # another CPU: an absolute floor at the weights' scale (measured: 2.1e-7
+                # on one of 129632 weights of scale 1, AVX2 against the stored AVX512)
+                atol = 1e-2 * rtol * float(np.abs(expected).max(initial=0.0))
+            np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol,
                                        err_msg=f"{name}: {key}")
