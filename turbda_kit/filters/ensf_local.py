@@ -32,6 +32,11 @@ Euler–Maruyama steps from pseudo-time 1 to 0, likelihood weight ``w h(t)`` wit
   step is diagonal in ``C``'s eigenvectors, so each location costs one ``eigh`` and one
   small matmul per step.
 
+With ``sampler="ode"`` the same scores drive the SDE's probability-flow ODE instead (each
+score term halved, no noise) from each member's own point at pseudo-time 1, so every
+analysis member is a deterministic function of its forecast member; with the exact
+Gaussian score that flow is the ETKF's symmetric square root (tested).
+
 Particle ``k`` at pseudo-time 0 is analysis member ``k``: the transform's column ``k`` is
 ``z_k / sqrt(m - 1)``, applied as the LETKF applies its transforms, and RTPS/RTPP or
 multiplicative inflation act as in the LETKF (:class:`~turbda_kit.filters.letkf.LETKFConfig`).
