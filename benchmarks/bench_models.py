@@ -34,6 +34,12 @@ Usage::
     python benchmarks/bench_models.py --json bench_models.json  # also write the summary
 
 ``--sizes`` and ``--threads`` take space- or comma-separated lists (``--sizes 64,128``).
+
+``--device cuda`` runs the kit sides on a GPU (the ensemble is moved there once, every
+timed forecast ends with a synchronisation); the baseline stays NumPy on the CPU, and the
+figure to read is the wall speed-up (CPU time is then the host's, waiting included). The
+kit sides run once each there: ``--threads`` only sets the host's torch threads. Every row
+names its ``device``. ``benchmarks/device_checks.sh`` runs this with the other GPU checks.
 ``--json PATH`` writes every printed row, the threads of each side, the load average and
 the command as one JSON summary (atomically); the printed table is unchanged.
 """
@@ -58,6 +64,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from turbda_kit.baselines.sqgturb import SqgturbModel  # noqa: E402
+from turbda_kit.device import resolve_device, synchronize  # noqa: E402
+from turbda_kit.errors import InputError  # noqa: E402
 from turbda_kit.models.sqg import (  # noqa: E402
     SQGTURB_DEALIAS_FACTOR,
     SQGModel,
@@ -115,13 +123,27 @@ def noise_ensemble(params: SQGParams, members: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------
 
 
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
 def bench_speed(sizes: tuple[int, ...] = (64, 128, 256), members: int = 20,
                 threads: tuple[int, ...] = (1, 2), hours: float = 12.0,
-                repeats: int = 3) -> list[dict[str, Any]]:
-    """Print and return the speed table (see the module docstring)."""
+                repeats: int = 3, device: torch.device | None = None) -> list[dict[str, Any]]:
+    """Print and return the speed table (see the module docstring).
+
+    ``device``: where the kit sides run (default the CPU); the baseline always runs on the
+    CPU. Off the CPU each kit side runs once (with the first of ``threads`` host threads).
+    """
+    device = torch.device("cpu") if device is None else device
+    if device.type != "cpu":
+        threads = threads[:1]
     print(f"# SQG forecast speed: torch {torch.__version__}, numpy {np.__version__}, "
           f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
           f"load average {_load()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    print(f"# kit sides on {_device_name(device)}, the baseline on the CPU")
     print(f"# {members} members, {hours:g} h forecast, float32; speed-up = baseline time / "
           "side time (target >= 2)")
     print(f"{'N':>4} {'steps':>5} {'side':>10} {'threads':>7} {'wall s':>8} {'CPU s':>8} "
@@ -136,15 +158,22 @@ def bench_speed(sizes: tuple[int, ...] = (64, 128, 256), members: int = 20,
         labels = [("sqgturb", 1)]
         sides: list[tuple[int, Callable[[], Any]]] = [
             (1, lambda: baseline.advance_members(arrays, steps))]  # noqa: B023
+        on_device = ensemble.to(device)
+
+        def forecast(model: SQGModel) -> None:
+            model.advance(on_device, steps)  # noqa: B023
+            synchronize(device)  # queued GPU work counts in the side's time
+
         for side, compat in (("kit", False), ("kit-compat", True)):
             model = SQGModel(params.replace(sqgturb_compat=compat))
             for n_threads in threads:
                 labels.append((side, n_threads))
-                sides.append((n_threads, lambda m=model: m.advance(ensemble, steps)))  # noqa: B023
+                sides.append((n_threads, lambda m=model, f=forecast: f(m)))
         times = best_times(sides, repeats)
         base_wall, base_cpu = times[0]
         for (side, n_threads), (wall, cpu) in zip(labels, times):
             row = {"N": n, "steps": steps, "members": members, "side": side,
+                   "device": "cpu" if side == "sqgturb" else str(device),
                    "threads": n_threads, "wall_s": wall, "cpu_s": cpu,
                    "cpu_ms_per_member_step": 1e3 * cpu / (members * steps),
                    "speedup_wall": base_wall / wall, "speedup_cpu": base_cpu / cpu}
@@ -227,8 +256,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="timing rounds (every side once per round; minimum kept)")
     parser.add_argument("--agreement", action="store_true",
                         help="print the compat mode's agreement with the baseline instead")
+    parser.add_argument("--device", default="cpu",
+                        help="where the kit sides run: cpu (default), cuda, cuda:N or auto "
+                             "(the baseline stays on the CPU)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except InputError as err:
+        parser.error(str(err))
     words = sys.argv[1:] if argv is None else list(argv)
     summary: dict[str, Any] = {
         "benchmark": "sqg_agreement" if args.agreement else "sqg_forecast_speed",
@@ -239,10 +275,11 @@ def main(argv: list[str] | None = None) -> None:
         summary["rows"] = bench_agreement()
     else:
         summary.update(members=args.members, hours=args.hours, repeats=args.repeats,
-                       dtype="float32", baseline="sqgturb (NumPy, one member at a time, 1 thread)")
+                       dtype="float32", baseline="sqgturb (NumPy, one member at a time, 1 thread)",
+                       device=_device_name(device))
         summary["rows"] = bench_speed(sizes=_int_list(args.sizes), members=args.members,
                                       threads=_int_list(args.threads), hours=args.hours,
-                                      repeats=args.repeats)
+                                      repeats=args.repeats, device=device)
     summary["load_average_end"] = _load()
     if args.json:
         print("summary written to", write_json(args.json, summary))

@@ -36,6 +36,14 @@ Usage::
     python benchmarks/bench_vit.py --json vit_bench.json        # also write the summary
     python benchmarks/bench_vit.py --preset sqg_64_cpu --batch 8 --fused-adamw --compile
 
+``--device cuda`` trains every side on a GPU: data, models and optimisers live there,
+each timed round and the probe end with a synchronisation, the oneDNN sides (a CPU
+backend) are left out (``--fused-adamw`` and ``--compile`` add ``kit_fused_adamw`` and
+``kit_compiled``), the probe is a cuBLAS float32 product, and only the first of
+``--threads`` is run (host threads). There the wall figures (samples/s, ``MFU``) are the
+ones to read: CPU time is the host's. ``benchmarks/device_checks.sh`` runs this with the
+other GPU checks.
+
 The default config is issue #19's equal small config: 64x64 grid, patch 4, width 256,
 depth 4, 8 heads, mlp ratio 4, decoder depth 2, two variables, batch 8, float32, no dropout
 (``--dropout 0.1`` sets the seed presets' dropout and drop-path rates on both sides).
@@ -57,6 +65,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from turbda_kit.baselines import seed_mse, seed_vit_from_config
+from turbda_kit.device import resolve_device, synchronize
+from turbda_kit.errors import InputError
 from turbda_kit.io import write_json
 from turbda_kit.provenance import collect
 from turbda_kit.surrogate.config import ViTConfig, load_vit_config
@@ -118,12 +128,17 @@ def make_data(cfg: ViTConfig, batch: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def make_sides(cfg: ViTConfig, data: tuple[Tensor, Tensor, Tensor], fused_adamw: bool,
-               compile_blocks: bool) -> list[Side]:
-    """Build every side; all start from the seed model's (mapped) weights."""
+               compile_blocks: bool, device: torch.device | None = None) -> list[Side]:
+    """Build every side on ``device`` (default: the data's); all start from the seed
+    model's (mapped) weights. The oneDNN sides exist on the CPU only."""
     fields, targets, hours = data
+    device = fields.device if device is None else device
+    on_cpu = device.type == "cpu"
     seed_leads = hours / cfg.lead_time_scale_hours / 100      # the seed loader's steps / 100
+    # built on the CPU (seeded there), then moved: the same initial function everywhere
     seed = seed_vit_from_config(cfg, generator=torch.Generator().manual_seed(0))
     weights = seed_to_kit_state_dict(seed.state_dict(), cfg)
+    seed = seed.to(device)
 
     def seed_loss() -> Tensor:
         return seed_mse(seed(fields, seed_leads), targets, cfg.variables)["loss"]
@@ -135,6 +150,7 @@ def make_sides(cfg: ViTConfig, data: tuple[Tensor, Tensor, Tensor], fused_adamw:
                  compiled: bool = False) -> Side:
         model = ViT(cfg)
         model.load_state_dict(weights)
+        model = model.to(device)
         set_matmul_backend(model, backend)
         if compiled:
             for block in model.blocks:
@@ -148,6 +164,14 @@ def make_sides(cfg: ViTConfig, data: tuple[Tensor, Tensor, Tensor], fused_adamw:
         return Side(name, model, optimizer, loss, note)
 
     sides.append(kit_side("kit", "ViT, default kernels (BLAS matmuls)", "default"))
+    if not on_cpu:
+        if fused_adamw:
+            sides.append(kit_side("kit_fused_adamw", "ViT, AdamW(fused=True)", "default",
+                                  fused=True))
+        if compile_blocks:
+            sides.append(kit_side("kit_compiled", "ViT, blocks compiled", "default",
+                                  compiled=True))
+        return sides
     sides.append(kit_side("kit_onednn", "ViT, oneDNN matmuls", "onednn"))
     if fused_adamw:
         sides.append(kit_side("kit_onednn_fused_adamw", "ViT, oneDNN matmuls, AdamW(fused=True)",
@@ -158,44 +182,56 @@ def make_sides(cfg: ViTConfig, data: tuple[Tensor, Tensor, Tensor], fused_adamw:
     return sides
 
 
-def matmul_probe(threads: int, repeats: int = 3) -> dict[str, float]:
-    """Best-of float32 GFLOP/s of a ``PROBE_SIZE``^3 product: torch's BLAS and oneDNN."""
+def matmul_probe(threads: int, repeats: int = 3, device: torch.device | None = None
+                 ) -> dict[str, float]:
+    """Best-of float32 GFLOP/s of a ``PROBE_SIZE``^3 product: torch's BLAS and oneDNN on
+    the CPU, cuBLAS (``blas``) on a GPU."""
+    device = torch.device("cpu") if device is None else device
     gen = torch.Generator().manual_seed(1)
-    a = torch.randn(PROBE_SIZE, PROBE_SIZE, generator=gen)
-    b = torch.randn(PROBE_SIZE, PROBE_SIZE, generator=gen)
+    a = torch.randn(PROBE_SIZE, PROBE_SIZE, generator=gen).to(device)
+    b = torch.randn(PROBE_SIZE, PROBE_SIZE, generator=gen).to(device)
     flop = 2 * PROBE_SIZE**3
     out: dict[str, float] = {}
-    for name, product in (("blas", lambda: torch.mm(a, b.t())),
-                          ("onednn", lambda: onednn_linear(a, b))):
+    products = [("blas", lambda: torch.mm(a, b.t()))]
+    if device.type == "cpu":
+        products.append(("onednn", lambda: onednn_linear(a, b)))
+    for name, product in products:
         product()
+        synchronize(device)
         wall = cpu = float("inf")
         for _ in range(repeats):
             w0, c0 = time.perf_counter(), time.process_time()
             product()
+            synchronize(device)
             wall = min(wall, time.perf_counter() - w0)
             cpu = min(cpu, time.process_time() - c0)
         out[f"{name}_gflops"] = flop / wall / 1e9
         # Per thread-second: what the same product reaches per busy core.
         out[f"{name}_gflops_per_cpu_s"] = flop / cpu / 1e9
-    out["peak_gflops"] = max(out["blas_gflops"], out["onednn_gflops"])
-    out["peak_gflops_per_cpu_s"] = max(out["blas_gflops_per_cpu_s"],
-                                       out["onednn_gflops_per_cpu_s"])
+    out["peak_gflops"] = max(out[f"{name}_gflops"] for name, _ in products)
+    out["peak_gflops_per_cpu_s"] = max(out[f"{name}_gflops_per_cpu_s"] for name, _ in products)
     return out
 
 
-def time_sides(sides: list[Side], steps: int, rounds: int, warmup: int) -> None:
-    """Warm up every side, then ``rounds`` rotating rounds of ``steps`` steps each."""
+def time_sides(sides: list[Side], steps: int, rounds: int, warmup: int,
+               device: torch.device | None = None) -> None:
+    """Warm up every side, then ``rounds`` rotating rounds of ``steps`` steps each
+    (each timing ends with a synchronisation of ``device``, default the CPU)."""
+    device = torch.device("cpu") if device is None else device
     for side in sides:
         start = time.perf_counter()
         side.step()
+        synchronize(device)
         side.first_step_s = time.perf_counter() - start
         for _ in range(warmup - 1):
             side.step()
+        synchronize(device)
     for r in range(rounds):
         for side in sides[r % len(sides):] + sides[: r % len(sides)]:
             w0, c0 = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 side.step()
+            synchronize(device)
             side.wall.append((time.perf_counter() - w0) / steps)
             side.cpu.append((time.process_time() - c0) / steps)
 
@@ -229,9 +265,10 @@ def summarise(sides: list[Side], cfg: ViTConfig, batch: int, threads: int,
 def print_run(run: dict) -> None:
     probe = run["matmul_probe"]
     print(f"\n== {run['threads']} thread(s): matmul probe ({PROBE_SIZE}^3 fp32): "
-          f"BLAS {probe['blas_gflops']:.1f}, oneDNN {probe['onednn_gflops']:.1f} GFLOP/s "
-          f"(per CPU-second {probe['blas_gflops_per_cpu_s']:.1f}, "
-          f"{probe['onednn_gflops_per_cpu_s']:.1f}) -> peak {probe['peak_gflops']:.1f}")
+          f"BLAS {probe['blas_gflops']:.1f}, oneDNN {probe.get('onednn_gflops', float('nan')):.1f}"
+          f" GFLOP/s (per CPU-second {probe['blas_gflops_per_cpu_s']:.1f}, "
+          f"{probe.get('onednn_gflops_per_cpu_s', float('nan')):.1f}) -> peak "
+          f"{probe['peak_gflops']:.1f}")
     print(f"{'side':<24}{'threads':>8}{'s/step':>9}{'cpu s/step':>11}{'samples/s':>11}"
           f"{'per cpu-s':>10}{'MFU':>7}{'MFU cpu':>8}{'x seed':>8}{'x seed cpu':>11}")
     for name, row in run["sides"].items():
@@ -261,14 +298,22 @@ def main(argv: list[str] | None = None) -> dict:
                         help="add kit_onednn_fused_adamw (AdamW(fused=True))")
     parser.add_argument("--compile", action="store_true",
                         help="add kit_onednn_compiled (torch.compile of each block; minutes)")
+    parser.add_argument("--device", default="cpu",
+                        help="where every side trains: cpu (default), cuda, cuda:N or auto")
     parser.add_argument("--json", default=None, help="write the summary to this JSON file")
     args = parser.parse_args(argv)
     if min(args.batch, args.steps, args.rounds, args.warmup) < 1:
         parser.error("--batch, --steps, --rounds and --warmup must be >= 1")
+    try:
+        device = resolve_device(args.device)
+    except InputError as err:
+        parser.error(str(err))
     thread_counts = [int(t) for t in args.threads.split(",")]
+    if device.type != "cpu":
+        thread_counts = thread_counts[:1]  # host threads: one run is enough
 
     cfg = bench_config(args)
-    data = make_data(cfg, args.batch)
+    data = tuple(t.to(device) for t in make_data(cfg, args.batch))
     load_before = os.getloadavg()
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{os.cpu_count()} CPUs, load average {load_before[0]:.1f} (figures under load when "
@@ -280,9 +325,9 @@ def main(argv: list[str] | None = None) -> dict:
     runs = []
     for threads in thread_counts:
         torch.set_num_threads(threads)
-        probe = matmul_probe(threads)
-        sides = make_sides(cfg, data, args.fused_adamw, args.compile)
-        time_sides(sides, args.steps, args.rounds, args.warmup)
+        probe = matmul_probe(threads, device=device)
+        sides = make_sides(cfg, data, args.fused_adamw, args.compile, device)
+        time_sides(sides, args.steps, args.rounds, args.warmup, device)
         runs.append(summarise(sides, cfg, args.batch, threads, probe))
         print_run(runs[-1])
     load_after = os.getloadavg()
@@ -302,6 +347,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "cpu_count": os.cpu_count()},
         "cpu": {"capability": torch.backends.cpu.get_cpu_capability(),
                 "processor": _cpu_model()},
+        "device": str(device) if device.type == "cpu" else
+        f"{device} ({torch.cuda.get_device_name(device)})",
         "runs": runs,
         "provenance": collect(),
     }
