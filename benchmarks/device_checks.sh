@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, as one command: the GPU tests, then SQG forecast and ViT
-# training speed on the device, each against its CPU/seed baseline in the same run.
+# The checks that need a GPU, as one command: the GPU tests, then SQG forecast speed on the
+# device against sqgturb's algorithm on the CPU, and ViT training speed of the kit's model
+# against the paper code's model, both on the device; each in one run with its baseline.
 #
 #   OUT=device_checks bash benchmarks/device_checks.sh          # a machine with a CUDA/ROCm GPU
 #   DEVICE=cpu QUICK=1 OUT=tmp bash benchmarks/device_checks.sh  # the same steps on the CPU, tiny
 #
 # Environment: PYTHON (default python3: the interpreter that holds a GPU build of torch),
 # DEVICE (default cuda), OUT (default device_checks: logs and JSON summaries land there),
-# QUICK=1 (tiny sizes: the rehearsal the test suite runs). About 5 minutes on one H200
-# (sized for a 10-minute slot). Every step runs even when an earlier one fails; the exit
-# status is 0 only when all passed, 2 when the device is not there.
+# QUICK=1 (tiny sizes: the rehearsal the test suite runs). Sized to end well inside 10
+# minutes (not yet timed on a GPU; the longest part should be the NumPy baseline at
+# N = 256 on the host). Every step runs even when an earlier one fails; the exit status is
+# 0 only when all passed, 2 when the device is not there.
 set -uo pipefail
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
