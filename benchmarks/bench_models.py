@@ -35,13 +35,14 @@ Usage::
 
 ``--sizes`` and ``--threads`` take space- or comma-separated lists (``--sizes 64,128``).
 
+``--json PATH`` writes every printed row, the threads of each side, the load average and
+the command as one JSON summary (atomically); the printed table is unchanged.
+
 ``--device cuda`` runs the kit sides on a GPU (the ensemble is moved there once, every
 timed forecast ends with a synchronisation); the baseline stays NumPy on the CPU, and the
 figure to read is the wall speed-up (CPU time is then the host's, waiting included). The
 kit sides run once each there: ``--threads`` only sets the host's torch threads. Every row
 names its ``device``. ``benchmarks/device_checks.sh`` runs this with the other GPU checks.
-``--json PATH`` writes every printed row, the threads of each side, the load average and
-the command as one JSON summary (atomically); the printed table is unchanged.
 """
 
 from __future__ import annotations

@@ -264,10 +264,13 @@ def summarise(sides: list[Side], cfg: ViTConfig, batch: int, threads: int,
 
 def print_run(run: dict) -> None:
     probe = run["matmul_probe"]
+    onednn = probe.get("onednn_gflops")  # CPU only
+    onednn_cpu = probe.get("onednn_gflops_per_cpu_s")
     print(f"\n== {run['threads']} thread(s): matmul probe ({PROBE_SIZE}^3 fp32): "
-          f"BLAS {probe['blas_gflops']:.1f}, oneDNN {probe.get('onednn_gflops', float('nan')):.1f}"
-          f" GFLOP/s (per CPU-second {probe['blas_gflops_per_cpu_s']:.1f}, "
-          f"{probe.get('onednn_gflops_per_cpu_s', float('nan')):.1f}) -> peak "
+          f"BLAS {probe['blas_gflops']:.1f}, oneDNN "
+          f"{'-' if onednn is None else f'{onednn:.1f}'} GFLOP/s (per CPU-second "
+          f"{probe['blas_gflops_per_cpu_s']:.1f}, "
+          f"{'-' if onednn_cpu is None else f'{onednn_cpu:.1f}'}) -> peak "
           f"{probe['peak_gflops']:.1f}")
     print(f"{'side':<24}{'threads':>8}{'s/step':>9}{'cpu s/step':>11}{'samples/s':>11}"
           f"{'per cpu-s':>10}{'MFU':>7}{'MFU cpu':>8}{'x seed':>8}{'x seed cpu':>11}")
