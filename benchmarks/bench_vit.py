@@ -163,23 +163,31 @@ def make_sides(cfg: ViTConfig, data: tuple[Tensor, Tensor, Tensor], fused_adamw:
 
         return Side(name, model, optimizer, loss, note)
 
-    sides.append(kit_side("kit", "ViT, default kernels (BLAS matmuls)", "default"))
-    if not on_cpu:
-        if fused_adamw:
-            sides.append(kit_side("kit_fused_adamw", "ViT, AdamW(fused=True)", "default",
-                                  fused=True))
-        if compile_blocks:
-            sides.append(kit_side("kit_compiled", "ViT, blocks compiled", "default",
-                                  compiled=True))
-        return sides
-    sides.append(kit_side("kit_onednn", "ViT, oneDNN matmuls", "onednn"))
-    if fused_adamw:
-        sides.append(kit_side("kit_onednn_fused_adamw", "ViT, oneDNN matmuls, AdamW(fused=True)",
-                              "onednn", fused=True))
-    if compile_blocks:
-        sides.append(kit_side("kit_onednn_compiled", "ViT, oneDNN matmuls, blocks compiled",
-                              "onednn", compiled=True))
+    for name, note, backend, fused, compiled in kit_side_plan(on_cpu, fused_adamw,
+                                                              compile_blocks):
+        sides.append(kit_side(name, note, backend, fused, compiled))
     return sides
+
+
+def kit_side_plan(on_cpu: bool, fused_adamw: bool, compile_blocks: bool
+                  ) -> list[tuple[str, str, str, bool, bool]]:
+    """The kit's sides: ``(name, note, matmul backend, fused AdamW, compiled blocks)``.
+
+    ``kit`` always; on the CPU ``kit_onednn`` (the kit's CPU training setting) and its
+    optional variants, elsewhere the optional variants of ``kit`` (oneDNN is CPU-only).
+    """
+    plan = [("kit", "ViT, default kernels (BLAS matmuls)", "default", False, False)]
+    if on_cpu:
+        prefix, label, backend = "kit_onednn", "ViT, oneDNN matmuls", "onednn"
+        plan.append((prefix, label, backend, False, False))
+    else:
+        prefix, label, backend = "kit", "ViT", "default"
+    if fused_adamw:
+        plan.append((f"{prefix}_fused_adamw", f"{label}, AdamW(fused=True)", backend, True,
+                     False))
+    if compile_blocks:
+        plan.append((f"{prefix}_compiled", f"{label}, blocks compiled", backend, False, True))
+    return plan
 
 
 def matmul_probe(threads: int, repeats: int = 3, device: torch.device | None = None

@@ -37,3 +37,17 @@ def test_bench_times_kit_and_seed_in_one_run_and_writes_the_summary(tmp_path):
     assert probe["peak_gflops"] == max(probe["blas_gflops"], probe["onednn_gflops"]) > 0
     ratio = run["vs_seed"]["kit"]["samples_per_s"]
     assert ratio == run["sides"]["kit"]["samples_per_s"] / run["sides"]["seed"]["samples_per_s"]
+
+
+def test_side_plan_leaves_the_cpu_only_onednn_sides_out_off_the_cpu():
+    bench = _bench()
+    cpu = bench.kit_side_plan(True, True, True)
+    assert [side[0] for side in cpu] == ["kit", "kit_onednn", "kit_onednn_fused_adamw",
+                                        "kit_onednn_compiled"]
+    gpu = bench.kit_side_plan(False, True, True)
+    assert [side[0] for side in gpu] == ["kit", "kit_fused_adamw", "kit_compiled"]
+    assert all(backend == "default" for _, _, backend, _, _ in gpu)
+    # the flags reach only their own side
+    assert [(fused, compiled) for *_, fused, compiled in gpu] == [(False, False), (True, False),
+                                                                (False, True)]
+    assert [side[0] for side in bench.kit_side_plan(False, False, False)] == ["kit"]
