@@ -16,8 +16,10 @@ all threads of the process) for the forecast, CPU ms per member-step, and the sp
 ``baseline / side`` in wall and in CPU time (target: >= 2 on one thread). On a shared
 machine wall time includes waiting for a core; one-thread CPU time is the like-for-like
 figure. Timings are the best of ``--repeats`` rounds after a warm-up; each round runs
-every side once, so bursts of load from other jobs hit all sides alike. On a loaded
-machine prefer short forecasts and more rounds (``--hours 1 --repeats 5``).
+every side once, so bursts of load from other jobs hit all sides alike. Beside the
+best-of speed-up, each row gives the median, smallest and largest of the per-round CPU
+speed-ups (``speedup_cpu_per_round``): their spread is the noise of the machine during the
+run. On a loaded machine prefer short forecasts and more rounds (``--hours 1 --repeats 5``).
 
 Agreement (``--agreement``): from a turbulent state (20 days of spin-up), the relative max
 difference after 1 and 100 steps between the baseline and the kit in compat mode (float64,
@@ -55,8 +57,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import math  # noqa: E402
 import platform  # noqa: E402
+import statistics  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
@@ -78,16 +80,17 @@ from turbda_kit.models.sqg import (  # noqa: E402
 DAY = 86400.0
 
 
-def best_times(sides: list[tuple[int, Callable[[], Any]]], repeats: int
-               ) -> list[tuple[float, float]]:
-    """Smallest wall and CPU (process, all threads) seconds of each side's call.
+def round_times(sides: list[tuple[int, Callable[[], Any]]], repeats: int
+                ) -> list[list[tuple[float, float]]]:
+    """Wall and CPU (process, all threads) seconds of each side's call, round by round.
 
     ``sides``: ``(torch threads, fn)``. One warm-up call each (operator caches, FFT
     plans, page faults), then ``repeats`` rounds in which every side runs once, so a
-    burst of load from other jobs hits all sides alike; the minimum of each is kept.
+    burst of load from other jobs hits all sides alike. Returns, per side, one
+    ``(wall, cpu)`` per round.
     """
     original = torch.get_num_threads()
-    best = [(math.inf, math.inf) for _ in sides]
+    rounds: list[list[tuple[float, float]]] = [[] for _ in sides]
     try:
         for n_threads, fn in sides:
             torch.set_num_threads(n_threads)
@@ -97,11 +100,29 @@ def best_times(sides: list[tuple[int, Callable[[], Any]]], repeats: int
                 torch.set_num_threads(n_threads)
                 start, start_cpu = time.perf_counter(), time.process_time()
                 fn()
-                wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-                best[k] = (min(best[k][0], wall), min(best[k][1], cpu))
+                rounds[k].append((time.perf_counter() - start,
+                                  time.process_time() - start_cpu))
     finally:
         torch.set_num_threads(original)
-    return best
+    return rounds
+
+
+def best_times(sides: list[tuple[int, Callable[[], Any]]], repeats: int
+               ) -> list[tuple[float, float]]:
+    """Smallest wall and CPU seconds of each side's call over :func:`round_times`'s rounds."""
+    return [(min(w for w, _ in side), min(c for _, c in side))
+            for side in round_times(sides, repeats)]
+
+
+def round_ratios(baseline: list[tuple[float, float]], side: list[tuple[float, float]]
+                 ) -> dict[str, float]:
+    """Median, smallest and largest of the per-round CPU speed-ups ``baseline / side``.
+
+    Both sides ran in the same rounds, so each round's ratio pairs two timings taken under
+    the same load: their spread is the noise of the best-of ratio.
+    """
+    ratios = sorted(b[1] / s[1] for b, s in zip(baseline, side))
+    return {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1]}
 
 
 def _load() -> str:
@@ -146,9 +167,11 @@ def bench_speed(sizes: tuple[int, ...] = (64, 128, 256), members: int = 20,
           f"load average {_load()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     print(f"# kit sides on {_device_name(device)}, the baseline on the CPU")
     print(f"# {members} members, {hours:g} h forecast, float32; speed-up = baseline time / "
-          "side time (target >= 2)")
+          "side time, best of the rounds (target >= 2); per round: the CPU speed-up of each "
+          "round, both sides timed in it")
     print(f"{'N':>4} {'steps':>5} {'side':>10} {'threads':>7} {'wall s':>8} {'CPU s':>8} "
-          f"{'CPU ms/member-step':>18} {'speed-up wall':>13} {'speed-up CPU':>12}")
+          f"{'CPU ms/member-step':>18} {'speed-up wall':>13} {'speed-up CPU':>12} "
+          f"{'per round: median [min, max]':>28}")
     rows: list[dict[str, Any]] = []
     for n in sizes:
         params = bao2024_at_resolution(n)
@@ -170,18 +193,22 @@ def bench_speed(sizes: tuple[int, ...] = (64, 128, 256), members: int = 20,
             for n_threads in threads:
                 labels.append((side, n_threads))
                 sides.append((n_threads, lambda m=model, f=forecast: f(m)))
-        times = best_times(sides, repeats)
+        per_round = round_times(sides, repeats)
+        times = [(min(w for w, _ in r), min(c for _, c in r)) for r in per_round]
         base_wall, base_cpu = times[0]
-        for (side, n_threads), (wall, cpu) in zip(labels, times):
+        for (side, n_threads), (wall, cpu), rounds in zip(labels, times, per_round):
+            spread = round_ratios(per_round[0], rounds)
             row = {"N": n, "steps": steps, "members": members, "side": side,
                    "device": "cpu" if side == "sqgturb" else str(device),
                    "threads": n_threads, "wall_s": wall, "cpu_s": cpu,
                    "cpu_ms_per_member_step": 1e3 * cpu / (members * steps),
-                   "speedup_wall": base_wall / wall, "speedup_cpu": base_cpu / cpu}
+                   "speedup_wall": base_wall / wall, "speedup_cpu": base_cpu / cpu,
+                   "speedup_cpu_per_round": spread}
             rows.append(row)
             print(f"{n:>4} {steps:>5} {side:>10} {n_threads:>7} {wall:>8.3f} {cpu:>8.3f} "
                   f"{row['cpu_ms_per_member_step']:>18.3f} {row['speedup_wall']:>13.2f} "
-                  f"{row['speedup_cpu']:>12.2f}", flush=True)
+                  f"{row['speedup_cpu']:>12.2f} {spread['median']:>14.2f} "
+                  f"[{spread['min']:.2f}, {spread['max']:.2f}]", flush=True)
     print(f"# load average at the end {_load()}")
     return rows
 
