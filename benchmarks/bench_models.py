@@ -107,11 +107,9 @@ def round_times(sides: list[tuple[int, Callable[[], Any]]], repeats: int
     return rounds
 
 
-def best_times(sides: list[tuple[int, Callable[[], Any]]], repeats: int
-               ) -> list[tuple[float, float]]:
-    """Smallest wall and CPU seconds of each side's call over :func:`round_times`'s rounds."""
-    return [(min(w for w, _ in side), min(c for _, c in side))
-            for side in round_times(sides, repeats)]
+def best_of(rounds: list[list[tuple[float, float]]]) -> list[tuple[float, float]]:
+    """Smallest wall and smallest CPU seconds of each side over :func:`round_times`'s rounds."""
+    return [(min(w for w, _ in side), min(c for _, c in side)) for side in rounds]
 
 
 def round_ratios(baseline: list[tuple[float, float]], side: list[tuple[float, float]]
@@ -194,7 +192,7 @@ def bench_speed(sizes: tuple[int, ...] = (64, 128, 256), members: int = 20,
                 labels.append((side, n_threads))
                 sides.append((n_threads, lambda m=model, f=forecast: f(m)))
         per_round = round_times(sides, repeats)
-        times = [(min(w for w, _ in r), min(c for _, c in r)) for r in per_round]
+        times = best_of(per_round)
         base_wall, base_cpu = times[0]
         for (side, n_threads), (wall, cpu), rounds in zip(labels, times, per_round):
             spread = round_ratios(per_round[0], rounds)
